@@ -1,0 +1,161 @@
+"""Portal forms: parsing and field validation only; services decide."""
+
+from django import forms
+
+from orgs.accounts.models import OrgPolicy
+from orgs.roles import PERM_LABELS, Perm
+
+
+class LoginForm(forms.Form):
+    username = forms.CharField(
+        max_length=150,
+        widget=forms.TextInput(attrs={"autocomplete": "username", "autofocus": True}),
+    )
+    password = forms.CharField(
+        max_length=1024,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+
+class OtpForm(forms.Form):
+    otp = forms.CharField(
+        label="Authentication code",
+        max_length=40,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+        ),
+        help_text="The 6-digit code from your authenticator app, or a recovery code.",
+    )
+
+
+class SetPasswordForm(forms.Form):
+    password = forms.CharField(
+        label="New password",
+        max_length=1024,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password", "autofocus": True}),
+    )
+    confirm = forms.CharField(
+        label="Repeat the password",
+        max_length=1024,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password") and data.get("password") != data.get("confirm"):
+            raise forms.ValidationError("The two passwords differ.")
+        return data
+
+
+class UserSearchForm(forms.Form):
+    q = forms.CharField(required=False, max_length=150, label="Search")
+
+
+def role_choices(roles) -> list[tuple[str, str]]:
+    return [(r.slug, f"{r.name}" + ("" if r.builtin else " (custom)")) for r in roles]
+
+
+class UserCreateForm(forms.Form):
+    INVITE = "invite"
+    PASSWORD = "password"  # noqa: S105 (a choice value, not a secret)
+
+    username = forms.CharField(max_length=150)
+    display_name = forms.CharField(max_length=200, required=False, label="Display name")
+    email = forms.EmailField(required=False)
+    role = forms.ChoiceField()
+    how = forms.ChoiceField(
+        label="Sign-in",
+        choices=[
+            (INVITE, "Invite: make a link for them to set their password"),
+            (PASSWORD, "Set an initial password now"),
+        ],
+        initial=INVITE,
+        widget=forms.RadioSelect,
+    )
+    password = forms.CharField(
+        max_length=1024,
+        strip=False,
+        required=False,
+        label="Initial password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def __init__(self, *args, roles=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = role_choices(roles)
+        self.fields["role"].initial = "member"
+
+    def clean(self):
+        data = super().clean()
+        if data.get("how") == self.PASSWORD and not data.get("password"):
+            self.add_error("password", "Enter a password, or choose to invite.")
+        return data
+
+
+class RoleChangeForm(forms.Form):
+    role = forms.ChoiceField(label="Role")
+
+    def __init__(self, *args, roles=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = role_choices(roles)
+
+
+PERM_CHOICES = [(str(p), f"{p} — {PERM_LABELS[p]}") for p in Perm]
+
+
+class RoleForm(forms.Form):
+    slug = forms.CharField(
+        max_length=40,
+        label="Role id",
+        help_text="2-40 of a-z, 0-9 and _, starting with a letter; cannot change later.",
+    )
+    name = forms.CharField(max_length=100)
+    description = forms.CharField(max_length=300, required=False)
+    codes = forms.MultipleChoiceField(
+        choices=PERM_CHOICES,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Permissions",
+    )
+
+
+class PolicyForm(forms.Form):
+    mfa_policy = forms.ChoiceField(choices=OrgPolicy.MFA_CHOICES, label="Two-factor authentication")
+    session_lifetime_minutes = forms.IntegerField(
+        min_value=5,
+        max_value=30 * 24 * 60,
+        required=False,
+        label="Portal session lifetime (minutes)",
+        help_text="Empty: the server default.",
+    )
+    password_login = forms.BooleanField(
+        required=False,
+        label="Allow password sign-in",
+        help_text="Owners can always sign in with a password.",
+    )
+    sso_login = forms.BooleanField(required=False, label="Allow single sign-on")
+    read_receipts = forms.BooleanField(required=False, label="Relay read receipts")
+
+
+class AuditFilterForm(forms.Form):
+    actor = forms.CharField(required=False, max_length=150, label="Actor")
+    event = forms.ChoiceField(required=False, label="Event")
+    target_type = forms.CharField(required=False, max_length=40, label="Target type")
+    target_id = forms.CharField(required=False, max_length=100, label="Target id")
+    since = forms.CharField(
+        required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.CharField(
+        required=False, label="Until", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+
+    def __init__(self, *args, families=(), names=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["event"].choices = [
+            ("", "Any event"),
+            ("Families", [(f, f) for f in families]),
+            ("Events", [(n, n) for n in names]),
+        ]

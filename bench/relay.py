@@ -1,0 +1,407 @@
+"""Relay benchmark: sustained 1:1 message rate, latency at a fixed offered load, and idle
+socket capacity, against the real ASGI app (uvicorn), PostgreSQL and Redis.
+
+    python bench/relay.py                       # all three scenarios, default sizes
+    python bench/relay.py --only rate --seconds 30
+    python bench/relay.py --idle-sockets 2000   # smaller idle test
+
+It uses its own database (`siphera_bench` by default, created if missing), its own org
+(`bench` at bench.localhost) and its own Redis prefixes, starts the server itself, and prints
+one line per figure plus a JSON summary (also written to bench/results/relay-latest.json).
+
+Messages go through the whole path a client sees: `send` frame over the WebSocket ->
+validation and storage in PostgreSQL (message row, per-device queue row, seq) -> wake over
+the channel layer -> `message` frame to the recipient device -> `ack` (queue row deleted).
+The load generator runs on the same machine as the server and the databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+HOST = "bench.localhost"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["rate", "latency", "idle"], action="append",
+                        help="run only these scenarios (repeatable); default: all")
+    parser.add_argument("--pairs", type=int, default=20, help="sender/receiver device pairs")
+    parser.add_argument("--window", type=int, default=16,
+                        help="unanswered `send` frames per sender in the rate test")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each timed run")
+    parser.add_argument("--offered-rate", type=float, default=500.0,
+                        help="messages/s offered in the latency test")
+    parser.add_argument("--idle-sockets", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--database", default="siphera_bench")
+    parser.add_argument("--keep-db", action="store_true", help="reuse the bench database")
+    return parser.parse_args()
+
+
+# --- setup: database, org, users and devices --------------------------------------------
+
+
+def setup_django(database: str) -> str:
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/siphera")
+    url = base.rsplit("/", 1)[0] + "/" + database
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("CHANNEL_LAYER_PREFIX", "siphera-bench")
+    os.environ.setdefault("CACHE_KEY_PREFIX", "siphera-bench")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "siphera.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    return url
+
+
+def ensure_database(url: str, *, fresh: bool) -> None:
+    import psycopg
+
+    admin_url, name = url.rsplit("/", 1)
+    with psycopg.connect(admin_url + "/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if exists and fresh:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = None
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def prepare_org(device_count: int, pair_count: int):
+    """Create the bench org with `pair_count` sender/receiver pairs (1:1 conversations) and
+    enough extra devices for the idle test. Returns (pairs, idle_tokens)."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from messaging.services import conversations, keys
+    from orgs.models import Org
+    from orgs.services import audit
+    from orgs.services.devices import do_register_device
+    from orgs.services.orgs import check_create_org
+    from orgs.services.users import check_create_user
+    from siphera.tenancy import in_tenant, public_schema
+
+    call_command("migrate_schemas", shared=True, verbosity=0)
+    actor = audit.Actor.system("bench")
+    with public_schema():
+        org = Org.objects.filter(slug="bench").first()
+    if org is None:
+        org = check_create_org(slug="bench", name="Bench", domains=[HOST], actor=actor)
+
+    def bundle():
+        return keys.DeviceKeys(identity_key=os.urandom(32), signing_key=os.urandom(32),
+                               signed_prekey=None)
+
+    def make_device(user, name):
+        device, token = do_register_device(user, name=name, bundle=bundle(), actor=actor)
+        return {"user_id": str(user.pk), "device_id": device.device_id, "token": token}
+
+    def build():
+        pairs = []
+        for i in range(pair_count):
+            a = check_create_user(username=f"s{uuid.uuid4().hex[:12]}", password=None,
+                                  role="member", actor=actor)
+            b = check_create_user(username=f"r{uuid.uuid4().hex[:12]}", password=None,
+                                  role="member", actor=actor)
+            conv, _ = conversations.check_create_conversation(
+                creator=a, kind="direct", member_ids=[str(b.pk)], title=None)
+            pairs.append({"conversation": str(conv.pk), "sender": make_device(a, "s"),
+                          "receiver": make_device(b, "r")})
+        idle = []
+        per_user = 50
+        for start in range(0, device_count, per_user):
+            user = check_create_user(username=f"i{uuid.uuid4().hex[:12]}", password=None,
+                                     role="member", actor=actor)
+            for _ in range(min(per_user, device_count - start)):
+                idle.append(make_device(user, "idle")["token"])
+        return pairs, idle
+
+    return in_tenant(org, build)
+
+
+# --- server -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, workers: int) -> subprocess.Popen:
+    log = open(ROOT / "var" / "bench-server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "siphera.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers), "--no-access-log",
+         "--ws-max-size", str(1024 * 1024), "--backlog", "4096", "--log-level", "warning"],
+        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start; see var/bench-server.log")
+
+
+def server_rss_mib(proc: subprocess.Popen) -> float:
+    """Resident memory of the server and its worker processes."""
+    pids = [proc.pid]
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    total_kib = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total_kib / 1024
+
+
+# --- client side --------------------------------------------------------------------------
+
+
+async def connect(port: int, token: str):
+    from websockets.asyncio.client import connect as ws_connect
+
+    ws = await ws_connect(f"ws://{HOST}:{port}/ws/v1", host="127.0.0.1", port=port,
+                          max_size=None, open_timeout=60, ping_interval=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame["type"] == "ready":
+            return ws
+
+
+async def receiver_loop(ws, on_message, stop: asyncio.Event):
+    """Read frames, report messages, ack in batches (every 32 messages or 20 ms)."""
+    pending: list[str] = []
+    last_flush = time.perf_counter()
+    while not stop.is_set():
+        try:
+            raw = await asyncio.wait_for(ws.recv(), 0.02)
+        except TimeoutError:
+            raw = None
+        if raw is not None:
+            frame = json.loads(raw)
+            if frame["type"] == "message":
+                on_message(frame)
+                pending.append(frame["id"])
+        now = time.perf_counter()
+        if pending and (len(pending) >= 32 or now - last_flush > 0.02):
+            await ws.send(json.dumps({"type": "ack", "ids": pending}))
+            pending, last_flush = [], now
+
+
+def send_frame(conversation: str, body: bytes) -> str:
+    return json.dumps({"type": "send", "conversation": conversation,
+                       "client_id": str(uuid.uuid4()), "body": base64.b64encode(body).decode()})
+
+
+async def rate_test(port, pairs, *, window: int, seconds: float) -> dict:
+    """Each sender keeps `window` sends unanswered; count messages delivered end to end."""
+    stop = asyncio.Event()
+    delivered = 0
+    sent = 0
+
+    def on_message(frame):
+        nonlocal delivered
+        delivered += 1
+
+    async def sender(pair):
+        nonlocal sent
+        ws = await connect(port, pair["sender"]["token"])
+        credits = asyncio.Semaphore(window)
+
+        async def read_replies():
+            nonlocal sent
+            async for raw in ws:
+                frame = json.loads(raw)
+                if frame["type"] == "sent":
+                    sent += 1
+                    credits.release()
+                elif frame["type"] == "error":
+                    credits.release()
+
+        reader = asyncio.create_task(read_replies())
+        while not stop.is_set():
+            await credits.acquire()
+            await ws.send(send_frame(pair["conversation"], os.urandom(64)))
+        reader.cancel()
+        await ws.close()
+
+    receivers = [await connect(port, p["receiver"]["token"]) for p in pairs]
+    recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message, stop)) for ws in receivers]
+    await asyncio.sleep(0.5)
+    send_tasks = [asyncio.create_task(sender(p)) for p in pairs]
+    await asyncio.sleep(2)  # warm-up
+    start_delivered, start = delivered, time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - start
+    measured = delivered - start_delivered
+    stop.set()
+    await asyncio.gather(*send_tasks, return_exceptions=True)
+    await asyncio.gather(*recv_tasks, return_exceptions=True)
+    for ws in receivers:
+        await ws.close()
+    return {"delivered_per_s": round(measured / elapsed, 1), "seconds": round(elapsed, 1),
+            "sent_total": sent}
+
+
+async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
+    """Offer `rate` messages/s spread over the pairs; latency = send to receipt of the
+    `message` frame at the recipient (the body carries the send time)."""
+    stop = asyncio.Event()
+    latencies: list[float] = []
+    measuring = False
+
+    def on_message(frame):
+        sent_at = int.from_bytes(base64.b64decode(frame["body"])[:8], "big") / 1e9
+        if measuring:
+            latencies.append(time.perf_counter() - sent_at)
+
+    async def sender(pair, per_sender_rate):
+        ws = await connect(port, pair["sender"]["token"])
+
+        async def drain():
+            async for _ in ws:
+                pass
+
+        reader = asyncio.create_task(drain())
+        interval = 1.0 / per_sender_rate
+        next_at = time.perf_counter() + interval * (hash(pair["conversation"]) % 100) / 100
+        while not stop.is_set():
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = time.perf_counter_ns().to_bytes(8, "big") + os.urandom(56)
+            await ws.send(send_frame(pair["conversation"], body))
+            next_at += interval
+        reader.cancel()
+        await ws.close()
+
+    receivers = [await connect(port, p["receiver"]["token"]) for p in pairs]
+    recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message, stop)) for ws in receivers]
+    await asyncio.sleep(0.5)
+    send_tasks = [asyncio.create_task(sender(p, rate / len(pairs))) for p in pairs]
+    await asyncio.sleep(2)
+    measuring = True
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring = False
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await asyncio.gather(*send_tasks, return_exceptions=True)
+    await asyncio.gather(*recv_tasks, return_exceptions=True)
+    for ws in receivers:
+        await ws.close()
+    if not latencies:
+        return {"error": "no messages delivered"}
+    ordered = sorted(latencies)
+
+    def pct(p):
+        return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000, 1)
+
+    return {"offered_per_s": rate, "delivered_per_s": round(len(ordered) / elapsed, 1),
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+            "max_ms": round(ordered[-1] * 1000, 1),
+            "mean_ms": round(statistics.fmean(ordered) * 1000, 1)}
+
+
+async def idle_test(port, tokens, proc) -> dict:
+    """Hold `len(tokens)` authenticated sockets; report server RSS before and after."""
+    before = server_rss_mib(proc)
+    sockets = []
+    started = time.perf_counter()
+    batch = 200
+    for i in range(0, len(tokens), batch):
+        sockets += await asyncio.gather(*[connect(port, t) for t in tokens[i:i + batch]])
+        print(f"  idle sockets open: {len(sockets)}", file=sys.stderr, flush=True)
+    opened = time.perf_counter() - started
+    await asyncio.sleep(5)
+    after = server_rss_mib(proc)
+    # all still alive?
+    pongs = await asyncio.gather(*[s.send('{"type":"ping"}') for s in sockets[:100]],
+                                 return_exceptions=True)
+    for s in sockets:
+        await s.close()
+    return {"sockets": len(sockets), "server_rss_mib": round(after, 1),
+            "server_rss_before_mib": round(before, 1), "open_seconds": round(opened, 1),
+            "ping_errors": sum(isinstance(p, Exception) for p in pongs)}
+
+
+def main():
+    args = parse_args()
+    scenarios = args.only or ["rate", "latency", "idle"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    (ROOT / "var").mkdir(exist_ok=True)
+    url = setup_django(args.database)
+    ensure_database(url, fresh=not args.keep_db)
+    idle_count = args.idle_sockets if "idle" in scenarios else 0
+    print(f"preparing org: {args.pairs} pairs, {idle_count} idle devices ...", file=sys.stderr)
+    pairs, idle_tokens = prepare_org(idle_count, args.pairs)
+    port = free_port()
+    proc = start_server(port, args.workers)
+    results = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+                   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
+        "python": platform.python_version(), "workers": args.workers,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    try:
+        if "rate" in scenarios:
+            results["rate"] = asyncio.run(rate_test(port, pairs, window=args.window,
+                                                    seconds=args.seconds))
+            print(f"sustained 1:1 rate: {results['rate']['delivered_per_s']} messages/s "
+                  f"delivered+acked ({args.pairs} pairs, window {args.window})")
+        if "latency" in scenarios:
+            results["latency"] = asyncio.run(latency_test(port, pairs, rate=args.offered_rate,
+                                                          seconds=args.seconds))
+            lat = results["latency"]
+            print(f"latency at {args.offered_rate:g} msg/s offered: p50 {lat.get('p50_ms')} ms,"
+                  f" p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms "
+                  f"(delivered {lat.get('delivered_per_s')}/s)")
+        if "idle" in scenarios:
+            results["idle"] = asyncio.run(idle_test(port, idle_tokens, proc))
+            idle = results["idle"]
+            print(f"idle: {idle['sockets']} authenticated sockets, server RSS "
+                  f"{idle['server_rss_mib']} MiB (opened in {idle['open_seconds']} s)")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "relay-latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

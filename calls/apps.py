@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class CallsConfig(AppConfig):
+    """Tenant app: call signaling, call records, TURN credentials (not built yet)."""
+
+    name = "calls"

@@ -1,0 +1,89 @@
+from rest_framework import serializers
+
+from messaging.services.delivery import Envelope
+from orgs.api.fields import Base64Field
+
+
+class ConversationCreateSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["direct", "group"])
+    members = serializers.ListField(child=serializers.CharField(max_length=64), max_length=1000)
+    title = Base64Field(required=False, allow_null=True, max_bytes=4096)
+
+
+class MemberSerializer(serializers.Serializer):
+    user_id = serializers.UUIDField()
+    role = serializers.CharField()
+
+
+class ConversationSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    kind = serializers.CharField()
+    title = serializers.CharField(allow_null=True)
+    members = MemberSerializer(many=True)
+    last_seq = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    retention_days = serializers.IntegerField(allow_null=True)
+
+
+class MembersAddSerializer(serializers.Serializer):
+    user_ids = serializers.ListField(
+        child=serializers.CharField(max_length=64), min_length=1, max_length=1000
+    )
+
+
+class EnvelopeSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=64)
+    device_id = serializers.IntegerField(min_value=1)
+    type = serializers.IntegerField(min_value=0, max_value=255)
+    body = Base64Field()  # size checked by the service: over 96 KiB is a 413
+
+
+class MessageSendSerializer(serializers.Serializer):
+    client_id = serializers.UUIDField()
+    body = Base64Field(required=False, allow_null=True)
+    envelopes = EnvelopeSerializer(many=True, required=False, allow_null=True, max_length=10000)
+    thread = serializers.UUIDField(required=False, allow_null=True)
+    refers_to = serializers.UUIDField(required=False, allow_null=True)
+    mentions = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=1000)
+    attachments = serializers.ListField(
+        child=serializers.UUIDField(), required=False, max_length=32
+    )
+
+    def to_kwargs(self) -> dict:
+        data = self.validated_data
+        envelopes = data.get("envelopes")
+        return {
+            "client_id": data["client_id"],
+            "body": data.get("body"),
+            "envelopes": None
+            if envelopes is None
+            else [
+                Envelope(
+                    user_id=e["user_id"], device_id=e["device_id"], type=e["type"], body=e["body"]
+                )
+                for e in envelopes
+            ],
+            "thread": data.get("thread"),
+            "refers_to": data.get("refers_to"),
+            "mentions": [str(m) for m in data.get("mentions", [])],
+            "attachments": [str(a) for a in data.get("attachments", [])],
+        }
+
+
+class MessageAcceptedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    ts = serializers.DateTimeField()
+
+
+class AckSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.CharField(max_length=64), max_length=1000)
+
+
+class RetentionSerializer(serializers.Serializer):
+    days = serializers.IntegerField(allow_null=True)
+
+
+class RetentionStateSerializer(serializers.Serializer):
+    days = serializers.IntegerField(allow_null=True)
+    effective_days = serializers.IntegerField()

@@ -1,0 +1,180 @@
+"""Conversations, messages, history and the REST fallback of the device queue."""
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from messaging.api import conversation_serializers as s
+from messaging.services import conversations, delivery
+from orgs.api.permissions import require
+from orgs.roles import Perm
+from siphera.api_errors import ApiError
+
+ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
+MessagingPerm = require(Perm.MESSAGING_USE)
+
+
+def _int_param(request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"`{name}` must be an integer.") from None
+    return max(lo, min(hi, value))
+
+
+class ConversationsView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(responses={200: s.ConversationSerializer(many=True)}, tags=["conversations"])
+    def get(self, request):
+        rows = conversations.conversations_of(request.user)
+        return Response([conversations.conversation_payload(c) for c in rows])
+
+    @extend_schema(
+        request=s.ConversationCreateSerializer,
+        responses={
+            201: s.ConversationSerializer,
+            200: s.ConversationSerializer,
+            400: ERROR,
+            403: ERROR,
+        },
+        tags=["conversations"],
+    )
+    def post(self, request):
+        form = s.ConversationCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        conversation, created = conversations.check_create_conversation(
+            creator=request.user,
+            kind=form.validated_data["kind"],
+            member_ids=form.validated_data["members"],
+            title=form.validated_data.get("title"),
+        )
+        conversation = conversations.access_conversation(request.user, conversation.pk)
+        return Response(
+            conversations.conversation_payload(conversation),
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class ConversationDetailView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(responses={200: s.ConversationSerializer, 404: ERROR}, tags=["conversations"])
+    def get(self, request, conversation_id):
+        conversation = conversations.access_conversation(request.user, conversation_id)
+        return Response(conversations.conversation_payload(conversation))
+
+
+class MembersView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(
+        request=s.MembersAddSerializer,
+        responses={200: s.ConversationSerializer},
+        tags=["conversations"],
+    )
+    def post(self, request, conversation_id):
+        conversation = conversations.access_conversation(request.user, conversation_id)
+        form = s.MembersAddSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        conversations.check_add_members(
+            conversation,
+            form.validated_data["user_ids"],
+            acting_user=request.user,
+            acting_device_id=request.auth.device_id,
+        )
+        conversation = conversations.access_conversation(request.user, conversation_id)
+        return Response(conversations.conversation_payload(conversation))
+
+
+class MemberDetailView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(
+        responses={204: None, 403: ERROR, 404: ERROR},
+        tags=["conversations"],
+        description="Remove a member (group admins) or leave (your own user id).",
+    )
+    def delete(self, request, conversation_id, user_id):
+        conversation = conversations.access_conversation(request.user, conversation_id)
+        conversations.check_remove_member(
+            conversation, user_id, acting_user=request.user, acting_device_id=request.auth.device_id
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MessagesView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after_seq", int), OpenApiParameter("limit", int)],
+        tags=["messages"],
+        description="Stored history (bodies, never envelopes), oldest first.",
+    )
+    def get(self, request, conversation_id):
+        conversation = conversations.access_conversation(request.user, conversation_id)
+        after_seq = _int_param(request, "after_seq", 0, lo=0, hi=2**62)
+        limit = _int_param(request, "limit", 100, lo=1, hi=500)
+        return Response(delivery.history(conversation, after_seq=after_seq, limit=limit))
+
+    @extend_schema(
+        request=s.MessageSendSerializer,
+        responses={
+            201: s.MessageAcceptedSerializer,
+            404: ERROR,
+            409: ERROR,
+            410: ERROR,
+            413: ERROR,
+        },
+        tags=["messages"],
+    )
+    def post(self, request, conversation_id):
+        form = s.MessageSendSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        result = delivery.check_send_message(
+            conversation_id=_uuid_or_404(conversation_id),
+            sender=request.user,
+            sender_device_id=request.auth.device_id,
+            **form.to_kwargs(),
+        )
+        return Response(result.payload(), status=status.HTTP_201_CREATED)
+
+
+class QueueView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int)],
+        tags=["messages"],
+        description="This device's queued messages (the `message` frames).",
+    )
+    def get(self, request):
+        limit = _int_param(request, "limit", 100, lo=1, hi=500)
+        entries = delivery.pending_for_device(request.auth.pk, limit=limit)
+        return Response([frame for _, frame in entries])
+
+
+class AckView(APIView):
+    permission_classes = [MessagingPerm]
+
+    @extend_schema(request=s.AckSerializer, responses={204: None}, tags=["messages"])
+    def post(self, request):
+        form = s.AckSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        delivery.do_ack(request.auth.pk, form.validated_data["ids"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _uuid_or_404(raw):
+    import uuid
+
+    from siphera.api_errors import not_found
+
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise not_found("No such conversation.") from None

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from messaging.api import views
+
+urlpatterns = [
+    path("keys", views.KeysView.as_view(), name="keys"),
+    path("keys/count", views.KeyCountView.as_view(), name="keys-count"),
+    path("keys/<str:user_id>", views.KeyBundlesView.as_view(), name="keys-claim"),
+]

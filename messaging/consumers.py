@@ -1,0 +1,173 @@
+"""Messaging frames of the client WebSocket, mixed into orgs.consumers.ClientConsumer.
+
+Delivery: after `ready` the socket drains the device's queue from PostgreSQL oldest first,
+sends `queue.empty`, then keeps reading the queue whenever a `queue.wake` arrives. Live
+messages therefore never overtake the backlog (PITFALLS 15): there is one path, the queue.
+At most MAX_IN_FLIGHT messages are sent and unacknowledged at a time; unacked messages stay
+queued and are sent again on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from messaging.services import delivery, receipts
+from orgs.roles import Perm, frame_perm
+from siphera.api_errors import ApiError
+from siphera.tenancy import tenant_db
+from siphera.ws import FrameError
+
+log = logging.getLogger("siphera.ws")
+
+MAX_IN_FLIGHT = 256
+
+
+def _uuid(value, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise FrameError("invalid_frame", f"`{field}` must be a UUID.") from None
+
+
+class MessagingFrames:
+    _delivery_task: asyncio.Task | None = None
+
+    async def after_ready(self) -> None:
+        await super().after_ready()
+        self._in_flight: dict[str, int] = {}  # message id -> queue id, sent and unacked
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._delivery_task = asyncio.create_task(self._deliver())
+
+    async def disconnect(self, code):
+        if self._delivery_task is not None:
+            self._delivery_task.cancel()
+        await super().disconnect(code)
+
+    async def _deliver(self) -> None:
+        drained = False
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                room = MAX_IN_FLIGHT - len(self._in_flight)
+                if room <= 0:
+                    continue  # an ack will wake us
+                entries = await tenant_db(
+                    self.org,
+                    delivery.pending_for_device,
+                    self.device.pk,
+                    exclude_ids=list(self._in_flight.values()),
+                    limit=room,
+                )
+                for queue_id, frame in entries:
+                    self._in_flight[frame["id"]] = queue_id
+                    await self.send_frame(frame)
+                if len(entries) == room:
+                    self._wake.set()  # there may be more than fitted
+                elif not drained:
+                    drained = True
+                    await self.send_frame({"type": "queue.empty"})
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("ws.delivery_failed")
+            await self.close(code=1011)
+
+    # --- client frames ---------------------------------------------------------------
+    @frame_perm(Perm.MESSAGING_USE)
+    async def frame_ack(self, frame):
+        ids = frame.get("ids")
+        if not isinstance(ids, list) or len(ids) > 1000:
+            raise FrameError("invalid_frame", "`ids` is a list of at most 1000 message ids.")
+        await tenant_db(self.org, delivery.do_ack, self.device.pk, ids)
+        for message_id in ids:
+            self._in_flight.pop(str(message_id), None)
+        self._wake.set()
+
+    @frame_perm(Perm.MESSAGING_USE)
+    async def frame_receipt(self, frame):
+        seq = frame.get("up_to_seq")
+        if not isinstance(seq, int) or seq < 0:
+            raise FrameError("invalid_frame", "`up_to_seq` is a non-negative integer.")
+        conversation = _uuid(frame.get("conversation"), "conversation")
+        try:
+            await tenant_db(
+                self.org,
+                receipts.do_mark,
+                self.device.user,
+                conversation,
+                kind=frame.get("kind"),
+                up_to_seq=seq,
+                read_receipts_enabled=await self._read_receipts_enabled(),
+            )
+        except ApiError as exc:
+            raise FrameError(exc.code, exc.message) from None
+
+    async def _read_receipts_enabled(self) -> bool:
+        return await tenant_db(self.org, receipts.read_receipts_enabled)
+
+    @frame_perm(Perm.MESSAGING_USE)
+    async def frame_typing(self, frame):
+        conversation = _uuid(frame.get("conversation"), "conversation")
+        try:
+            await tenant_db(
+                self.org,
+                receipts.relay_typing,
+                self.device.user,
+                self.device.device_id,
+                conversation,
+                state=frame.get("state"),
+            )
+        except ApiError as exc:
+            raise FrameError(exc.code, exc.message) from None
+
+    @frame_perm(Perm.MESSAGING_USE)
+    async def frame_send(self, frame):
+        """Send a message over the socket (same rules as POST .../messages); answered with
+        `sent` {ref, id, seq, ts} or an `error` frame carrying missing/extra/stale."""
+        from messaging.api.conversation_serializers import MessageSendSerializer
+
+        form = MessageSendSerializer(data=frame)
+        if not form.is_valid():
+            field, errors = next(iter(form.errors.items()))
+            raise FrameError("invalid_request", f"{field}: {errors[0]}")
+        conversation = _uuid(frame.get("conversation"), "conversation")
+        try:
+            result = await tenant_db(
+                self.org,
+                delivery.check_send_message,
+                conversation_id=conversation,
+                sender=self.device.user,
+                sender_device_id=self.device.device_id,
+                **form.to_kwargs(),
+            )
+        except ApiError as exc:
+            error = {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}
+            if "ref" in frame:
+                error["ref"] = frame["ref"]
+            await self.send_frame(error)
+            return
+        reply = {"type": "sent", **result.payload()}
+        if "ref" in frame:
+            reply["ref"] = frame["ref"]
+        await self.send_frame(reply)
+
+    # --- channel-layer events --------------------------------------------------------
+    async def queue_wake(self, event):
+        if self._delivery_task is not None:
+            self._wake.set()
+
+    async def receipt_relay(self, event):
+        await self.send_frame({k: v for k, v in event.items() if k != "type"} | {"type": "receipt"})
+
+    async def typing_relay(self, event):
+        await self.send_frame({k: v for k, v in event.items() if k != "type"} | {"type": "typing"})
+
+    async def keys_low(self, event):
+        """A claim left this device with few one-time prekeys (messaging.services.keys)."""
+        await self.send_frame(
+            {"type": "keys.low", "one_time": event["one_time"], "pq": event["pq"]}
+        )

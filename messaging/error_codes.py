@@ -1,0 +1,24 @@
+"""Machine-readable error codes of the messaging API and frames."""
+
+from enum import StrEnum
+
+
+class MessagingError(StrEnum):
+    NOT_FOUND = "not_found"
+    INVALID_MEMBERS = "invalid_members"
+    EMPTY_MESSAGE = "empty_message"
+    DEVICE_MISMATCH = "device_mismatch"  # 409: envelopes miss or add devices
+    STALE_DEVICES = "stale_devices"  # 410: envelopes for revoked devices
+    ENVELOPE_TOO_LARGE = "envelope_too_large"  # 413
+    UNKNOWN_REFERENCE = "unknown_reference"  # thread/ref not a message of the conversation
+    INVALID_MENTION = "invalid_mention"
+    NOT_ALLOWED = "not_allowed"
+    # attachments
+    ATTACHMENT_TOO_LARGE = "attachment_too_large"  # 413: over the org's size limit
+    EMPTY_ATTACHMENT = "empty_attachment"  # 400: no bytes
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: not application/octet-stream
+    INVALID_ATTACHMENT = "invalid_attachment"  # 400: not the sender's, or bound elsewhere
+    # retention and legal holds
+    INVALID_RETENTION = "invalid_retention"  # 400: days out of range
+    RETENTION_EXCEEDS_POLICY = "retention_exceeds_policy"  # 403: longer than the org allows
+    INVALID_HOLD = "invalid_hold"  # 400: not exactly one of user / conversation

@@ -1,0 +1,319 @@
+"""Attachments: encrypted blobs uploaded by a device, bound to a conversation by the first
+message that lists them, readable by that conversation's members only.
+
+Guarantees:
+- The server stores opaque ciphertext (the key travels inside the end-to-end encrypted
+  message) and never logs it.
+- An upload streams in chunks from the request to the `attachments` storage, counted and
+  hashed on the way: memory stays flat whatever the size, and an upload over the org's
+  limit is refused (413) with nothing left behind, neither blob nor row.
+- The row is written before the first byte, so a process dying mid-upload leaves a row
+  that the retention job finds (and deletes with its partial blob), never an orphaned blob.
+- Only the uploader may read an unsent upload; once bound, only current members of its
+  conversation may. Anyone else, another org included, gets the same 404.
+- An attachment is deleted (row, then blob) with the last message that references it, and
+  a never-sent upload after `ATTACHMENT_UNBOUND_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.core.files.storage import Storage, storages
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from messaging.error_codes import MessagingError
+from messaging.models import Attachment, Message, MessageAttachment
+from orgs.accounts.models import User
+from siphera.api_errors import ApiError, not_found
+
+log = logging.getLogger("siphera.attachments")
+
+CONTENT_TYPE = "application/octet-stream"
+CHUNK_BYTES = 256 * 1024
+MAX_PER_MESSAGE = 32
+
+
+def storage() -> Storage:
+    """The `attachments` storage (settings.STORAGES): filesystem or S3-compatible."""
+    return storages["attachments"]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _LimitedBody:
+    """A request body as a file for `Storage.save`: read in chunks, counted and hashed on
+    the way; reading past `limit` bytes raises `_TooLarge`."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, stream, limit: int):
+        self.stream = stream
+        self.limit = limit
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK_BYTES), b""))
+        # Ask for one byte past the limit: a body of exactly `limit` bytes is fine.
+        data = self.stream.read(max(0, min(size, self.limit - self.size + 1)))
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _TooLarge
+        self.digest.update(data)
+        return data
+
+    def chunks(self, chunk_size: int | None = None):
+        while data := self.read(chunk_size or CHUNK_BYTES):
+            yield data
+
+    # The rest of the file protocol that storage backends and s3transfer look at: a
+    # readable, not seekable stream (S3 then uploads it part by part as it is read).
+    closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _storage_name(attachment_id: uuid.UUID) -> str:
+    # The org's schema first (one prefix per org), then a fan-out directory.
+    return f"{connection.schema_name}/attachments/{attachment_id.hex[:2]}/{attachment_id}"
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        MessagingError.ATTACHMENT_TOO_LARGE,
+        f"Attachments are limited to {limit} bytes in this org.",
+        extra={"max_bytes": limit},
+    )
+
+
+def check_upload(
+    stream,
+    *,
+    uploader: User,
+    uploader_device_id: int,
+    content_type: str,
+    content_length: int | None,
+) -> Attachment:
+    """Store an encrypted blob read from `stream` (a file-like request body) and return the
+    completed attachment. Content-Type must be application/octet-stream (415); an empty
+    body is 400; more than the org's limit is 413 (from Content-Length before anything is
+    stored, or while streaming a body without one) and leaves nothing behind."""
+    from messaging.services.retention import attachment_max_bytes
+
+    if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
+        raise ApiError(
+            415,
+            MessagingError.UNSUPPORTED_MEDIA_TYPE,
+            f"Upload the encrypted bytes as the raw body with Content-Type: {CONTENT_TYPE}.",
+        )
+    limit = attachment_max_bytes()
+    if content_length == 0:
+        raise ApiError(400, MessagingError.EMPTY_ATTACHMENT, "The body is empty.")
+    if content_length is not None and content_length > limit:
+        raise too_large(limit)
+
+    attachment_id = uuid.uuid4()
+    attachment = Attachment.objects.create(
+        id=attachment_id,
+        uploader=uploader,
+        uploader_device_id=uploader_device_id,
+        storage_name=_storage_name(attachment_id),
+        created_at=timezone.now(),
+    )
+    body = _LimitedBody(stream, limit)
+    try:
+        stored_name = storage().save(attachment.storage_name, body)
+    except _TooLarge:
+        _discard(attachment)
+        raise too_large(limit) from None
+    except BaseException:
+        _discard(attachment)
+        raise
+    if body.size == 0:
+        _discard(attachment)
+        raise ApiError(400, MessagingError.EMPTY_ATTACHMENT, "The body is empty.")
+    if content_length is not None and body.size != content_length:
+        _discard(attachment)
+        raise ApiError(400, "invalid_request", "The body is shorter than its Content-Length.")
+
+    attachment.storage_name = stored_name
+    attachment.size = body.size
+    attachment.sha256 = body.digest.hexdigest()
+    attachment.completed_at = timezone.now()
+    attachment.save(update_fields=["storage_name", "size", "sha256", "completed_at"])
+    log.info("attachment stored", extra={"attachment": str(attachment.pk), "size": body.size})
+    return attachment
+
+
+def _discard(attachment: Attachment) -> None:
+    """Remove a failed upload: the (partial) blob, then its row."""
+    try:
+        storage().delete(attachment.storage_name)
+    finally:
+        Attachment.objects.filter(pk=attachment.pk).delete()
+
+
+def upload_payload(attachment: Attachment) -> dict:
+    return {"id": str(attachment.pk), "size": attachment.size, "sha256": attachment.sha256}
+
+
+def access_attachment(user: User, attachment_id) -> Attachment:
+    """A completed attachment `user` may read, else 404 (whether or not it exists): the
+    uploader before it is sent, afterwards the current members of its conversation."""
+    try:
+        attachment_id = uuid.UUID(str(attachment_id))
+    except ValueError:
+        raise not_found("No such attachment.") from None
+    try:
+        attachment = (
+            Attachment.objects.filter(pk=attachment_id, completed_at__isnull=False)
+            .filter(
+                Q(conversation__isnull=True, uploader=user)
+                | Q(conversation__isnull=False, conversation__members__user=user)
+            )
+            .first()
+        )
+    except (ValidationError, ValueError):
+        attachment = None
+    if attachment is None:
+        raise not_found("No such attachment.")
+    return attachment
+
+
+def open_blob(attachment: Attachment):
+    """The stored bytes as a file object (read in chunks by the response); 404 if the blob
+    is missing from storage (logged: it should not happen)."""
+    try:
+        return storage().open(attachment.storage_name, "rb")
+    except FileNotFoundError:
+        log.warning("attachment blob missing", extra={"attachment": str(attachment.pk)})
+        raise not_found("No such attachment.") from None
+
+
+# --- binding to messages (inside the send transaction) ------------------------------------
+
+
+def lock_for_message(conversation_id, attachment_ids: list, *, sender: User) -> list[Attachment]:
+    """Lock and return the attachments a message of `sender` in `conversation_id` lists, in
+    the given order. Each must be a completed upload of the sender, not yet bound or bound
+    to this same conversation; otherwise 400 `invalid_attachment` naming the bad ids (the
+    same answer whether an id is someone else's or does not exist)."""
+    ids = [str(a) for a in attachment_ids]
+    if len(ids) > MAX_PER_MESSAGE:
+        raise ApiError(
+            400,
+            MessagingError.INVALID_ATTACHMENT,
+            f"A message lists at most {MAX_PER_MESSAGE} attachments.",
+        )
+    if len(set(ids)) != len(ids):
+        raise ApiError(400, MessagingError.INVALID_ATTACHMENT, "An attachment is listed twice.")
+    rows = {
+        str(a.pk): a
+        for a in Attachment.objects.select_for_update()
+        .filter(pk__in=ids, uploader=sender, completed_at__isnull=False)
+        .filter(Q(conversation__isnull=True) | Q(conversation_id=conversation_id))
+        .order_by("pk")  # one lock order for concurrent sends
+    }
+    bad = [i for i in ids if i not in rows]
+    if bad:
+        raise ApiError(
+            400,
+            MessagingError.INVALID_ATTACHMENT,
+            "Attachments must be your own completed uploads, not sent to another conversation.",
+            extra={"invalid": bad},
+        )
+    return [rows[i] for i in ids]
+
+
+def do_link_to_message(message: Message, attachments: list[Attachment]) -> None:
+    """Bind the (locked) attachments to the message's conversation and reference them
+    from the message, in order. Runs inside the send transaction."""
+    if not attachments:
+        return
+    now = timezone.now()
+    unbound = [a.pk for a in attachments if a.conversation_id is None]
+    if unbound:
+        Attachment.objects.filter(pk__in=unbound).update(
+            conversation_id=message.conversation_id, bound_at=now
+        )
+    MessageAttachment.objects.bulk_create(
+        [
+            MessageAttachment(message=message, attachment=a, position=i)
+            for i, a in enumerate(attachments)
+        ]
+    )
+
+
+def frame_entries(attachments: list[Attachment]) -> list[dict]:
+    """The `attachments` of a message frame, [{id, size, sha256}] in the sender's order.
+    Stored on the message when it is sent (the values never change), so delivering it
+    costs no extra query."""
+    return [{"id": str(a.pk), "size": a.size, "sha256": a.sha256} for a in attachments]
+
+
+# --- deletion ---------------------------------------------------------------------------
+
+
+def delete_unreferenced(attachment_ids: Iterable) -> list[str]:
+    """Delete the rows of those attachments no message references any more (inside the
+    caller's transaction). Returns their storage names: delete the blobs after commit
+    with `delete_blobs`."""
+    orphans = Attachment.objects.filter(pk__in=list(attachment_ids), message_links__isnull=True)
+    names = list(orphans.values_list("storage_name", flat=True))
+    if names:
+        Attachment.objects.filter(storage_name__in=names).delete()
+    return names
+
+
+def take_stale_unbound(*, now, ttl_seconds: int, limit: int, keep_uploaders=()) -> list[str]:
+    """Delete up to `limit` uploads never bound to a conversation and older than the TTL
+    (completed or left incomplete by a failed upload), skipping the uploaders in
+    `keep_uploaders` (legal hold). Rows locked by a concurrent send are skipped. Inside
+    the caller's transaction; returns the storage names for `delete_blobs`."""
+    cutoff = now - timedelta(seconds=ttl_seconds)
+    rows = (
+        Attachment.objects.select_for_update(skip_locked=True)
+        .filter(conversation__isnull=True, created_at__lt=cutoff)
+        .exclude(uploader_id__in=list(keep_uploaders))
+        .order_by("created_at")
+        .values_list("pk", "storage_name")[:limit]
+    )
+    rows = list(rows)
+    if rows:
+        Attachment.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+    return [name for _, name in rows]
+
+
+def delete_blobs(names: Iterable[str]) -> int:
+    """Delete stored blobs whose rows are gone (after commit: a rollback must never leave a
+    row without its bytes). Returns how many could not be deleted (logged)."""
+    failed = 0
+    for name in names:
+        try:
+            storage().delete(name)
+        except Exception:  # one unreachable blob must not stop the purge of the rest
+            failed += 1
+            log.warning("attachment blob not deleted", extra={"storage_name": name}, exc_info=True)
+    return failed

@@ -1,0 +1,374 @@
+"""Sending, queueing and acknowledging messages.
+
+Durability comes from PostgreSQL: a message accepted with 2xx has a queue row for every
+addressed device, deleted only when that device acknowledges it. The channel layer only
+wakes sockets up (PITFALLS 6): a wake carries no message, the socket reads its queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from messaging.error_codes import MessagingError
+from messaging.models import Conversation, Member, Message, QueuedMessage
+from messaging.services import attachments as attachment_services
+from orgs.accounts.models import Device, User
+from orgs.api.fields import b64
+from orgs.services.devices import device_group
+from siphera.api_errors import ApiError, not_found
+from siphera.events import send_now
+
+MAX_ENVELOPE_BYTES = 96 * 1024
+MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Envelope:
+    user_id: str
+    device_id: int
+    type: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: Message
+    created: bool
+
+    def payload(self) -> dict:
+        return {
+            "id": str(self.message.pk),
+            "seq": self.message.seq,
+            "ts": self.message.created_at.isoformat(),
+        }
+
+
+def _device_list(pairs) -> list[dict]:
+    return [{"user_id": u, "device_id": d} for u, d in sorted(pairs)]
+
+
+def check_send_message(
+    *,
+    conversation_id,
+    sender: User,
+    sender_device_id: int,
+    client_id: uuid.UUID,
+    body: bytes | None,
+    envelopes: list[Envelope] | None,
+    thread=None,
+    refers_to=None,
+    mentions: list[str] | None = None,
+    attachments: list | None = None,
+) -> SendResult:
+    """Validate and store a message, queue it for every addressed device, wake them.
+
+    Idempotent on (conversation, sender, client_id): a retry returns the first message and
+    stores nothing. When `envelopes` is given it must name exactly the current devices of
+    all members except the sending device: otherwise 409 (missing/extra) or 410 (stale),
+    and nothing is stored. `attachments` (ids) must be the sender's own uploads, not yet
+    sent or sent to this conversation (400 `invalid_attachment`); they are bound to it.
+    """
+    existing = _existing(conversation_id, sender, client_id)
+    if existing is not None:
+        return SendResult(existing, created=False)
+    if body is None and envelopes is None:
+        raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Send a body, envelopes, or both.")
+    if body is not None and len(body) > MAX_BODY_BYTES:
+        raise ApiError(
+            413, MessagingError.ENVELOPE_TOO_LARGE, f"The body is over {MAX_BODY_BYTES} bytes."
+        )
+    for envelope in envelopes or ():
+        if len(envelope.body) > MAX_ENVELOPE_BYTES:
+            raise ApiError(
+                413,
+                MessagingError.ENVELOPE_TOO_LARGE,
+                f"An envelope is over {MAX_ENVELOPE_BYTES // 1024} KiB.",
+                extra={"device": {"user_id": envelope.user_id, "device_id": envelope.device_id}},
+            )
+
+    try:
+        with transaction.atomic():
+            return _send_locked(
+                conversation_id,
+                sender,
+                sender_device_id,
+                client_id,
+                body,
+                envelopes,
+                thread,
+                refers_to,
+                mentions or [],
+                attachments or [],
+            )
+    except IntegrityError:
+        # A concurrent retry with the same client_id committed first: answer with it.
+        existing = _existing(conversation_id, sender, client_id)
+        if existing is None:
+            raise
+        return SendResult(existing, created=False)
+
+
+def _existing(conversation_id, sender, client_id) -> Message | None:
+    return Message.objects.filter(
+        conversation_id=conversation_id, sender=sender, client_id=client_id
+    ).first()
+
+
+def _send_locked(
+    conversation_id,
+    sender,
+    sender_device_id,
+    client_id,
+    body,
+    envelopes,
+    thread,
+    refers_to,
+    mentions,
+    attachment_ids,
+) -> SendResult:
+    # Lock order: the conversation row first. It serialises sends per conversation, so
+    # `seq` order is commit order and queue ids follow it.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.id FROM messaging_conversation c"
+            " JOIN messaging_member m ON m.conversation_id = c.id AND m.user_id = %s"
+            " WHERE c.id = %s FOR UPDATE OF c",
+            [sender.pk, conversation_id],
+        )
+        if cursor.fetchone() is None:
+            raise not_found("No such conversation.")
+    member_ids = {
+        str(u)
+        for u in Member.objects.filter(conversation_id=conversation_id).values_list(
+            "user_id", flat=True
+        )
+    }
+    _check_references(conversation_id, thread, refers_to, mentions, member_ids)
+    targets = _target_devices(member_ids, sender, sender_device_id)
+    rows = _queue_rows(targets, envelopes, member_ids)
+    if body is None and not rows:
+        raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Nothing to store or deliver.")
+    blobs = attachment_services.lock_for_message(conversation_id, attachment_ids, sender=sender)
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE messaging_conversation SET last_seq = last_seq + 1 WHERE id = %s"
+            " RETURNING last_seq",
+            [conversation_id],
+        )
+        (seq,) = cursor.fetchone()
+    message = Message.objects.create(
+        conversation_id=conversation_id,
+        seq=seq,
+        sender=sender,
+        sender_device_id=sender_device_id,
+        client_id=client_id,
+        body=body,
+        thread=thread,
+        refers_to=refers_to,
+        mentions=list(mentions),
+        attachments=attachment_services.frame_entries(blobs),
+        created_at=timezone.now(),
+    )
+    attachment_services.do_link_to_message(message, blobs)
+    for row in rows:
+        row.message = message
+    QueuedMessage.objects.bulk_create(rows)
+    wake_devices_on_commit(targets.values())
+    return SendResult(message, created=True)
+
+
+def _check_references(conversation_id, thread, refers_to, mentions, member_ids) -> None:
+    wanted = {str(x) for x in (thread, refers_to) if x}
+    if wanted:
+        found = {
+            str(x)
+            for x in Message.objects.filter(
+                conversation_id=conversation_id, pk__in=wanted
+            ).values_list("pk", flat=True)
+        }
+        if wanted - found:
+            raise ApiError(
+                400,
+                MessagingError.UNKNOWN_REFERENCE,
+                "`thread` and `refers_to` must be messages of this conversation.",
+            )
+    strangers = {str(m) for m in mentions} - member_ids
+    if strangers:
+        raise ApiError(
+            400,
+            MessagingError.INVALID_MENTION,
+            "Mentions must be members.",
+            extra={"not_members": sorted(strangers)},
+        )
+
+
+def _target_devices(member_ids, sender, sender_device_id) -> dict[tuple[str, int], Device]:
+    """Current devices of every member except the sending device."""
+    devices = Device.objects.filter(user_id__in=member_ids, revoked_at__isnull=True).only(
+        "pk", "user_id", "device_id"
+    )
+    return {
+        (str(d.user_id), d.device_id): d
+        for d in devices
+        if not (d.user_id == sender.pk and d.device_id == sender_device_id)
+    }
+
+
+def _queue_rows(targets, envelopes, member_ids) -> list[QueuedMessage]:
+    if envelopes is None:
+        return [QueuedMessage(device=device) for device in targets.values()]
+    given = [(e.user_id, e.device_id) for e in envelopes]
+    if len(set(given)) != len(given):
+        raise ApiError(400, "invalid_request", "Two envelopes address the same device.")
+    missing = set(targets) - set(given)
+    extra = set(given) - set(targets)
+    stale = _revoked(extra, member_ids)
+    if missing or extra - stale:
+        raise ApiError(
+            409,
+            MessagingError.DEVICE_MISMATCH,
+            "Envelopes must cover exactly the current devices of the members.",
+            extra={
+                "missing": _device_list(missing),
+                "extra": _device_list(extra - stale),
+                "stale": _device_list(stale),
+            },
+        )
+    if stale:
+        raise ApiError(
+            410,
+            MessagingError.STALE_DEVICES,
+            "Some envelopes address revoked devices.",
+            extra={"stale": _device_list(stale)},
+        )
+    return [
+        QueuedMessage(
+            device=targets[(e.user_id, e.device_id)], envelope_type=e.type, envelope_body=e.body
+        )
+        for e in envelopes
+    ]
+
+
+def _revoked(pairs, member_ids) -> set[tuple[str, int]]:
+    candidates = {(u, d) for u, d in pairs if u in member_ids}
+    if not candidates:
+        return set()
+    revoked = Device.objects.filter(
+        user_id__in={u for u, _ in candidates}, revoked_at__isnull=False
+    ).values_list("user_id", "device_id")
+    return candidates & {(str(u), d) for u, d in revoked}
+
+
+def do_append_event(
+    conversation: Conversation, event: dict, *, actor: User, actor_device_id: int | None = None
+) -> Message:
+    """Append a membership event to the conversation and queue it for every member device
+    (the caller's transaction decides the member set)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE messaging_conversation SET last_seq = last_seq + 1 WHERE id = %s"
+                " RETURNING last_seq",
+                [conversation.pk],
+            )
+            (seq,) = cursor.fetchone()
+        message = Message.objects.create(
+            conversation=conversation,
+            seq=seq,
+            kind=Message.EVENT,
+            sender=actor,
+            sender_device_id=actor_device_id,
+            event={**event, "by": str(actor.pk)},
+            created_at=timezone.now(),
+        )
+        member_ids = Member.objects.filter(conversation=conversation).values_list(
+            "user_id", flat=True
+        )
+        devices = list(Device.objects.filter(user_id__in=member_ids, revoked_at__isnull=True))
+        QueuedMessage.objects.bulk_create(
+            [QueuedMessage(device=d, message=message) for d in devices]
+        )
+        wake_devices_on_commit(devices)
+    return message
+
+
+def wake_devices_on_commit(devices) -> None:
+    """After commit, tell each device's socket (if any) to read its queue."""
+    schema = connection.schema_name
+    groups = [device_group(d, schema) for d in devices]
+    if groups:
+        transaction.on_commit(lambda: _wake(groups))
+
+
+def _wake(groups: list[str]) -> None:
+    for group in groups:
+        send_now(group, {"type": "queue.wake"})
+
+
+# --- reading and acknowledging a device's queue ---------------------------------------------
+
+
+def message_frame(message: Message, entry: QueuedMessage | None) -> dict:
+    frame = {
+        "type": "message",
+        "id": str(message.pk),
+        "conversation": str(message.conversation_id),
+        "seq": message.seq,
+        "ts": message.created_at.isoformat(),
+        "sender": {
+            "user_id": str(message.sender_id) if message.sender_id else None,
+            "device_id": message.sender_device_id,
+        },
+        "thread": str(message.thread) if message.thread else None,
+        "refers_to": str(message.refers_to) if message.refers_to else None,
+        "mentions": message.mentions,
+        "attachments": message.attachments,
+        "body": b64(message.body),
+        "envelope": None,
+    }
+    if entry is not None and entry.envelope_body is not None:
+        frame["envelope"] = {"type": entry.envelope_type, "body": b64(entry.envelope_body)}
+    if message.kind == Message.EVENT:
+        frame["event"] = message.event
+    return frame
+
+
+def pending_for_device(
+    device_pk: int, *, exclude_ids=(), limit: int = 256
+) -> list[tuple[int, dict]]:
+    """The device's queued messages, oldest first, skipping queue ids in `exclude_ids`
+    (already sent on this socket, not yet acked). Returns (queue id, message frame)."""
+    entries = (
+        QueuedMessage.objects.filter(device_id=device_pk)
+        .exclude(pk__in=list(exclude_ids))
+        .select_related("message")
+        .order_by("id")[:limit]
+    )
+    return [(entry.pk, message_frame(entry.message, entry)) for entry in entries]
+
+
+def do_ack(device_pk: int, message_ids) -> int:
+    """Delete acknowledged messages from the device's queue. Unknown ids are ignored."""
+    ids = []
+    for raw in message_ids:
+        try:
+            ids.append(uuid.UUID(str(raw)))
+        except ValueError:
+            continue
+    if not ids:
+        return 0
+    deleted, _ = QueuedMessage.objects.filter(device_id=device_pk, message_id__in=ids).delete()
+    return deleted
+
+
+def history(conversation: Conversation, *, after_seq: int = 0, limit: int = 100) -> list[dict]:
+    """Stored history (bodies and events, never envelopes), oldest first."""
+    messages = Message.objects.filter(conversation=conversation, seq__gt=after_seq).order_by("seq")[
+        :limit
+    ]
+    return [message_frame(m, None) for m in messages]

@@ -1,0 +1,468 @@
+"""Retention policy, legal holds, and the purge of messages past retention.
+
+Guarantees:
+- A message is deleted (history row, every device's queue row, and attachments no other
+  message references) only once it is older than its conversation's effective retention:
+  the conversation's own `retention_days` if set, else the org's policy, else
+  `RETENTION_DEFAULT_DAYS`. Until then it stays queued for devices that have not yet
+  acknowledged it (DESIGN invariant 3).
+- An active legal hold keeps everything it covers: a held conversation entirely; for a
+  held user, every message they sent, every message queued for one of their devices, and
+  every message of a conversation sent while they were a member (current members from
+  their join time; former members up to the event that removed them, conservatively from
+  the conversation's start).
+- Placing a hold and a purge batch are serialised by one per-org advisory lock, so a batch
+  never deletes what a hold committed before it covers.
+- Policy changes, conversation overrides, holds placed and released, and every purge run
+  are audited in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import (
+    DateTimeField,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    Func,
+    OuterRef,
+    Value,
+)
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from messaging.error_codes import MessagingError
+from messaging.models import (
+    Conversation,
+    LegalHold,
+    Member,
+    Message,
+    MessageAttachment,
+    MessagingPolicy,
+    QueuedMessage,
+)
+from messaging.services import attachments
+from orgs.accounts.models import User
+from orgs.audit_events import AuditEvent
+from orgs.roles import Perm, has_perm
+from orgs.services import audit
+from siphera.api_errors import ApiError, not_found
+
+log = logging.getLogger("siphera.retention")
+
+MIN_DAYS = 1
+MAX_DAYS = 36500  # 100 years: "keep" without a special value
+# With hashtext(schema): one advisory lock per org shared by hold changes and purge batches.
+_HOLD_LOCK_NAMESPACE = 0x5E1B
+_LEFT_ACTIONS = ["member.left", "member.removed"]
+
+
+# --- policy -----------------------------------------------------------------------------
+
+
+def get_policy() -> MessagingPolicy:
+    """The current org's messaging policy row (created with defaults on first use)."""
+    policy, _ = MessagingPolicy.objects.get_or_create(pk=1)
+    return policy
+
+
+def org_retention_days(policy: MessagingPolicy | None = None) -> int:
+    policy = policy or get_policy()
+    return policy.retention_days or settings.RETENTION_DEFAULT_DAYS
+
+
+def attachment_max_bytes(policy: MessagingPolicy | None = None) -> int:
+    policy = policy or get_policy()
+    return policy.attachment_max_bytes or settings.ATTACHMENT_MAX_BYTES
+
+
+def policy_payload(policy: MessagingPolicy | None = None) -> dict:
+    policy = policy or get_policy()
+    return {
+        "retention_days": policy.retention_days,
+        "attachment_max_bytes": policy.attachment_max_bytes,
+        "effective": {
+            "retention_days": org_retention_days(policy),
+            "attachment_max_bytes": attachment_max_bytes(policy),
+        },
+        "defaults": {
+            "retention_days": settings.RETENTION_DEFAULT_DAYS,
+            "attachment_max_bytes": settings.ATTACHMENT_MAX_BYTES,
+        },
+        "limits": {
+            "retention_days": [MIN_DAYS, MAX_DAYS],
+            "attachment_max_bytes": [1, settings.ATTACHMENT_MAX_BYTES_CEILING],
+        },
+    }
+
+
+def _check_days(days: int | None) -> None:
+    if days is not None and not (MIN_DAYS <= days <= MAX_DAYS):
+        raise ApiError(
+            400,
+            MessagingError.INVALID_RETENTION,
+            f"Retention is between {MIN_DAYS} and {MAX_DAYS} days (or null for the default).",
+        )
+
+
+def check_set_policy(changes: dict, *, actor: audit.Actor) -> MessagingPolicy:
+    """Change the org's retention days and/or attachment size limit (null: the platform
+    default). Each changed field is one `retention.policy_changed` audit entry."""
+    if "retention_days" in changes:
+        _check_days(changes["retention_days"])
+    if "attachment_max_bytes" in changes:
+        value = changes["attachment_max_bytes"]
+        ceiling = settings.ATTACHMENT_MAX_BYTES_CEILING
+        if value is not None and not (1 <= value <= ceiling):
+            raise ApiError(
+                400,
+                "invalid_policy",
+                f"attachment_max_bytes is between 1 and {ceiling} (or null for the default).",
+            )
+    with transaction.atomic():
+        get_policy()
+        policy = MessagingPolicy.objects.select_for_update().get(pk=1)
+        changed = []
+        for field in ("retention_days", "attachment_max_bytes"):
+            if field in changes and getattr(policy, field) != changes[field]:
+                before = getattr(policy, field)
+                setattr(policy, field, changes[field])
+                changed.append(field)
+                audit.record(
+                    AuditEvent.RETENTION_POLICY_CHANGED,
+                    actor=actor,
+                    target_type="messaging_policy",
+                    target_id=field,
+                    data={"field": field, "before": before, "after": changes[field]},
+                )
+        if changed:
+            policy.save(update_fields=[*changed, "updated_at"])
+    return policy
+
+
+def conversation_retention_payload(conversation: Conversation) -> dict:
+    """What members see. Legal holds are not shown: a hold must not tip off its subject."""
+    return {
+        "days": conversation.retention_days,
+        "effective_days": conversation.retention_days or org_retention_days(),
+    }
+
+
+def check_set_conversation_retention(
+    conversation: Conversation,
+    days: int | None,
+    *,
+    acting_user: User,
+    acting_device_id: int | None,
+    actor: audit.Actor,
+) -> Conversation:
+    """Set (or with None clear) a conversation's retention override. Group admins may set
+    it on their groups, either member on a direct conversation. Without the
+    `compliance.manage` permission the override may only shorten retention (at most the
+    org's policy). Audited (`retention.conversation_changed`); the members' devices get a
+    `retention.changed` conversation event."""
+    from messaging.services.conversations import _require_group_admin
+    from messaging.services.delivery import do_append_event
+
+    _check_days(days)
+    if conversation.kind == Conversation.GROUP:
+        _require_group_admin(conversation, acting_user)
+    compliance = has_perm(acting_user, Perm.COMPLIANCE_MANAGE)
+    org_days = org_retention_days()
+    if days is not None and days > org_days and not compliance:
+        raise ApiError(
+            403,
+            MessagingError.RETENTION_EXCEEDS_POLICY,
+            f"The org keeps messages {org_days} days: a conversation may only shorten that.",
+            extra={"max_days": org_days},
+        )
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        before = locked.retention_days
+        if before != days:
+            locked.retention_days = days
+            locked.save(update_fields=["retention_days"])
+            audit.record(
+                AuditEvent.RETENTION_CONVERSATION_CHANGED,
+                actor=actor,
+                target_type="conversation",
+                target_id=locked.pk,
+                data={"before": before, "after": days},
+            )
+            do_append_event(
+                locked,
+                {"action": "retention.changed", "days": days},
+                actor=acting_user,
+                actor_device_id=acting_device_id,
+            )
+    return locked
+
+
+# --- legal holds ------------------------------------------------------------------------
+
+
+def _lock_holds() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
+            [_HOLD_LOCK_NAMESPACE],
+        )
+
+
+def hold_payload(hold: LegalHold) -> dict:
+    return {
+        "id": str(hold.pk),
+        "kind": hold.kind,
+        "user_id": str(hold.user_id) if hold.user_id else None,
+        "conversation_id": str(hold.conversation_id) if hold.conversation_id else None,
+        "reason": hold.reason,
+        "placed_by": str(hold.placed_by_id) if hold.placed_by_id else None,
+        "placed_at": hold.placed_at.isoformat(),
+        "released_by": str(hold.released_by_id) if hold.released_by_id else None,
+        "released_at": hold.released_at.isoformat() if hold.released_at else None,
+        "active": hold.released_at is None,
+    }
+
+
+def list_holds(*, active_only: bool = False):
+    rows = LegalHold.objects.order_by("placed_at")
+    return rows.filter(released_at__isnull=True) if active_only else rows
+
+
+def access_hold(hold_id) -> LegalHold:
+    """The hold with this id in the current org, or a 404 (also for malformed ids)."""
+    try:
+        return LegalHold.objects.get(pk=uuid.UUID(str(hold_id)))
+    except (LegalHold.DoesNotExist, ValueError):
+        raise not_found("No such legal hold.") from None
+
+
+def check_place_hold(
+    *, user_id=None, conversation_id=None, reason: str = "", actor: audit.Actor
+) -> LegalHold:
+    """Place a legal hold on exactly one user or conversation of this org (404 for an
+    unknown id). Audited `legal_hold.placed`; from its commit on, purges keep what it
+    covers."""
+    if (user_id is None) == (conversation_id is None):
+        raise ApiError(
+            400, MessagingError.INVALID_HOLD, "Name exactly one user_id or conversation_id."
+        )
+    user = conversation = None
+    if user_id is not None:
+        user = User.objects.filter(pk=user_id).first()
+        if user is None:
+            raise not_found("No such user.")
+    else:
+        conversation = Conversation.objects.filter(pk=conversation_id).first()
+        if conversation is None:
+            raise not_found("No such conversation.")
+    with transaction.atomic():
+        _lock_holds()
+        hold = LegalHold.objects.create(
+            user=user,
+            conversation=conversation,
+            reason=reason,
+            placed_by=actor.user,
+            placed_at=timezone.now(),
+        )
+        audit.record(
+            AuditEvent.LEGAL_HOLD_PLACED,
+            actor=actor,
+            target_type="legal_hold",
+            target_id=hold.pk,
+            data={
+                "kind": hold.kind,
+                "user_id": str(user.pk) if user else None,
+                "conversation_id": str(conversation.pk) if conversation else None,
+                "reason": reason,
+            },
+        )
+    return hold
+
+
+def check_release_hold(hold: LegalHold, *, actor: audit.Actor) -> LegalHold:
+    """Release an active hold (idempotent: releasing a released hold changes nothing).
+    Audited `legal_hold.released`; what no other hold covers is purged by the next run."""
+    with transaction.atomic():
+        _lock_holds()
+        hold = LegalHold.objects.select_for_update().get(pk=hold.pk)
+        if hold.released_at is None:
+            hold.released_at = timezone.now()
+            hold.released_by = actor.user
+            hold.save(update_fields=["released_at", "released_by"])
+            audit.record(
+                AuditEvent.LEGAL_HOLD_RELEASED,
+                actor=actor,
+                target_type="legal_hold",
+                target_id=hold.pk,
+                data={
+                    "kind": hold.kind,
+                    "user_id": str(hold.user_id) if hold.user_id else None,
+                    "conversation_id": str(hold.conversation_id) if hold.conversation_id else None,
+                },
+            )
+    return hold
+
+
+def _active_holds() -> tuple[list[str], list[str]]:
+    """(held user ids, held conversation ids) of the active holds."""
+    users, conversations = set(), set()
+    for user_id, conversation_id in LegalHold.objects.filter(released_at__isnull=True).values_list(
+        "user_id", "conversation_id"
+    ):
+        if user_id:
+            users.add(str(user_id))
+        if conversation_id:
+            conversations.add(str(conversation_id))
+    return sorted(users), sorted(conversations)
+
+
+# --- purge ------------------------------------------------------------------------------
+
+
+@dataclass
+class PurgeReport:
+    """What one purge run did (the job's log and its audit entry carry it)."""
+
+    retention_days: int = 0
+    batches: int = 0
+    messages: int = 0
+    queue_rows: int = 0
+    attachments: int = 0
+    unbound_attachments: int = 0
+    blobs_not_deleted: int = 0
+    held_users: int = 0
+    held_conversations: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+ProgressFn = Callable[[str, PurgeReport], None]
+
+
+def _expired_messages(now: datetime, org_days: int, held_users: list, held_conversations: list):
+    """Messages past their conversation's effective retention that no active hold covers."""
+    days = Coalesce(F("conversation__retention_days"), Value(org_days))
+    cutoff = ExpressionWrapper(
+        Value(now, output_field=DateTimeField())
+        - Func(
+            days, template="make_interval(days => %(expressions)s)", output_field=DurationField()
+        ),
+        output_field=DateTimeField(),
+    )
+    rows = Message.objects.filter(created_at__lt=cutoff)
+    if held_conversations:
+        rows = rows.exclude(conversation_id__in=held_conversations)
+    if held_users:
+        rows = (
+            rows.exclude(sender_id__in=held_users)
+            .exclude(
+                Exists(
+                    Member.objects.filter(
+                        conversation_id=OuterRef("conversation_id"),
+                        user_id__in=held_users,
+                        joined_at__lte=OuterRef("created_at"),
+                    )
+                )
+            )
+            .exclude(
+                Exists(
+                    Message.objects.filter(
+                        conversation_id=OuterRef("conversation_id"),
+                        kind=Message.EVENT,
+                        seq__gte=OuterRef("seq"),
+                        event__action__in=_LEFT_ACTIONS,
+                        event__user_ids__has_any_keys=held_users,
+                    )
+                )
+            )
+            .exclude(
+                Exists(
+                    QueuedMessage.objects.filter(
+                        message_id=OuterRef("pk"), device__user_id__in=held_users
+                    )
+                )
+            )
+        )
+    return rows.order_by("created_at")
+
+
+def do_purge(
+    *,
+    actor: audit.Actor,
+    now: datetime | None = None,
+    batch_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> PurgeReport:
+    """Delete, in batches of `batch_size` messages (one transaction each), every message
+    past retention that no hold covers, with its queue rows and the attachments no other
+    message references; then never-sent uploads older than `ATTACHMENT_UNBOUND_TTL_SECONDS`.
+    Blobs are deleted after each batch commits. Reports each batch to `progress` and writes
+    one `retention.purged` audit entry with the totals."""
+    now = now or timezone.now()
+    batch_size = batch_size or settings.RETENTION_PURGE_BATCH
+    report = PurgeReport(retention_days=org_retention_days())
+    while True:
+        with transaction.atomic():
+            _lock_holds()
+            held_users, held_conversations = _active_holds()
+            report.held_users, report.held_conversations = len(held_users), len(held_conversations)
+            ids = list(
+                _expired_messages(
+                    now, report.retention_days, held_users, held_conversations
+                ).values_list("pk", flat=True)[:batch_size]
+            )
+            if not ids:
+                break
+            linked = set(
+                MessageAttachment.objects.filter(message_id__in=ids).values_list(
+                    "attachment_id", flat=True
+                )
+            )
+            _, per_model = Message.objects.filter(pk__in=ids).delete()
+            names = attachments.delete_unreferenced(linked)
+        report.batches += 1
+        report.messages += per_model.get(Message._meta.label, 0)
+        report.queue_rows += per_model.get(QueuedMessage._meta.label, 0)
+        report.attachments += len(names)
+        report.blobs_not_deleted += attachments.delete_blobs(names)
+        if progress:
+            progress("messages", report)
+
+    while True:
+        with transaction.atomic():
+            _lock_holds()
+            held_users, _ = _active_holds()
+            names = attachments.take_stale_unbound(
+                now=now,
+                ttl_seconds=settings.ATTACHMENT_UNBOUND_TTL_SECONDS,
+                limit=batch_size,
+                keep_uploaders=held_users,
+            )
+        if not names:
+            break
+        report.batches += 1
+        report.unbound_attachments += len(names)
+        report.blobs_not_deleted += attachments.delete_blobs(names)
+        if progress:
+            progress("unbound_attachments", report)
+
+    with transaction.atomic():
+        audit.record(
+            AuditEvent.RETENTION_PURGED,
+            actor=actor,
+            target_type="org",
+            target_id=connection.schema_name,
+            data={**report.as_dict(), "ran_at": now.isoformat()},
+        )
+    return report

@@ -1,0 +1,102 @@
+"""Conversations: direct (unique per pair) and groups with roles and membership events."""
+
+from messaging.models import Conversation
+from siphera.tenancy import in_tenant
+from tests.fixtures import make_user
+
+from .helpers import send_body, start_conversation
+
+
+def test_a_direct_conversation_is_unique_per_pair(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    first = alice.api.post("/api/v1/conversations",
+                           json={"kind": "direct", "members": [str(bob.user.pk)]})
+    again = bob.api.post("/api/v1/conversations",
+                         json={"kind": "direct", "members": [str(alice.user.pk)]})
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    assert sorted(m["user_id"] for m in first.json()["members"]) == sorted(
+        [str(alice.user.pk), str(bob.user.pk)])
+
+
+def test_a_direct_conversation_needs_exactly_one_other_member(org_a, new_session):
+    alice = new_session(org_a)
+    two = [str(make_user(org_a).pk), str(make_user(org_a).pk)]
+    response = alice.api.post("/api/v1/conversations", json={"kind": "direct", "members": two})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_members"
+
+
+def test_members_of_another_org_are_unknown(org_a, org_b, new_session):
+    alice = new_session(org_a)
+    stranger = make_user(org_b)
+    response = alice.api.post("/api/v1/conversations",
+                              json={"kind": "group", "members": [str(stranger.pk)]})
+    assert response.status_code == 400
+    assert response.json()["unknown"] == [str(stranger.pk)]
+
+
+def test_group_creator_is_admin_and_guests_cannot_create_groups(org_a, new_session):
+    owner = new_session(org_a)
+    guest = new_session(org_a, role="guest")
+    group = start_conversation(owner, guest, kind="group")
+    roles = {m["user_id"]: m["role"] for m in group["members"]}
+    assert roles == {str(owner.user.pk): "admin", str(guest.user.pk): "member"}
+
+    refused = guest.api.post("/api/v1/conversations",
+                             json={"kind": "group", "members": [str(owner.user.pk)]})
+    assert refused.status_code == 403
+
+
+def test_guests_see_only_conversations_they_were_added_to(org_a, new_session):
+    owner, other = new_session(org_a), new_session(org_a)
+    guest = new_session(org_a, role="guest")
+    mine = start_conversation(owner, guest, kind="group")
+    hidden = start_conversation(owner, other, kind="group")
+    listed = [c["id"] for c in guest.api.get("/api/v1/conversations").json()]
+    assert listed == [mine["id"]]
+    assert guest.api.get(f"/api/v1/conversations/{hidden['id']}").status_code == 404
+
+
+def test_membership_changes_are_events_in_the_conversation(org_a, new_session):
+    admin, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
+    group = start_conversation(admin, bob, kind="group")
+    added = admin.api.post(f"/api/v1/conversations/{group['id']}/members",
+                           json={"user_ids": [str(carol.user.pk)]})
+    assert added.status_code == 200
+    assert str(carol.user.pk) in [m["user_id"] for m in added.json()["members"]]
+
+    # a plain member cannot remove others, but can leave
+    refused = bob.api.delete(f"/api/v1/conversations/{group['id']}/members/{carol.user.pk}")
+    assert refused.status_code == 403
+    assert bob.api.delete(
+        f"/api/v1/conversations/{group['id']}/members/{bob.user.pk}").status_code == 204
+
+    history = admin.api.get(f"/api/v1/conversations/{group['id']}/messages").json()
+    events = [(m["seq"], m["event"]["action"]) for m in history]
+    assert events == [(1, "member.added"), (2, "member.left")]
+    assert history[0]["event"]["user_ids"] == [str(carol.user.pk)]
+    # bob has left: the conversation is gone for him
+    assert bob.api.get(f"/api/v1/conversations/{group['id']}").status_code == 404
+    assert send_body(bob, group["id"]).status_code == 404
+
+
+def test_the_last_admin_leaving_hands_admin_to_the_longest_member(org_a, new_session):
+    admin, bob = new_session(org_a), new_session(org_a)
+    group = start_conversation(admin, bob, kind="group")
+    admin.api.delete(f"/api/v1/conversations/{group['id']}/members/{admin.user.pk}")
+    members = bob.api.get(f"/api/v1/conversations/{group['id']}").json()["members"]
+    assert members == [{"user_id": str(bob.user.pk), "role": "admin"}]
+
+
+def test_another_orgs_user_cannot_see_or_post_to_a_conversation(org_a, org_b, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    outsider = new_session(org_b)
+    conversation = start_conversation(alice, bob)
+    cid = conversation["id"]
+    assert outsider.api.get(f"/api/v1/conversations/{cid}").status_code == 404
+    assert outsider.api.get(f"/api/v1/conversations/{cid}/messages").status_code == 404
+    assert send_body(outsider, cid).status_code == 404
+    # and org A's token is useless at org B's host
+    assert outsider.api.as_device(alice.token).get("/api/v1/conversations").status_code == 401
+    assert in_tenant(org_a, Conversation.objects.get, pk=cid).last_seq == 0

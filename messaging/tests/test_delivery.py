@@ -1,0 +1,252 @@
+"""Sending and delivery: idempotency, device coverage (409/410), limits, durable queues,
+ordered drain before live frames, acks, redelivery, the REST fallback."""
+
+import asyncio
+import uuid
+
+from messaging.models import Message, QueuedMessage
+from siphera.tenancy import in_tenant
+from tests.ws import authed_socket, recv, recv_type, send
+
+from .helpers import b64, envelope, send_body, start_conversation
+
+
+def _queued(org, session) -> int:
+    return in_tenant(org, QueuedMessage.objects.filter(device__user=session.user,
+                                                       device__device_id=session.device_id
+                                                       ).count)
+
+
+def _stored(org, conversation_id) -> int:
+    return in_tenant(org, Message.objects.filter(conversation_id=conversation_id).count)
+
+
+def test_a_message_gets_a_seq_and_lands_in_history_and_the_recipients_queue(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    first = send_body(alice, cid, b"ciphertext-1")
+    second = send_body(alice, cid, b"ciphertext-2")
+    assert first.status_code == second.status_code == 201
+    assert (first.json()["seq"], second.json()["seq"]) == (1, 2)
+    assert set(first.json()) == {"id", "seq", "ts"}
+
+    history = bob.api.get(f"/api/v1/conversations/{cid}/messages?after_seq=1").json()
+    assert [m["body"] for m in history] == [b64(b"ciphertext-2")]
+    queued = bob.api.get("/api/v1/messages").json()
+    assert [m["seq"] for m in queued] == [1, 2]
+    assert queued[0]["sender"] == {"user_id": str(alice.user.pk),
+                                   "device_id": alice.device_id}
+    assert _queued(org_a, alice) == 0  # the sending device gets nothing back
+
+
+def test_a_retry_with_the_same_client_id_returns_the_same_answer(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    payload = {"client_id": str(uuid.uuid4()), "body": b64(b"once")}
+    answers = [alice.api.post(f"/api/v1/conversations/{cid}/messages", json=payload)
+               for _ in range(3)]
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.text for a in answers}) == 1
+    assert _stored(org_a, cid) == 1 and _queued(org_a, bob) == 1
+
+
+def test_envelopes_must_cover_exactly_the_current_devices(org_a, new_session):
+    alice = new_session(org_a)
+    alice_phone = new_session(org_a, alice.user, name="phone")
+    bob = new_session(org_a)
+    bob_tablet = new_session(org_a, bob.user, name="tablet")
+    cid = start_conversation(alice, bob)["id"]
+    url = f"/api/v1/conversations/{cid}/messages"
+
+    def post(envelopes):
+        return alice.api.post(url, json={"client_id": str(uuid.uuid4()), "envelopes": envelopes})
+
+    missing = post([envelope(bob), envelope(alice_phone)])
+    assert missing.status_code == 409
+    assert missing.json()["missing"] == [{"user_id": str(bob.user.pk),
+                                          "device_id": bob_tablet.device_id}]
+    assert missing.json()["extra"] == []
+
+    extra = post([envelope(bob), envelope(bob_tablet), envelope(alice_phone),
+                  {**envelope(bob), "device_id": 99}])
+    assert extra.status_code == 409
+    assert extra.json()["extra"] == [{"user_id": str(bob.user.pk), "device_id": 99}]
+    assert extra.json()["missing"] == []
+
+    # the sending device itself is not a target
+    self_addressed = post([envelope(bob), envelope(bob_tablet), envelope(alice_phone),
+                           envelope(alice)])
+    assert self_addressed.status_code == 409
+    assert self_addressed.json()["extra"] == [{"user_id": str(alice.user.pk),
+                                               "device_id": alice.device_id}]
+
+    bob.api.delete(f"/api/v1/devices/{bob_tablet.device_id}")
+    stale = post([envelope(bob), envelope(bob_tablet), envelope(alice_phone)])
+    assert stale.status_code == 410
+    assert stale.json()["stale"] == [{"user_id": str(bob.user.pk),
+                                      "device_id": bob_tablet.device_id}]
+    assert stale.json()["error"]["code"] == "stale_devices"
+
+    assert _stored(org_a, cid) == 0
+    assert _queued(org_a, bob) == 0 and _queued(org_a, alice_phone) == 0
+
+    exact = post([envelope(bob, body=b"for-bob"), envelope(alice_phone, body=b"for-phone")])
+    assert exact.status_code == 201
+    frames = bob.api.get("/api/v1/messages").json()
+    assert frames[0]["envelope"] == {"type": 1, "body": b64(b"for-bob")}
+    phone_frames = alice_phone.api.get("/api/v1/messages").json()
+    assert phone_frames[0]["envelope"]["body"] == b64(b"for-phone")
+
+
+def test_an_envelope_over_96_kib_is_413_and_nothing_is_stored(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    big = alice.api.post(f"/api/v1/conversations/{cid}/messages", json={
+        "client_id": str(uuid.uuid4()),
+        "envelopes": [envelope(bob, body=b"x" * (96 * 1024 + 1))]})
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "envelope_too_large"
+    assert _stored(org_a, cid) == 0
+
+
+def test_bad_message_input_gets_clear_400s(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    url = f"/api/v1/conversations/{cid}/messages"
+    cases = {
+        "empty_message": {"client_id": str(uuid.uuid4())},
+        "invalid_request": {"client_id": "not-a-uuid", "body": b64(b"x")},
+        "unknown_reference": {"client_id": str(uuid.uuid4()), "body": b64(b"x"),
+                              "thread": str(uuid.uuid4())},
+        "invalid_mention": {"client_id": str(uuid.uuid4()), "body": b64(b"x"),
+                            "mentions": [str(uuid.uuid4())]},
+    }
+    for code, payload in cases.items():
+        response = alice.api.post(url, json=payload)
+        assert response.status_code == 400, (code, response.text)
+        assert response.json()["error"]["code"] == code
+    assert _stored(org_a, cid) == 0
+    assert send_body(alice, uuid.uuid4()).status_code == 404
+
+
+def test_threads_and_references_point_into_the_same_conversation(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    root = send_body(alice, cid).json()["id"]
+    reply = send_body(bob, cid, thread=root, mentions=[str(alice.user.pk)])
+    edit = send_body(alice, cid, refers_to=root)
+    assert reply.status_code == edit.status_code == 201
+    frames = {m["id"]: m for m in alice.api.get("/api/v1/messages").json()}
+    assert frames[reply.json()["id"]]["thread"] == root
+    assert frames[reply.json()["id"]]["mentions"] == [str(alice.user.pk)]
+
+
+async def test_a_socket_drains_its_backlog_in_order_then_queue_empty_then_live(
+    server, org_a, new_session
+):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    for i in range(5):
+        send_body(alice, cid, f"backlog-{i}".encode())
+    async with await authed_socket(server, bob) as ws:
+        frames = [await recv(ws) for _ in range(6)]
+        assert [f["type"] for f in frames] == ["message"] * 5 + ["queue.empty"]
+        assert [f["seq"] for f in frames[:5]] == [1, 2, 3, 4, 5]
+        assert frames[0]["body"] == b64(b"backlog-0")
+        await asyncio.to_thread(send_body, alice, cid, b"live")
+        live = await recv_type(ws, "message")
+        assert live["seq"] == 6 and live["body"] == b64(b"live")
+
+
+async def test_unacked_messages_come_again_on_reconnect_and_acked_ones_do_not(
+    server, org_a, new_session
+):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    ids = [send_body(alice, cid).json()["id"] for _ in range(3)]
+    async with await authed_socket(server, bob) as ws:
+        got = [(await recv_type(ws, "message"))["id"] for _ in range(3)]
+        assert got == ids
+        await send(ws, {"type": "ack", "ids": ids[:2]})
+        await send(ws, {"type": "ping"})
+        await recv_type(ws, "pong")
+    async with await authed_socket(server, bob) as ws:
+        again = await recv(ws)
+        assert again["id"] == ids[2]
+        assert (await recv(ws))["type"] == "queue.empty"
+
+
+async def test_kill_the_socket_mid_stream_then_1000_more_all_arrive_in_order_once(
+    server, org_a, new_session
+):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    url = f"/api/v1/conversations/{cid}/messages"
+    received: dict[int, str] = {}
+
+    ws = await authed_socket(server, bob)
+    for i in range(20):
+        await asyncio.to_thread(send_body, alice, cid, f"m{i}".encode())
+    for _ in range(10):
+        frame = await recv_type(ws, "message")
+        received[frame["seq"]] = frame["id"]
+        await send(ws, {"type": "ack", "ids": [frame["id"]]})
+    await ws.close()  # dies with 10 unacked (maybe in flight)
+
+    def burst():
+        for i in range(20, 1020):
+            payload = {"client_id": str(uuid.uuid4()), "body": b64(f"m{i}".encode())}
+            response = alice.api.post(url, json=payload)
+            assert response.status_code == 201
+            if i % 100 == 0:  # a retried POST never duplicates
+                assert alice.api.post(url, json=payload).json()["seq"] == response.json()["seq"]
+
+    await asyncio.to_thread(burst)
+
+    ws = await authed_socket(server, bob)
+    seqs, unacked = [], []
+    while True:
+        frame = await recv(ws, timeout=10)
+        if frame["type"] == "queue.empty":
+            break
+        seqs.append(frame["seq"])
+        unacked.append(frame["id"])
+        if len(unacked) == 32:  # clients ack in batches
+            await send(ws, {"type": "ack", "ids": unacked})
+            unacked = []
+    await send(ws, {"type": "ack", "ids": unacked})
+    await send(ws, {"type": "ping"})
+    await recv_type(ws, "pong")
+    await ws.close()
+
+    assert seqs == list(range(11, 1021))  # in order, nothing missing, nothing twice
+    assert _queued(org_a, bob) == 0
+
+
+async def test_the_rest_fallback_reads_and_acks_the_queue(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    ids = [send_body(alice, cid).json()["id"] for _ in range(3)]
+    assert [m["id"] for m in bob.api.get("/api/v1/messages?limit=2").json()] == ids[:2]
+    assert bob.api.post("/api/v1/messages/ack", json={"ids": ids[:2] + ["junk"]}
+                        ).status_code == 204
+    assert [m["id"] for m in bob.api.get("/api/v1/messages").json()] == ids[2:]
+
+
+async def test_sending_over_the_socket_answers_sent_or_the_coverage_error(
+    server, org_a, new_session
+):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    async with await authed_socket(server, alice) as ws:
+        await recv_type(ws, "queue.empty")
+        await send(ws, {"type": "send", "ref": "s1", "conversation": cid,
+                        "client_id": str(uuid.uuid4()), "body": b64(b"over-ws")})
+        sent = await recv_type(ws, "sent")
+        assert sent["ref"] == "s1" and sent["seq"] == 1
+        await send(ws, {"type": "send", "ref": "s2", "conversation": cid,
+                        "client_id": str(uuid.uuid4()), "envelopes": []})
+        error = await recv_type(ws, "error")
+        assert error["code"] == "device_mismatch" and error["ref"] == "s2"
+        assert error["missing"] == [{"user_id": str(bob.user.pk), "device_id": bob.device_id}]
+    assert bob.api.get("/api/v1/messages").json()[0]["body"] == b64(b"over-ws")

@@ -1,0 +1,209 @@
+"""Per-org identity data (tenant schema): users, their devices, login grants, audit log,
+MFA factors and the org's policies."""
+
+import uuid
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.db import models
+from django.utils.crypto import salted_hmac
+
+from orgs.roles import OWNER
+
+
+class UserManager(BaseUserManager):
+    def get_by_natural_key(self, username):
+        return self.get(username=username.lower())
+
+
+class User(AbstractBaseUser):
+    """A person of one org. Passwords are argon2 hashes; usernames are lower-case."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    username = models.CharField(max_length=150, unique=True)
+    display_name = models.CharField(max_length=200, blank=True)
+    email = models.EmailField(blank=True)
+    # A built-in role's name (orgs.roles.BUILTIN_ROLES) or a custom Role's slug.
+    role = models.CharField(max_length=40, default="member", db_index=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Raised to end every portal session of the user at once (deactivation): it is part
+    # of the session auth hash Django checks on each request.
+    session_epoch = models.PositiveIntegerField(default=0)
+
+    USERNAME_FIELD = "username"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()
+
+    class Meta:
+        ordering = ["username"]
+
+    def __str__(self) -> str:
+        return self.username
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == OWNER
+
+    def get_session_auth_hash(self) -> str:
+        """Django ends a session whose stored hash no longer matches: a new password or
+        a raised `session_epoch` signs the user out everywhere."""
+        return salted_hmac(
+            "siphera.accounts.User.get_session_auth_hash",
+            f"{self.password}:{self.session_epoch}",
+            algorithm="sha256",
+        ).hexdigest()
+
+
+class Role(models.Model):
+    """A custom role of this org: a named set of permission codes (orgs.roles.Perm).
+    Users hold it by its `slug` in `User.role`; slugs never collide with built-in roles."""
+
+    slug = models.CharField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+    description = models.CharField(max_length=300, blank=True)
+    codes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Invitation(models.Model):
+    """A single-use link for an invited user to set their password. Stored as a hash."""
+
+    user = models.ForeignKey("User", on_delete=models.CASCADE, related_name="invitations")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True)
+
+
+class Device(models.Model):
+    """A client installation of one user. `device_id` is small and unique within the user
+    and never reused, so a revoked device stays recognisable as stale."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
+    device_id = models.PositiveIntegerField()
+    name = models.CharField(max_length=100)
+    identity_key = models.BinaryField()
+    signing_key = models.BinaryField()
+    # sha256 of the bearer token; the token itself is shown once and never stored.
+    token_hash = models.CharField(max_length=64, unique=True, null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True)
+    revoked_at = models.DateTimeField(null=True)
+
+    class Meta:
+        ordering = ["user_id", "device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "device_id"], name="device_id_unique_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.device_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class LoginGrant(models.Model):
+    """Single-use proof of a login, exchanged for a device token. Stored as a hash."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="grants")
+    grant_hash = models.CharField(max_length=64, unique=True)
+    method = models.CharField(max_length=20, default="password")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    used_at = models.DateTimeField(null=True)
+
+
+class AuditEntry(models.Model):
+    """Append-only, hash-chained record of what admins and the platform did in this org.
+
+    `hash` = sha256(prev_hash + canonical JSON of this entry's fields); see
+    orgs.services.audit.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    ts = models.DateTimeField()
+    event = models.CharField(max_length=64, db_index=True)
+    actor_id = models.UUIDField(null=True)
+    actor_label = models.CharField(max_length=200, blank=True)
+    ip = models.GenericIPAddressField(null=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    target_type = models.CharField(max_length=40, blank=True)
+    target_id = models.CharField(max_length=100, blank=True)
+    data = models.JSONField(default=dict)
+    # Unique: each entry has exactly one successor, so the chain cannot fork.
+    prev_hash = models.CharField(max_length=64, unique=True)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class OrgPolicy(models.Model):
+    """The org's security policies: one row per org schema (pk is always 1).
+
+    Read and changed only through orgs.services.policy (the MFA policy also through
+    orgs.services.mfa).
+    """
+
+    MFA_OFF = "off"
+    MFA_REQUIRED_FOR_ADMINS = "required_for_admins"
+    MFA_REQUIRED_FOR_ALL = "required_for_all"
+    MFA_CHOICES = [
+        (MFA_OFF, "Off: each user decides"),
+        (MFA_REQUIRED_FOR_ADMINS, "Required for users with portal access"),
+        (MFA_REQUIRED_FOR_ALL, "Required for everyone"),
+    ]
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    mfa_policy = models.CharField(max_length=30, choices=MFA_CHOICES, default=MFA_OFF)
+    # Portal sessions end this long after sign-in (null: SESSION_COOKIE_AGE).
+    session_lifetime_minutes = models.PositiveIntegerField(null=True)
+    # Allowed login methods. Owners may always use a password (break-glass), so turning
+    # passwords off cannot lock the org out while SSO is being set up.
+    password_login = models.BooleanField(default=True)
+    sso_login = models.BooleanField(default=False)
+    # Whether read markers are relayed to the other members of a conversation.
+    read_receipts = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="org_policy_singleton")
+        ]
+
+
+class TotpFactor(models.Model):
+    """A user's TOTP (RFC 6238) authenticator. The seed is encrypted with the key ring
+    (siphera.crypto); `confirmed_at` is null while enrolment awaits its first code."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="totp")
+    secret_encrypted = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    confirmed_at = models.DateTimeField(null=True)
+    # The newest time step a code was accepted for: a code is good once (no replay).
+    last_step = models.BigIntegerField(null=True)
+
+
+class RecoveryCode(models.Model):
+    """A one-time recovery code, stored as sha256 (80 random bits: no slow hash needed)."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="recovery_codes")
+    code_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "code_hash"], name="recovery_code_unique")
+        ]

@@ -1,0 +1,36 @@
+from django.urls import path
+
+from orgs.api import admin_views, mfa_views, views
+
+urlpatterns = [
+    path("auth/login", views.LoginView.as_view(), name="auth-login"),
+    path("me", views.MeView.as_view(), name="me"),
+    path("devices", views.DevicesView.as_view(), name="devices"),
+    path("devices/<int:device_id>", views.DeviceDetailView.as_view(), name="device-detail"),
+    path("users", admin_views.UsersView.as_view(), name="users"),
+    path("users/<str:user_id>", views.UserDetailView.as_view(), name="user-detail"),
+    path("users/<str:user_id>/role", admin_views.UserRoleView.as_view(), name="user-role"),
+    path(
+        "users/<str:user_id>/deactivate",
+        admin_views.UserDeactivateView.as_view(),
+        name="user-deactivate",
+    ),
+    path(
+        "users/<str:user_id>/reactivate",
+        admin_views.UserReactivateView.as_view(),
+        name="user-reactivate",
+    ),
+    path("users/<str:user_id>/mfa", mfa_views.UserMfaResetView.as_view(), name="user-mfa"),
+    path("mfa", mfa_views.MfaStatusView.as_view(), name="mfa"),
+    path("mfa/totp", mfa_views.TotpView.as_view(), name="mfa-totp"),
+    path("mfa/totp/enroll", mfa_views.TotpEnrollView.as_view(), name="mfa-totp-enroll"),
+    path("mfa/totp/confirm", mfa_views.TotpConfirmView.as_view(), name="mfa-totp-confirm"),
+    path("mfa/recovery-codes", mfa_views.RecoveryCodesView.as_view(), name="mfa-recovery"),
+    path("org/policy", admin_views.OrgPolicyView.as_view(), name="org-policy"),
+    path("roles", admin_views.RolesView.as_view(), name="roles"),
+    path("roles/<str:slug>", admin_views.RoleDetailView.as_view(), name="role-detail"),
+    path("permissions", admin_views.PermissionsView.as_view(), name="permissions"),
+    path("audit", admin_views.AuditLogView.as_view(), name="audit"),
+    path("audit/export", admin_views.AuditExportView.as_view(), name="audit-export"),
+    path("audit/verify", admin_views.AuditVerifyView.as_view(), name="audit-verify"),
+]

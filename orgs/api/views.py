@@ -1,0 +1,95 @@
+"""Identity endpoints: login, devices, me, user directory. Views parse and call services."""
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from orgs.api import serializers as s
+from orgs.api.authentication import grant_from_header
+from orgs.services import audit, auth, devices, users
+
+ERROR = OpenApiResponse(description='{"error": {"code", "message"}}')
+
+
+class LoginView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=s.LoginSerializer,
+        responses={200: s.GrantSerializer, 401: ERROR, 429: ERROR},
+        tags=["auth"],
+    )
+    def post(self, request):
+        form = s.LoginSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        grant, expires_in = auth.check_login(
+            username=form.validated_data["username"],
+            password=form.validated_data["password"],
+            otp=form.validated_data.get("otp"),
+            actor=audit.Actor.from_request(request),
+        )
+        return Response({"grant": grant, "expires_in": expires_in})
+
+
+class DevicesView(APIView):
+    def get_permissions(self):
+        # Registration authenticates with a login grant, not a device token.
+        return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
+
+    @extend_schema(responses={200: s.DeviceSerializer(many=True)}, tags=["devices"])
+    def get(self, request):
+        rows = devices.user_devices(request.user)
+        return Response(s.DeviceSerializer(rows, many=True).data)
+
+    @extend_schema(
+        request=s.DeviceRegistrationSerializer,
+        responses={201: s.DeviceCreatedSerializer, 401: ERROR, 422: ERROR},
+        tags=["devices"],
+        description="Send `Authorization: Grant <login grant>` (single use).",
+    )
+    def post(self, request):
+        grant = grant_from_header(request)
+        form = s.DeviceRegistrationSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        device, token = devices.check_register_device(
+            grant=grant,
+            name=form.validated_data["name"],
+            bundle=form.to_bundle(),
+            actor=audit.Actor.from_request(request, user=None),
+        )
+        return Response(
+            {"device_id": device.device_id, "token": token}, status=status.HTTP_201_CREATED
+        )
+
+
+class DeviceDetailView(APIView):
+    @extend_schema(responses={204: None, 404: ERROR}, tags=["devices"])
+    def delete(self, request, device_id: int):
+        device = devices.access_device(request.user, device_id)
+        devices.do_revoke_device(device, actor=audit.Actor.from_request(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeView(APIView):
+    @extend_schema(responses={200: s.MeSerializer}, tags=["auth"])
+    def get(self, request):
+        org = request.tenant
+        return Response(
+            {
+                "user_id": str(request.user.pk),
+                "username": request.user.username,
+                "display_name": request.user.display_name,
+                "role": request.user.role,
+                "device_id": request.auth.device_id,
+                "org": {"slug": org.slug, "name": org.name},
+            }
+        )
+
+
+class UserDetailView(APIView):
+    @extend_schema(responses={200: s.UserSerializer, 404: ERROR}, tags=["users"])
+    def get(self, request, user_id):
+        return Response(s.UserSerializer(users.access_user(user_id)).data)

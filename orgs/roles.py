@@ -1,0 +1,144 @@
+"""Permissions are data: one enum of codes, built-in roles as sets of codes, and the one
+place that resolves which codes a user holds (`codes_for`).
+
+Every API view, consumer action and portal view names the code it needs; nothing checks
+a role name directly. A user's `role` is either a built-in role's name or the slug of one
+of the org's custom roles (`accounts.Role`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Perm(StrEnum):
+    PORTAL_ACCESS = "portal.access"  # sign in to the admin portal
+    USERS_VIEW = "users.view"  # list users, see their details
+    USERS_MANAGE = "users.manage"  # create/invite, deactivate, reactivate, change role
+    ROLES_MANAGE = "roles.manage"  # create, edit and delete custom roles
+    DEVICES_VIEW = "devices.view"  # see any user's devices
+    DEVICES_REVOKE = "devices.revoke"  # revoke any user's device
+    MFA_RESET = "mfa.reset"  # remove another user's second factor (lost phone)
+    AUDIT_VIEW = "audit.view"  # read the audit log, verify its chain
+    AUDIT_EXPORT = "audit.export"  # download the audit log (CSV / JSON Lines)
+    POLICY_MANAGE = "policy.manage"  # org policies: MFA, sessions, login methods, receipts
+    ORG_MANAGE = "org.manage"  # the org itself (owners only: owners, SSO/SCIM, domains)
+    BILLING_MANAGE = "billing.manage"  # subscription, seats, invoices
+    COMPLIANCE_MANAGE = "compliance.manage"  # retention policy, legal holds
+    MESSAGING_USE = "messaging.use"  # conversations, messages, keys, receipts, typing
+    GROUPS_CREATE = "groups.create"  # start group conversations
+
+
+PERM_LABELS: dict[Perm, str] = {
+    Perm.PORTAL_ACCESS: "Sign in to the admin portal",
+    Perm.USERS_VIEW: "See users and their details",
+    Perm.USERS_MANAGE: "Create, invite, deactivate and reactivate users; change roles",
+    Perm.ROLES_MANAGE: "Create, edit and delete custom roles",
+    Perm.DEVICES_VIEW: "See users' devices",
+    Perm.DEVICES_REVOKE: "Revoke users' devices",
+    Perm.MFA_RESET: "Reset a user's two-factor authentication",
+    Perm.AUDIT_VIEW: "Read the audit log and verify its chain",
+    Perm.AUDIT_EXPORT: "Download the audit log",
+    Perm.POLICY_MANAGE: "Change org policies (MFA, sessions, login methods, receipts)",
+    Perm.ORG_MANAGE: "Manage the organisation itself (owners)",
+    Perm.BILLING_MANAGE: "Manage billing",
+    Perm.COMPLIANCE_MANAGE: "Manage retention and legal holds",
+    Perm.MESSAGING_USE: "Send and receive messages",
+    Perm.GROUPS_CREATE: "Start group conversations",
+}
+
+OWNER = "owner"
+
+_ALL = frozenset(Perm)
+_MEMBER = frozenset({Perm.MESSAGING_USE, Perm.GROUPS_CREATE})
+_PORTAL = _MEMBER | {Perm.PORTAL_ACCESS}
+
+BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
+    OWNER: _ALL,
+    # Everything but `org.manage`: an admin cannot make, demote or deactivate an owner.
+    "admin": _ALL - {Perm.ORG_MANAGE},
+    "user_manager": _PORTAL
+    | {
+        Perm.USERS_VIEW,
+        Perm.USERS_MANAGE,
+        Perm.DEVICES_VIEW,
+        Perm.DEVICES_REVOKE,
+        Perm.MFA_RESET,
+    },
+    "billing_admin": _PORTAL | {Perm.BILLING_MANAGE},
+    "compliance_officer": _PORTAL
+    | {Perm.USERS_VIEW, Perm.AUDIT_VIEW, Perm.AUDIT_EXPORT, Perm.COMPLIANCE_MANAGE},
+    "security_desk": _PORTAL
+    | {
+        Perm.USERS_VIEW,
+        Perm.DEVICES_VIEW,
+        Perm.DEVICES_REVOKE,
+        Perm.MFA_RESET,
+        Perm.AUDIT_VIEW,
+    },
+    "member": _MEMBER,
+    "guest": frozenset({Perm.MESSAGING_USE}),
+}
+
+BUILTIN_LABELS: dict[str, str] = {
+    OWNER: "Owner",
+    "admin": "Admin",
+    "user_manager": "User Manager",
+    "billing_admin": "Billing Admin",
+    "compliance_officer": "Compliance Officer",
+    "security_desk": "Security Desk",
+    "member": "Member",
+    "guest": "Guest",
+}
+
+_VALID_CODES = frozenset(str(p) for p in Perm)
+
+
+def parse_codes(codes) -> frozenset[Perm]:
+    """Stored codes as Perms; codes no longer in the enum are ignored (fail closed)."""
+    return frozenset(Perm(c) for c in codes or () if c in _VALID_CODES)
+
+
+def role_codes(role: str) -> frozenset[Perm]:
+    """The codes of a role name in the current org: a built-in role, else a custom role
+    (`accounts.Role`, looked up in the current schema), else none."""
+    if role in BUILTIN_ROLES:
+        return BUILTIN_ROLES[role]
+    from orgs.accounts.models import Role
+
+    stored = Role.objects.filter(slug=role).values_list("codes", flat=True).first()
+    return parse_codes(stored)
+
+
+def codes_for(user) -> frozenset[Perm]:
+    """Every code `user` holds: none unless active, else their role's codes.
+
+    The one place a user's codes are resolved. Memoised on the user object per role name,
+    so a request (or a socket) asks the database for a custom role at most once; callers
+    that outlive a change (sockets) refresh the user.
+    """
+    if not user or not getattr(user, "is_active", False):
+        return frozenset()
+    cached = getattr(user, "_role_codes", None)
+    if cached is not None and cached[0] == user.role:
+        return cached[1]
+    codes = role_codes(user.role)
+    user._role_codes = (user.role, codes)
+    return codes
+
+
+def has_perm(user, perm: Perm) -> bool:
+    """Whether an active user's role grants `perm`."""
+    return perm in codes_for(user)
+
+
+def frame_perm(perm: Perm | None):
+    """Declare the code a WebSocket frame handler needs (None: any authenticated socket).
+    The client consumer refuses undeclared handlers, and the permission registry
+    (orgs.perm_registry) reads the declarations for the permission matrix test."""
+
+    def mark(handler):
+        handler.required_perm = perm
+        return handler
+
+    return mark

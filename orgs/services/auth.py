@@ -1,0 +1,233 @@
+"""Password login -> single-use login grant -> (device registration) device token."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.hashers import check_password, make_password
+from django.db import transaction
+from django.utils import timezone
+
+from orgs.accounts.models import Device, LoginGrant, User
+from orgs.audit_events import AuditEvent
+from orgs.roles import Perm, has_perm
+from orgs.services import audit, mfa, policy, tokens
+from orgs.services.users import normalize_username
+from siphera import ratelimit
+from siphera.api_errors import ApiError
+
+# Checked against when the username is unknown, so both paths cost one argon2 verify and
+# the answer time does not reveal whether the user exists.
+_DUMMY_HASH = None
+
+
+def _dummy_hash() -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = make_password("not-a-real-password")
+    return _DUMMY_HASH
+
+
+def check_login(
+    *, username: str, password: str, actor: audit.Actor, otp: str | None = None
+) -> tuple[str, int]:
+    """Verify credentials (and the second factor where needed) and issue a login grant:
+    returns (grant, expires_in seconds).
+
+    Rate-limited per client IP and per username (429 + Retry-After), second-factor tries
+    included. Wrong password and unknown user get the same `invalid_credentials` answer.
+    A user with MFA on, or whom the org's policy requires to use it, must send `otp` (a
+    TOTP code or an unused recovery code): 401 `otp_required` / `invalid_otp` /
+    `mfa_enrollment_required` otherwise (orgs.services.mfa).
+    """
+    user = check_credentials(username=username, password=password, actor=actor)
+    method = mfa.check_login_second_factor(user, otp, actor=actor)
+    return do_issue_grant(user, method=method, actor=actor.with_user(user))
+
+
+def check_credentials(*, username: str, password: str, actor: audit.Actor) -> User:
+    """The active user these credentials belong to, or an ApiError; shared by every
+    password login (API and portal), so they share one rate-limit budget.
+
+    Rate-limited per client IP and per username (429 + Retry-After). Wrong password,
+    inactive user and unknown user get the same 401 `invalid_credentials` and cost one
+    argon2 verify each, so neither the answer nor its timing reveals whether the user
+    exists. A failed attempt against a real user is audited. When the org's policy turned
+    password logins off, the right password gets 403 `login_method_disabled` (owners
+    excepted: orgs.services.policy).
+    """
+    username = normalize_username(username)
+    window = settings.LOGIN_RATE_WINDOW_SECONDS
+    if actor.ip:
+        ratelimit.enforce("login-ip", actor.ip, limit=settings.LOGIN_RATE_PER_IP, window=window)
+    ratelimit.enforce(
+        "login-user", username[:150] or "-", limit=settings.LOGIN_RATE_PER_USERNAME, window=window
+    )
+
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        check_password(password or "", _dummy_hash())
+        raise ApiError(401, "invalid_credentials", "Wrong username or password.")
+    if not user.check_password(password or "") or not user.is_active:
+        audit.record(
+            AuditEvent.MEMBER_LOGIN_FAILED,
+            actor=actor,
+            target_type="user",
+            target_id=user.pk,
+            data={"reason": "password" if user.is_active else "inactive"},
+        )
+        raise ApiError(401, "invalid_credentials", "Wrong username or password.")
+    if not policy.password_login_allowed(user):
+        audit.record(
+            AuditEvent.MEMBER_LOGIN_FAILED,
+            actor=actor,
+            target_type="user",
+            target_id=user.pk,
+            data={"reason": "method_disabled"},
+        )
+        raise ApiError(
+            403,
+            "login_method_disabled",
+            "Your organisation does not allow signing in with a password; use single sign-on.",
+        )
+    return user
+
+
+def check_portal_login(
+    *, username: str, password: str, actor: audit.Actor, otp: str | None = None
+) -> User:
+    """Verify credentials and the second factor for the admin portal and return the user
+    to start a session for (audited `portal.logged_in` with the method).
+
+    Same rate limits, timing and `invalid_credentials` answer as `check_login`. A user
+    whose role lacks `portal.access` gets a 403 `portal_access_denied` (audited), so the
+    person is told why rather than shown a misleading "wrong password". Then the second
+    factor, exactly as `check_login`: 401 `otp_required` (ask for the code and finish
+    with `check_portal_second_factor`, so the password is not sent twice), `invalid_otp`,
+    or `mfa_enrollment_required` (enrol first, then `do_record_portal_login`).
+    """
+    user = check_credentials(username=username, password=password, actor=actor)
+    _check_portal_access(user, actor=actor)
+    method = mfa.check_login_second_factor(user, otp, actor=actor)
+    do_record_portal_login(user, method=method, actor=actor)
+    return user
+
+
+def check_portal_second_factor(user_id, otp: str, *, actor: audit.Actor) -> User:
+    """The second step of a portal sign-in whose password was accepted moments ago (the
+    view keeps who in the session): check the TOTP or recovery code and return the user.
+
+    Tries count against the same per-username budget as passwords; a user deactivated or
+    stripped of portal access in between is refused like a wrong password.
+    """
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        raise ApiError(401, "invalid_credentials", "Sign in again.")
+    ratelimit.enforce(
+        "login-user",
+        user.username,
+        limit=settings.LOGIN_RATE_PER_USERNAME,
+        window=settings.LOGIN_RATE_WINDOW_SECONDS,
+    )
+    _check_portal_access(user, actor=actor)
+    method = mfa.check_login_second_factor(user, otp, actor=actor)
+    do_record_portal_login(user, method=method, actor=actor)
+    return user
+
+
+def _check_portal_access(user: User, *, actor: audit.Actor) -> None:
+    if not has_perm(user, Perm.PORTAL_ACCESS):
+        audit.record(
+            AuditEvent.PORTAL_ACCESS_DENIED,
+            actor=actor.with_user(user),
+            target_type="user",
+            target_id=user.pk,
+            data={"role": user.role},
+        )
+        raise ApiError(
+            403,
+            "portal_access_denied",
+            "Your role does not include access to the admin portal. "
+            "Ask an administrator of your organisation if you need it.",
+        )
+
+
+def do_record_portal_login(user: User, *, actor: audit.Actor, method: str = "password") -> None:
+    """Audit the start of a portal session (the session itself is the view's job: it is
+    tied to the request)."""
+    with transaction.atomic():
+        User.objects.filter(pk=user.pk).update(last_login=timezone.now())
+        audit.record(
+            AuditEvent.PORTAL_LOGGED_IN,
+            actor=actor.with_user(user),
+            target_type="user",
+            target_id=user.pk,
+            data={"method": method},
+        )
+
+
+def do_issue_grant(user: User, *, method: str, actor: audit.Actor) -> tuple[str, int]:
+    """Issue a single-use login grant for an authenticated user."""
+    ttl = settings.LOGIN_GRANT_TTL_SECONDS
+    grant, grant_hash = tokens.new_secret(tokens.LOGIN_GRANT_PREFIX)
+    with transaction.atomic():
+        LoginGrant.objects.create(
+            user=user,
+            grant_hash=grant_hash,
+            method=method,
+            expires_at=timezone.now() + timedelta(seconds=ttl),
+        )
+        User.objects.filter(pk=user.pk).update(last_login=timezone.now())
+        audit.record(
+            AuditEvent.MEMBER_LOGGED_IN,
+            actor=actor,
+            target_type="user",
+            target_id=user.pk,
+            data={"method": method},
+        )
+    return grant, ttl
+
+
+def do_record_portal_logout(user: User, *, actor: audit.Actor) -> None:
+    """Audit the end of a portal session the user ended themselves."""
+    audit.record(
+        AuditEvent.PORTAL_LOGGED_OUT,
+        actor=actor.with_user(user),
+        target_type="user",
+        target_id=user.pk,
+    )
+
+
+def consume_grant(grant: str) -> User:
+    """Mark a login grant used and return its user. Must run inside a transaction; a grant
+    that is unknown, expired, already used or whose user is inactive -> 401."""
+    row = (
+        LoginGrant.objects.select_for_update()
+        .select_related("user")
+        .filter(grant_hash=tokens.hash_secret(grant or ""))
+        .first()
+    )
+    now = timezone.now()
+    if row is None or row.used_at is not None or row.expires_at <= now or not row.user.is_active:
+        raise ApiError(401, "invalid_grant", "The login grant is unknown, used or expired.")
+    row.used_at = now
+    row.save(update_fields=["used_at"])
+    return row.user
+
+
+def authenticate_token(token: str) -> Device | None:
+    """The live device a bearer token belongs to in the current org, or None."""
+    if not token or not token.startswith(tokens.DEVICE_TOKEN_PREFIX):
+        return None
+    return (
+        Device.objects.select_related("user")
+        .filter(token_hash=tokens.hash_secret(token), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+
+
+def do_purge_expired_grants(*, older_than: timedelta = timedelta(0)) -> int:
+    """Delete login grants that expired (used or not) before now - older_than."""
+    deleted, _ = LoginGrant.objects.filter(expires_at__lt=timezone.now() - older_than).delete()
+    return deleted

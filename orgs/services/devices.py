@@ -1,0 +1,127 @@
+"""Registering and revoking devices."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from messaging.services import keys
+from orgs.accounts.models import Device, User
+from orgs.audit_events import AuditEvent
+from orgs.services import audit, tokens
+from orgs.services.auth import consume_grant
+from siphera.api_errors import not_found
+from siphera.events import notify_on_commit
+from siphera.tenancy import group_name
+
+
+def check_register_device(
+    *, grant: str, name: str, bundle: keys.DeviceKeys, actor: audit.Actor
+) -> tuple[Device, str]:
+    """Exchange a login grant for a new device with its public keys.
+
+    All or nothing: the grant is consumed only if the keys verify and the device is stored.
+    Returns the device and its bearer token (shown once; only its hash is kept).
+    """
+    keys.verify_bundle(bundle)  # 422 bad_signature before anything is touched
+    with transaction.atomic():
+        user = consume_grant(grant)
+        return do_register_device(user, name=name, bundle=bundle, actor=actor)
+
+
+def do_register_device(
+    user: User, *, name: str, bundle: keys.DeviceKeys, actor: audit.Actor
+) -> tuple[Device, str]:
+    with transaction.atomic():
+        # Lock the user row so concurrent registrations get distinct device ids; ids are
+        # never reused (revoked devices keep theirs).
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        highest = Device.objects.filter(user=user).aggregate(m=Max("device_id"))["m"] or 0
+        token, token_hash = tokens.new_secret(tokens.DEVICE_TOKEN_PREFIX)
+        device = Device.objects.create(
+            user=user,
+            device_id=highest + 1,
+            name=name,
+            identity_key=bundle.identity_key,
+            signing_key=bundle.signing_key,
+            token_hash=token_hash,
+        )
+        keys.do_store_keys(device, bundle)
+        audit.record(
+            AuditEvent.DEVICE_REGISTERED,
+            actor=actor.with_user(user),
+            target_type="device",
+            target_id=f"{user.pk}:{device.device_id}",
+            data={"name": name},
+        )
+    return device, token
+
+
+def access_device(user: User, device_id) -> Device:
+    """A live device of `user`, or 404."""
+    try:
+        return Device.objects.get(user=user, device_id=int(device_id), revoked_at__isnull=True)
+    except (Device.DoesNotExist, ValueError, TypeError):
+        raise not_found("No such device.") from None
+
+
+def do_revoke_device(device: Device, *, actor: audit.Actor) -> None:
+    """Revoke a device: its token stops working, its keys are deleted, and its live socket
+    is told (`device.revoked`) and closed with 4403 once this commits."""
+    with transaction.atomic():
+        device.revoked_at = timezone.now()
+        device.token_hash = None
+        device.save(update_fields=["revoked_at", "token_hash"])
+        keys.do_delete_keys(device)
+        audit.record(
+            AuditEvent.DEVICE_REVOKED,
+            actor=actor,
+            target_type="device",
+            target_id=f"{device.user_id}:{device.device_id}",
+            data={"name": device.name},
+        )
+        notify_on_commit(device_group(device), {"type": "device.revoked"})
+
+
+def do_revoke_user_devices(
+    user: User, *, actor: audit.Actor, notify: bool = True, reason: str = ""
+) -> int:
+    """Revoke every live device of `user` in one transaction (one `device.revoked` entry
+    each); returns how many. With `notify`, each device's socket is told and closed after
+    commit; a caller that closes all of the user's sockets itself (deactivation) passes
+    False."""
+    count = 0
+    with transaction.atomic():
+        for device in Device.objects.select_for_update().filter(user=user, revoked_at__isnull=True):
+            device.revoked_at = timezone.now()
+            device.token_hash = None
+            device.save(update_fields=["revoked_at", "token_hash"])
+            keys.do_delete_keys(device)
+            audit.record(
+                AuditEvent.DEVICE_REVOKED,
+                actor=actor,
+                target_type="device",
+                target_id=f"{device.user_id}:{device.device_id}",
+                data={"name": device.name, **({"reason": reason} if reason else {})},
+            )
+            if notify:
+                notify_on_commit(device_group(device), {"type": "device.revoked"})
+            count += 1
+    return count
+
+
+def device_group(device: Device, schema: str | None = None) -> str:
+    from django.db import connection
+
+    return group_name(schema or connection.schema_name, "d", device.user_id, device.device_id)
+
+
+def user_devices(user: User):
+    return Device.objects.filter(user=user, revoked_at__isnull=True).order_by("device_id")
+
+
+def do_touch_device(device: Device) -> None:
+    """Record that the device was seen (on socket auth)."""
+    device.last_seen_at = timezone.now()
+    Device.objects.filter(pk=device.pk).update(last_seen_at=device.last_seen_at)

@@ -1,0 +1,58 @@
+"""Celery tasks of orgs: thin wrappers around services.
+
+Beat runs in `public`; each periodic job is a dispatcher that sends one task per active
+org with that org's schema (PITFALLS 7, 8).
+"""
+
+import logging
+
+from celery import shared_task
+from django.db import connection
+
+from orgs.models import Org
+from orgs.services.auth import do_purge_expired_grants
+from orgs.services.mfa import do_rotate_totp_secrets
+from siphera.tenancy import public_schema, send_task
+
+log = logging.getLogger("siphera.tasks")
+
+
+def for_each_org(task) -> int:
+    """Send `task` once per active org, in that org's schema. Returns how many were sent."""
+    with public_schema():
+        orgs = list(Org.objects.filter(is_active=True).exclude(schema_name="public"))
+    for org in orgs:
+        send_task(task, org=org)
+    return len(orgs)
+
+
+@shared_task(name="orgs.tasks.dispatch_purge_expired_grants")
+def dispatch_purge_expired_grants() -> int:
+    sent = for_each_org(purge_expired_grants)
+    log.info("dispatched purge_expired_grants", extra={"orgs": sent})
+    return sent
+
+
+@shared_task(name="orgs.tasks.purge_expired_grants")
+def purge_expired_grants() -> dict:
+    deleted = do_purge_expired_grants()
+    log.info(
+        "purged expired login grants", extra={"schema": connection.schema_name, "deleted": deleted}
+    )
+    return {"schema": connection.schema_name, "deleted": deleted}
+
+
+@shared_task(name="orgs.tasks.dispatch_rotate_totp_secrets")
+def dispatch_rotate_totp_secrets() -> int:
+    """Beat (daily): re-encrypt TOTP seeds with the newest key, one task per org."""
+    sent = for_each_org(rotate_totp_secrets)
+    log.info("dispatched rotate_totp_secrets", extra={"orgs": sent})
+    return sent
+
+
+@shared_task(name="orgs.tasks.rotate_totp_secrets")
+def rotate_totp_secrets() -> dict:
+    """Re-encrypt this org's TOTP seeds still under an older key of SECRET_KEYS."""
+    rotated = do_rotate_totp_secrets()
+    log.info("rotated TOTP secrets", extra={"schema": connection.schema_name, "rotated": rotated})
+    return {"schema": connection.schema_name, "rotated": rotated}

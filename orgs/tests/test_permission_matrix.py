@@ -1,0 +1,216 @@
+"""The permission matrix: every role × every protected API endpoint, portal view and
+WebSocket frame is allowed or refused exactly as the role's codes say.
+
+Nothing here lists endpoints or codes by hand: the endpoints come from the declarations
+(orgs.perm_registry), the roles from orgs.roles.BUILTIN_ROLES plus custom roles that
+cover what no built-in role lacks (no codes at all; portal access only).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import httpx
+import pytest
+
+from orgs import perm_registry
+from orgs.perm_registry import AUTHENTICATED, PUBLIC
+from orgs.roles import BUILTIN_ROLES, Perm, role_codes
+from orgs.services import audit
+from orgs.services import roles as role_service
+from siphera.tenancy import in_tenant
+from tests.fixtures import create_org, host_of
+from tests.ws import authed_socket, recv, send
+
+CUSTOM_ROLES = {
+    "nothing": [],  # holds no code at all: refused everywhere a code is needed
+    "portal_only": [str(Perm.PORTAL_ACCESS)],
+    "auditor": [str(Perm.PORTAL_ACCESS), str(Perm.AUDIT_VIEW)],
+}
+ROLES = [*BUILTIN_ROLES, *CUSTOM_ROLES]
+# Portal pages anyone may open: signing in, out, and accepting an invitation.
+PUBLIC_PORTAL = {"login", "login-otp", "login-enroll", "logout", "invitation"}
+CSRF = "m" * 32
+
+
+@pytest.fixture(scope="module")
+def org_m():
+    org = create_org("matrix", "matrix.test")
+    for slug, codes in CUSTOM_ROLES.items():
+        in_tenant(
+            org,
+            role_service.check_create_role,
+            slug=slug,
+            name=slug.title(),
+            codes=codes,
+            actor=audit.Actor.system("tests"),
+        )
+    return org
+
+
+@pytest.fixture(scope="module")
+def sessions_by_role(org_m, server):
+    """One user with a registered device per role (module-wide: registration is slow)."""
+    from tests.fixtures import Api, make_user, register_device
+
+    api = Api(server, host_of(org_m))
+    out = {}
+    for role in ROLES:
+        user = make_user(org_m, role=role)
+        device_id, token, _ = register_device(api, user.username)
+        out[role] = (user, device_id, token)
+    return out
+
+
+def _path(route: str) -> str:
+    """A concrete path for a route: ids that exist nowhere (a refused call must be
+    refused before the id is looked at; an allowed one answers 404 or 400)."""
+
+    def sample(match: re.Match) -> str:
+        return "999999" if match.group(1) == "int" else str(uuid.uuid4())
+
+    return "/" + re.sub(r"<(?:(\w+):)?\w+>", sample, route)
+
+
+def _codes(role: str, org) -> frozenset[Perm]:
+    return in_tenant(org, role_codes, role)
+
+
+def _portal_cookie(org, user) -> str:
+    """A portal session for `user` made directly in the org's session store: roles
+    without portal access cannot sign in, yet their sessions must be refused too."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from admin_portal.sessions import AUTH_AT
+    from orgs.accounts.models import User
+
+    def make() -> str:
+        fresh = User.objects.get(pk=user.pk)
+        store = SessionStore()
+        store[SESSION_KEY] = str(fresh.pk)
+        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        store[HASH_SESSION_KEY] = fresh.get_session_auth_hash()
+        store[AUTH_AT] = int(time.time())
+        store.create()
+        return store.session_key
+
+    return in_tenant(org, make)
+
+
+def test_the_registry_finds_every_kind_of_declaration():
+    api = perm_registry.api_endpoints()
+    portal = perm_registry.portal_views()
+    frames = perm_registry.frames()
+    assert {e.requires for e in api} >= {Perm.USERS_MANAGE, Perm.MESSAGING_USE, PUBLIC}
+    assert any(e.name == "user-deactivate" and e.requires == Perm.USERS_MANAGE for e in portal)
+    assert {e.route for e in frames} >= {"ack", "send", "typing", "receipt", "ping"}
+
+
+def test_every_frame_handler_declares_its_permission():
+    assert [e.name for e in perm_registry.frames() if e.requires == "undeclared"] == []
+
+
+def test_only_sign_in_pages_of_the_portal_are_public():
+    public = {e.name for e in perm_registry.portal_views() if e.requires == PUBLIC}
+    assert public == PUBLIC_PORTAL
+
+
+def test_every_api_view_states_who_may_call_it():
+    # Public API endpoints are login, device registration (grant) and the API docs.
+    public = {(e.method, e.route) for e in perm_registry.api_endpoints() if e.requires == PUBLIC}
+    assert public == {
+        ("POST", "api/v1/auth/login"),
+        ("POST", "api/v1/devices"),
+        ("GET", "api/v1/schema/"),
+        ("GET", "api/v1/docs/"),
+        ("GET", "api/v1/redoc/"),
+    }
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_api_endpoints_allow_or_refuse_each_role_as_its_codes_say(
+    role, org_m, sessions_by_role, server
+):
+    _, _, token = sessions_by_role[role]
+    codes = _codes(role, org_m)
+    headers = {"Host": host_of(org_m), "Authorization": f"Bearer {token}"}
+    wrong = []
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+        for endpoint in perm_registry.api_endpoints():
+            if endpoint.requires == PUBLIC:
+                continue
+            if endpoint.requires == AUTHENTICATED and endpoint.method != "GET":
+                continue  # own-account actions (MFA, devices): covered by their own tests
+            body = {} if endpoint.method in ("POST", "PUT", "PATCH") else None
+            response = http.request(endpoint.method, _path(endpoint.route), json=body)
+            refused_for = response.status_code == 403 and response.json().get("permission")
+            should_refuse = endpoint.requires != AUTHENTICATED and endpoint.requires not in codes
+            if bool(refused_for) != should_refuse:
+                wrong.append((endpoint.method, endpoint.route, response.status_code))
+            elif refused_for:
+                assert refused_for == endpoint.requires
+            assert response.status_code != 401, (endpoint, response.text)
+    assert wrong == [], f"{role}: {wrong}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_portal_views_allow_or_refuse_each_role_as_its_codes_say(
+    role, org_m, sessions_by_role, server
+):
+    user, _, _ = sessions_by_role[role]
+    codes = _codes(role, org_m)
+    cookies = {"sessionid": _portal_cookie(org_m, user), "csrftoken": CSRF}
+    headers = {"Host": host_of(org_m), "X-CSRFToken": CSRF}
+    wrong = []
+    with httpx.Client(
+        base_url=server.url, headers=headers, cookies=cookies, timeout=30, follow_redirects=False
+    ) as http:
+        for view in perm_registry.portal_views():
+            if view.requires == PUBLIC:
+                continue
+            path = _path(view.route)
+            response = http.get(path)
+            if response.status_code == 405:
+                response = http.post(path, data={})
+            location = response.headers.get("location", "")
+            assert "/portal/login" not in location, f"{role} {path}: session not accepted"
+            refused = response.status_code == 403 and "does not include access" in response.text
+            should_refuse = Perm.PORTAL_ACCESS not in codes or view.requires not in codes
+            if refused != should_refuse:
+                wrong.append((view.route, response.status_code))
+    assert wrong == [], f"{role}: {wrong}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_frames_allow_or_refuse_each_role_as_its_codes_say(
+    role, org_m, sessions_by_role, server
+):
+    from tests.fixtures import Session
+
+    user, device_id, token = sessions_by_role[role]
+    codes = _codes(role, org_m)
+    session = Session(org=org_m, user=user, device_id=device_id, token=token, keys=None, api=None)
+    ws = await authed_socket(server, session)
+    wrong = []
+    try:
+        for frame in perm_registry.frames():
+            if frame.route == "auth":
+                continue
+            ref = f"m-{frame.route}"
+            await send(ws, {"type": frame.route, "ref": ref})
+            while True:
+                reply = await recv(ws, timeout=10)
+                if reply.get("ref") == ref:
+                    break
+            refused = reply["type"] == "error" and reply["code"] == "forbidden"
+            should_refuse = frame.requires != AUTHENTICATED and frame.requires not in codes
+            if refused != should_refuse:
+                wrong.append((frame.route, reply))
+            elif refused:
+                assert reply["permission"] == frame.requires
+    finally:
+        await ws.close()
+    assert wrong == [], f"{role}: {wrong}"

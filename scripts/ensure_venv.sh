@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11) and install requirements-dev.txt into it, but only when the
+# requirements files changed since the last install (their hash is kept in .venv).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+STAMP="$VENV/.requirements.sha256"
+REQUIREMENTS=(requirements.txt requirements-dev.txt)
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.11 python3; do
+        [[ -n $candidate ]] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    python="$(find_python)" || die "Python 3.11 or newer is needed and none was found." \
+        "Install python3.11 (Debian: apt-get install python3 python3-venv) or set PYTHON."
+    say "Creating the virtualenv .venv with $python ($("$python" --version 2>&1))"
+    rm -rf "$VENV"
+    if ! "$python" -m venv "$VENV"; then
+        die "'$python -m venv' failed." "On Debian/Ubuntu install python3-venv (apt-get install" \
+            "python3-venv) and run this again."
+    fi
+fi
+
+wanted="$(cat "${REQUIREMENTS[@]}" | sha256sum | cut -d' ' -f1)"
+if [[ -f $STAMP && $(cat "$STAMP") == "$wanted" ]]; then
+    say "Python dependencies are up to date (.venv)"
+    exit 0
+fi
+
+say "Installing Python dependencies into .venv (requirements changed or first run)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip ||
+    note "(could not upgrade pip; going on with the one in .venv)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt ||
+    die "pip install -r requirements-dev.txt failed (see above)."
+echo "$wanted" >"$STAMP"
+say "Python dependencies installed"

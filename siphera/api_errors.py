@@ -1,0 +1,106 @@
+"""One error shape for the whole API: {"error": {"code", "message"}, ...extra}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+
+class ApiError(exceptions.APIException):
+    """Raise from services or views: becomes a JSON error with a machine-readable code."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+def not_found(message: str = "Not found.") -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}, **extra}
+
+
+def json_error(status_code: int, code: str, message: str, **extra: Any) -> JsonResponse:
+    return JsonResponse(error_body(code, message, **extra), status=status_code)
+
+
+_DRF_CODES = {
+    exceptions.ParseError: "malformed_json",
+    exceptions.NotAuthenticated: "unauthenticated",
+    exceptions.AuthenticationFailed: "unauthenticated",
+    exceptions.PermissionDenied: "forbidden",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+    exceptions.NotAcceptable: "not_acceptable",
+}
+
+
+def exception_handler(exc, context):
+    """DRF exception handler producing the error shape above."""
+    if isinstance(exc, ApiError):
+        response = Response(error_body(exc.code, exc.message, **exc.extra), status=exc.status_code)
+        for name, value in exc.headers.items():
+            response[name] = value
+        return response
+
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # a real bug: Django's 500 handler (JSON for /api) takes it
+    if isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        response.data = error_body("invalid_request", _first_message(fields), fields=fields)
+        response.status_code = status.HTTP_400_BAD_REQUEST
+        return response
+    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if code == "unauthenticated":
+        response.status_code = status.HTTP_401_UNAUTHORIZED
+        response["WWW-Authenticate"] = "Bearer"
+    response.data = error_body(code, str(detail))
+    return response
+
+
+def _first_message(fields: dict) -> str:
+    for name, errors in fields.items():
+        first = errors[0] if isinstance(errors, list) and errors else errors
+        if isinstance(first, dict):
+            return f"{name}: {_first_message(first)}"
+        return f"{name}: {first}"
+    return "Invalid request."
+
+
+def handler404(request, exception=None):
+    """JSON for the API; an HTML page everywhere else (the portal, a browser at "/x")."""
+    if request.path.startswith("/api/"):
+        return json_error(404, "not_found", "Not found.")
+    from django.http import HttpResponseNotFound
+    from django.template.loader import render_to_string
+
+    response = HttpResponseNotFound(render_to_string("404.html", request=request))
+    response["Content-Security-Policy"] = "default-src 'self'; script-src 'none'"
+    return response
+
+
+def handler500(request):
+    return json_error(500, "internal_error", "Internal server error.")

@@ -1,0 +1,25 @@
+"""ASGI entry point: HTTP through Django (tenant middleware), WebSocket /ws/v1 through the
+tenant-resolving ASGI middleware and the client consumer."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "siphera.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from orgs.consumers import ClientConsumer  # noqa: E402
+from siphera.ws import TenantWebSocketMiddleware  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": TenantWebSocketMiddleware(
+            URLRouter([path("ws/v1", ClientConsumer.as_asgi())])
+        ),
+    }
+)

@@ -1,0 +1,12 @@
+"""Celery app. Tasks run in the schema they were sent from (tenant-schemas-celery); beat
+runs in `public`, so each periodic job is a dispatcher that fans out one task per org."""
+
+import os
+
+from tenant_schemas_celery.app import CeleryApp
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "siphera.settings")
+
+app = CeleryApp("siphera")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,89 @@
+"""HTTP middleware: health probes, request context + access log, tenant routing."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from django.db import connection
+from django.http import JsonResponse
+from django_tenants.middleware.main import TenantMainMiddleware
+
+from siphera import health
+from siphera.api_errors import json_error
+from siphera.logging import org_var, request_id_var
+from siphera.tenancy import normalize_host, org_for_host
+
+access_log = logging.getLogger("siphera.access")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
+
+
+class HealthMiddleware:
+    """/health and /ready answer on any Host, a bare IP included: load balancers probe
+    that way, before any org or ALLOWED_HOSTS check."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path == "/health":
+            return JsonResponse({"status": "ok"})
+        if request.path == "/ready":
+            ok, checks = health.readiness()
+            return JsonResponse(
+                {"status": "ok" if ok else "unavailable", "checks": checks},
+                status=200 if ok else 503,
+            )
+        return self.get_response(request)
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (X-Request-ID in, or a new one) and writes one JSON access
+    line per request: method, path (never the query string), status, duration, org."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request.request_id = request_id
+        rid_token = request_id_var.set(request_id)
+        org_token = org_var.set(None)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            response["X-Request-ID"] = request_id
+            access_log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+            return response
+        finally:
+            request_id_var.reset(rid_token)
+            org_var.reset(org_token)
+
+
+class TenantMiddleware(TenantMainMiddleware):
+    """django-tenants' middleware with our lookup (siphera.tenancy.org_for_host: active orgs,
+    ALLOWED_HOSTS) and a JSON 404 `unknown_org` for a host no org answers."""
+
+    def process_request(self, request):
+        connection.set_schema_to_public()
+        host = request.META.get("HTTP_HOST", "")
+        org = org_for_host(host)
+        if org is None:
+            return json_error(404, "unknown_org", "No organisation answers at this host.")
+        org.domain_url = normalize_host(host)
+        request.tenant = org
+        connection.set_tenant(org)
+        org_var.set(org.slug)
+        self.setup_url_routing(request)
+        return None

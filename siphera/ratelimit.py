@@ -1,0 +1,188 @@
+"""Fixed-window rate limits in Redis, shared by every web process.
+
+Counters live in Redis under `<CACHE_KEY_PREFIX>:rl:<schema>:<scope>:<ident>`, so every
+web process of the deployment spends one budget, and one org's traffic never spends
+another org's. Named limits (the table in docs/rate-limits.md) have generous defaults
+below, each overridable with `RATE_LIMITS="name=count/seconds,..."`; a few older limits
+(login, MFA, key directory) have their own settings and call `enforce` directly.
+
+Over a limit: HTTP answers 429 `rate_limited` with `Retry-After` (and `retry_after` in the
+body); a WebSocket frame gets an `error` frame with code `rate_limited` and `retry_after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+from django.db import connection
+
+from siphera.api_errors import ApiError, json_error
+
+
+@dataclass(frozen=True)
+class Limit:
+    count: int
+    window: int  # seconds
+
+
+# name -> (count, window seconds). Generous: a person or a well-behaved client never
+# meets them; a runaway script or a flood does.
+DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
+    "http.ip": (1200, 60),  # every HTTP request to an org host, per client IP
+    "api.user": (1200, 60),  # every authenticated API call, per user
+    "portal.user": (600, 60),  # every signed-in portal page or action, per user
+    "invitation.ip": (30, 300),  # opening/accepting invitation links, per client IP
+    "ws.connect.ip": (120, 60),  # WebSocket handshakes, per client IP
+    "ws.frame.user": (1800, 60),  # every frame after auth, per user (all their sockets)
+}
+
+
+def parse_limits(spec: str) -> dict[str, Limit]:
+    """`DEFAULT_LIMITS` with the overrides of a `name=count/seconds,...` string (later
+    entries win). Unknown names or malformed entries raise ValueError at start-up."""
+    limits = {name: Limit(*value) for name, value in DEFAULT_LIMITS.items()}
+    for item in (part.strip() for part in (spec or "").split(",")):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        count, _, window = value.partition("/")
+        name = name.strip()
+        if name not in DEFAULT_LIMITS or not count.strip().isdigit():
+            raise ValueError(f"RATE_LIMITS: bad entry {item!r} (known: {', '.join(limits)})")
+        limits[name] = Limit(int(count), int(window) if window.strip().isdigit() else 60)
+    return limits
+
+
+@functools.cache
+def limits() -> dict[str, Limit]:
+    return parse_limits(getattr(settings, "RATE_LIMITS", ""))
+
+
+def limit(name: str) -> Limit:
+    return limits()[name]
+
+
+@functools.cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _key(scope: str, ident: str, schema: str | None) -> str:
+    return f"{settings.CACHE_KEY_PREFIX}:rl:{schema or connection.schema_name}:{scope}:{ident}"
+
+
+def hit(
+    scope: str, ident: str, *, limit: int, window: int, schema: str | None = None
+) -> int | None:
+    """Count one hit; return None if under `limit` per `window` seconds, else the seconds
+    until the window resets (for Retry-After). Keys carry the schema (default: the
+    current one), so one org's traffic never spends another org's budget."""
+    key = _key(scope, ident, schema)
+    pipe = _client().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, window, nx=True)
+    pipe.ttl(key)
+    count, _, ttl = pipe.execute()
+    if count > limit:
+        return max(int(ttl), 1)
+    return None
+
+
+def hit_named(name: str, ident, *, schema: str | None = None) -> int | None:
+    """`hit` against a named limit of the table."""
+    rule = limit(name)
+    return hit(name, str(ident), limit=rule.count, window=rule.window, schema=schema)
+
+
+async def ahit_named(name: str, ident, *, schema: str) -> int | None:
+    """`hit_named` from async code (a consumer): the Redis round trip runs off the loop."""
+    return await asyncio.to_thread(hit_named, name, ident, schema=schema)
+
+
+def too_many(retry_after: int) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        f"Too many requests; retry in {retry_after} s.",
+        extra={"retry_after": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def enforce(scope: str, ident: str, *, limit: int, window: int) -> None:
+    """Raise a 429 `rate_limited` ApiError with Retry-After when over the limit."""
+    retry_after = hit(scope, ident, limit=limit, window=window)
+    if retry_after is not None:
+        raise too_many(retry_after)
+
+
+def enforce_named(name: str, ident) -> None:
+    """`enforce` against a named limit of the table."""
+    retry_after = hit_named(name, ident)
+    if retry_after is not None:
+        raise too_many(retry_after)
+
+
+def reset(scope: str, ident: str) -> None:
+    _client().delete(_key(scope, ident, None))
+
+
+# --- where the limits are applied --------------------------------------------------------
+
+
+class RateLimitMiddleware:
+    """`http.ip` on every request an org host answers (after the tenant middleware, so
+    the counter is the org's). Static files are exempt: they are cheap and a page pulls
+    several."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from siphera.net import client_ip
+
+        ip = client_ip(request)
+        if ip and connection.schema_name != "public" and not request.path.startswith("/static/"):
+            retry_after = hit_named("http.ip", ip)
+            if retry_after is not None:
+                response = json_error(
+                    429,
+                    "rate_limited",
+                    f"Too many requests; retry in {retry_after} s.",
+                    retry_after=retry_after,
+                )
+                response["Retry-After"] = str(retry_after)
+                return response
+        return self.get_response(request)
+
+
+class ApiUserRateLimit:
+    """DRF throttle: `api.user` per authenticated user on every API call (answered as
+    the ApiError above, so the body has the project's error shape)."""
+
+    def allow_request(self, request, view) -> bool:
+        user = getattr(request, "user", None)
+        if user is not None and getattr(user, "pk", None):
+            enforce_named("api.user", user.pk)
+        return True
+
+    def wait(self):  # never asked: allow_request raises instead of answering False
+        return None
+
+
+def scope_client_ip(scope) -> str | None:
+    """The client address of an ASGI scope (a WebSocket), honouring TRUSTED_PROXY_COUNT
+    exactly like siphera.net.client_ip does for HTTP."""
+    hops = settings.TRUSTED_PROXY_COUNT
+    if hops > 0:
+        for name, value in scope.get("headers", []):
+            if name == b"x-forwarded-for":
+                forwarded = [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
+                if len(forwarded) >= hops:
+                    return forwarded[-hops]
+    client = scope.get("client")
+    return client[0] if client else None

@@ -1,0 +1,355 @@
+"""Siphera settings. Every value comes from the environment (12-factor) with a safe
+development default; the README's configuration table lists each variable."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+# Host validation for org hosts happens against the Domain table (siphera.tenancy);
+# ALLOWED_HOSTS is a second, coarse filter an operator may narrow (e.g. ".example.com").
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# --- Apps -----------------------------------------------------------------------------
+# Shared apps live in the `public` schema: only what is needed to find an org.
+SHARED_APPS = [
+    "django_tenants",  # schema routing; must come first
+    "orgs",  # Org (the tenant) and Domain: looked up by host before any org is known
+    "django.contrib.contenttypes",  # needed in every schema by auth/sessions
+    "django.contrib.auth",  # password hashing and the user-model machinery
+    "django.contrib.staticfiles",  # portal assets, served by whitenoise
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI/Redoc assets shipped locally: no CDN
+    "django.contrib.messages",  # flash messages in the portal (no models)
+    "channels",
+]
+# Tenant apps get one copy of their tables per org schema: everything that belongs to an org.
+TENANT_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",  # portal sessions are per org
+    "orgs.accounts",  # users, devices, login grants, audit log
+    "messaging",  # key directory, conversations, messages
+    "calls",
+    "e911",
+    "billing",
+    "admin_portal",
+]
+INSTALLED_APPS = list(SHARED_APPS) + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "orgs.Org"
+TENANT_DOMAIN_MODEL = "orgs.Domain"
+AUTH_USER_MODEL = "accounts.User"
+PUBLIC_SCHEMA_URLCONF = "siphera.urls_public"
+ROOT_URLCONF = "siphera.urls_tenants"
+
+MIDDLEWARE = [
+    "siphera.middleware.HealthMiddleware",  # answers /health and /ready on any Host
+    "siphera.middleware.RequestContextMiddleware",  # request id + JSON access log
+    "siphera.middleware.TenantMiddleware",  # Host -> org schema (django-tenants)
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+ASGI_APPLICATION = "siphera.asgi.application"
+
+# --- Database -------------------------------------------------------------------------
+DATABASE_URL = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/siphera")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+# CONN_MAX_AGE must stay 0 under ASGI (PITFALLS 5).
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"].setdefault("TEST", {})["NAME"] = env("TEST_DATABASE_NAME", "") or None
+DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+# Issue `SET search_path` once per schema switch instead of before every query (the
+# connection forgets it on rollback; django-tenants resets its marker then).
+TENANT_LIMIT_SET_CALLS = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer, Celery broker, cache, rate limits ---------------------------
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYER_PREFIX = env("CHANNEL_LAYER_PREFIX", "siphera")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # socket_timeout=None: redis-py 8 otherwise times out the layer's blocking
+            # read after 5 s idle and the socket dies with 1011 (PITFALLS 18).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "prefix": CHANNEL_LAYER_PREFIX,
+            "capacity": 1000,
+            "expiry": 60,
+        },
+    }
+}
+CACHE_KEY_PREFIX = env("CACHE_KEY_PREFIX", "siphera")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": CACHE_KEY_PREFIX,
+    }
+}
+
+# --- Celery -----------------------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "siphera")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep our JSON log lines in workers too
+CELERY_TASK_ACKS_LATE = True  # a job killed mid-way is redelivered, not lost
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "purge-expired-grants": {
+        "task": "orgs.tasks.dispatch_purge_expired_grants",
+        "schedule": env_int("PURGE_GRANTS_EVERY_SECONDS", 300),
+    },
+    # Messages past retention, their queue rows and attachments; never-sent uploads.
+    "retention-purge": {
+        "task": "messaging.tasks.dispatch_retention_purge",
+        "schedule": env_int("RETENTION_PURGE_EVERY_SECONDS", 3600),
+    },
+}
+
+# --- Auth -------------------------------------------------------------------------------
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.Argon2PasswordHasher"]
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 8},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+LOGIN_URL = "/portal/login"
+LOGIN_GRANT_TTL_SECONDS = env_int("LOGIN_GRANT_TTL_SECONDS", 300)
+# Login rate limits: attempts per window, per client IP and per (org, username).
+LOGIN_RATE_PER_IP = env_int("LOGIN_RATE_PER_IP", 30)
+LOGIN_RATE_PER_USERNAME = env_int("LOGIN_RATE_PER_USERNAME", 10)
+LOGIN_RATE_WINDOW_SECONDS = env_int("LOGIN_RATE_WINDOW_SECONDS", 300)
+# How many proxies in front of us append to X-Forwarded-For (0: use the socket peer).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- MFA / secrets ---------------------------------------------------------------------
+# Key ring for secrets the server must read back (TOTP seeds, ...): comma-separated, newest
+# first; the newest encrypts, all decrypt (siphera.crypto). Defaults to SECRET_KEY (dev).
+SECRET_KEYS = env_list("SECRET_KEYS") or [SECRET_KEY]
+# Shown in authenticator apps next to the account name.
+MFA_TOTP_ISSUER = env("MFA_TOTP_ISSUER", "Siphera")
+# Time steps of clock drift tolerated either side of now (30 s each).
+MFA_TOTP_DRIFT_STEPS = env_int("MFA_TOTP_DRIFT_STEPS", 1)
+# Lifetime of the enrolment token a login gets when org policy needs MFA not yet set up.
+MFA_ENROLLMENT_TOKEN_TTL_SECONDS = env_int("MFA_ENROLLMENT_TOKEN_TTL_SECONDS", 600)
+# Code tries per user per LOGIN_RATE_WINDOW_SECONDS on the MFA endpoints (login has its own).
+MFA_VERIFY_RATE_PER_USER = env_int("MFA_VERIFY_RATE_PER_USER", 10)
+
+# --- WebSocket ----------------------------------------------------------------------------
+WS_AUTH_TIMEOUT_SECONDS = float(env("WS_AUTH_TIMEOUT_SECONDS", "5"))
+WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
+
+# --- Key directory ------------------------------------------------------------------------
+# One-time and PQ prekeys held per device and kind (PITFALLS 16: a looping client must not
+# grow the table without bound). Uploads beyond it are refused whole.
+KEYS_MAX_PER_DEVICE = env_int("KEYS_MAX_PER_DEVICE", 500)
+# Rate limits per device and window: uploads (PUT /api/v1/keys) and bundle claims
+# (GET /api/v1/keys/{user_id}). Claims are generous: a new device joining large groups
+# claims one bundle per member.
+KEYS_RATE_WINDOW_SECONDS = env_int("KEYS_RATE_WINDOW_SECONDS", 60)
+KEYS_UPLOAD_RATE = env_int("KEYS_UPLOAD_RATE", 30)
+KEYS_CLAIM_RATE = env_int("KEYS_CLAIM_RATE", 1000)
+# A claim leaving a device with fewer one-time prekeys than this pushes `keys.low` to it,
+# at most once per interval per device (the interval restarts when the device uploads).
+KEYS_LOW_THRESHOLD = env_int("KEYS_LOW_THRESHOLD", 10)
+KEYS_LOW_NOTIFY_INTERVAL_SECONDS = env_int("KEYS_LOW_NOTIFY_INTERVAL_SECONDS", 30)
+
+# --- REST API -----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["orgs.api.authentication.DeviceTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "siphera.api_errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Siphera client API",
+    "DESCRIPTION": "Siphera v1 client protocol. WebSocket frames are documented in "
+    "docs/protocol.md.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Static files -----------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- Logging: JSON lines with request id and org, never secrets ---------------------------
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "context": {"()": "siphera.logging.ContextFilter"},
+        "redact": {"()": "siphera.logging.RedactFilter"},
+    },
+    "formatters": {"json": {"()": "siphera.logging.JsonFormatter"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["context", "redact"],
+        }
+    },
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},  # we log requests ourselves
+        "django.server": {"level": "WARNING"},
+        "uvicorn.access": {"level": "WARNING"},
+        "uvicorn.error": {"level": "INFO"},
+        "celery": {"level": "INFO"},
+    },
+}
+
+# --- Attachments and retention (messaging) ----------------------------------------------
+# Attachment blobs (opaque ciphertext) go to the `attachments` storage: the local
+# filesystem under MEDIA_ROOT by default, an S3-compatible bucket (AWS S3, MinIO, ...)
+# through django-storages when ATTACHMENTS_S3_BUCKET is set. Names start with the org's
+# schema: `<schema>/attachments/<xx>/<uuid>`.
+MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
+# Largest upload, unless the org's messaging policy sets its own (100 MiB).
+ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 100 * 1024 * 1024)
+# The most an org's policy may set its own limit to (1 GiB).
+ATTACHMENT_MAX_BYTES_CEILING = env_int("ATTACHMENT_MAX_BYTES_CEILING", 1024 * 1024 * 1024)
+# Uploads never referenced by a message are purged after this long (a day).
+ATTACHMENT_UNBOUND_TTL_SECONDS = env_int("ATTACHMENT_UNBOUND_TTL_SECONDS", 24 * 3600)
+ATTACHMENTS_S3_BUCKET = env("ATTACHMENTS_S3_BUCKET")
+if ATTACHMENTS_S3_BUCKET:
+    from boto3.s3.transfer import TransferConfig
+
+    # An upload streams to S3 in 8 MiB parts as it is read; at most 2 parts buffered and
+    # 2 in flight keep its memory bounded (s3transfer buffers 10 parts by default).
+    _ATTACHMENTS_S3_TRANSFER = TransferConfig(
+        multipart_chunksize=8 * 1024 * 1024, max_concurrency=2
+    )
+    _ATTACHMENTS_S3_TRANSFER.max_in_memory_upload_chunks = 2
+    STORAGES["attachments"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": ATTACHMENTS_S3_BUCKET,
+            # Empty: AWS itself; MinIO or another S3-compatible service: its URL.
+            "endpoint_url": env("ATTACHMENTS_S3_ENDPOINT_URL") or None,
+            "region_name": env("ATTACHMENTS_S3_REGION") or None,
+            # Empty: boto3's own chain (AWS_* variables, instance role, ...).
+            "access_key": env("ATTACHMENTS_S3_ACCESS_KEY_ID") or None,
+            "secret_key": env("ATTACHMENTS_S3_SECRET_ACCESS_KEY") or None,
+            "location": env("ATTACHMENTS_S3_PREFIX"),
+            # MinIO wants path-style addressing unless it has wildcard DNS.
+            "addressing_style": env("ATTACHMENTS_S3_ADDRESSING_STYLE") or None,
+            "default_acl": None,  # private: only the API hands the bytes out
+            "querystring_auth": True,
+            "file_overwrite": True,  # names are fresh UUIDs; skip an existence check
+            "transfer_config": _ATTACHMENTS_S3_TRANSFER,
+            # A download is fetched into a temporary file before it is streamed: on disk
+            # beyond 2 MiB (the default, 0, would keep it all in memory).
+            "max_memory_size": 2 * 1024 * 1024,
+        },
+    }
+else:
+    STORAGES["attachments"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": MEDIA_ROOT,
+            "base_url": None,  # never served by URL: only the API hands the bytes out
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
+    }
+# Retention of messages (and their queue rows and attachments) when neither the org's
+# policy nor the conversation sets one; and how often beat runs the purge.
+RETENTION_DEFAULT_DAYS = env_int("RETENTION_DEFAULT_DAYS", 30)
+# Messages deleted per transaction by the purge (progress is logged per batch).
+RETENTION_PURGE_BATCH = env_int("RETENTION_PURGE_BATCH", 500)
+
+# --- Enterprise controls: rate limits, key rotation (orgs; docs/rate-limits.md) ----------
+# Named rate limits, "name=count/seconds,..." over the defaults in siphera/ratelimit.py
+# (every name and default is in docs/rate-limits.md). Empty: the defaults.
+RATE_LIMITS = env("RATE_LIMITS", "")
+# `http.ip` on every request an org host answers (needs the org: after TenantMiddleware).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("siphera.middleware.TenantMiddleware") + 1,
+    "siphera.ratelimit.RateLimitMiddleware",
+)
+# `api.user` on every authenticated API call.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["siphera.ratelimit.ApiUserRateLimit"]
+# Re-encrypt TOTP seeds still under an older key of SECRET_KEYS, daily, one task per org.
+CELERY_BEAT_SCHEDULE["rotate-totp-secrets"] = {
+    "task": "orgs.tasks.dispatch_rotate_totp_secrets",
+    "schedule": 24 * 3600,
+}

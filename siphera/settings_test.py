@@ -1,0 +1,26 @@
+"""Settings for the test suite: siphera.settings with per-run names.
+
+Each pytest run (and the server/worker subprocesses it starts, which inherit these
+variables) gets its own test database, Redis key prefixes and Celery queue, so two runs on
+one machine never clobber each other. Only environment defaults are set here.
+"""
+
+import os
+
+_RUN = f"t{os.getpid()}"
+os.environ.setdefault("TEST_DATABASE_NAME", f"test_siphera_{_RUN}")
+os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"siphera-{_RUN}")
+os.environ.setdefault("CACHE_KEY_PREFIX", f"siphera-{_RUN}")
+os.environ.setdefault("CELERY_QUEUE", f"siphera-{_RUN}")
+# Every test logs in from 127.0.0.1: the per-IP login limit would trip across tests. The
+# per-username limit (what the rate-limit test exercises) keeps its default.
+os.environ.setdefault("LOGIN_RATE_PER_IP", "1000000")
+# Likewise the named limits (siphera/ratelimit.py): per IP for the same reason, per user
+# because load-style tests (many messages or claims by one user) must not meet them. A
+# test that exercises a limit starts its own server with a low one (RATE_LIMITS_TEST
+# below + its override: later entries win).
+_NAMED_LIMITS = ("http.ip", "api.user", "portal.user", "invitation.ip", "ws.connect.ip")
+RATE_LIMITS_TEST = ",".join(f"{name}=1000000/60" for name in (*_NAMED_LIMITS, "ws.frame.user"))
+os.environ.setdefault("RATE_LIMITS", RATE_LIMITS_TEST)
+
+from siphera.settings import *  # noqa: E402, F403

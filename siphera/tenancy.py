@@ -1,0 +1,144 @@
+"""Everything that touches PostgreSQL schemas lives here.
+
+One org = one schema (django-tenants). HTTP requests get their schema from
+`siphera.middleware.TenantMiddleware`; WebSockets, Celery tasks and commands get it from
+the helpers below. Nothing else calls `connection.set_tenant` by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.http.request import split_domain_port, validate_host
+from django_tenants.utils import get_public_schema_name, schema_context, tenant_context
+
+T = TypeVar("T")
+
+__all__ = [
+    "group_name",
+    "in_tenant",
+    "org_for_host",
+    "public_schema",
+    "run_in_tenant",
+    "schema_context",
+    "send_task",
+    "tenant_context",
+    "tenant_db",
+]
+
+_GROUP_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def normalize_host(host: str) -> str | None:
+    """Lower-cased host without port, or None if it is not a valid Host header value."""
+    domain, _port = split_domain_port(host or "")
+    return domain or None
+
+
+def org_for_host(host: str):
+    """The active Org whose Domain matches `host`, or None.
+
+    The same lookup serves HTTP (middleware) and WebSocket (ASGI middleware): the host must
+    pass ALLOWED_HOSTS and be registered as one of the org's domains. Runs in `public`.
+    """
+    from orgs.models import Domain
+
+    domain = normalize_host(host)
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return None
+    with schema_context(get_public_schema_name()):
+        row = (
+            Domain.objects.select_related("tenant")
+            .filter(domain=domain, tenant__is_active=True)
+            .first()
+        )
+    return row.tenant if row else None
+
+
+def public_schema():
+    """Context manager: run in the public schema (org directory)."""
+    return schema_context(get_public_schema_name())
+
+
+def in_tenant(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a sync function inside `org`'s schema, restoring the previous schema after."""
+    with tenant_context(org):
+        return fn(*args, **kwargs)
+
+
+async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a sync DB function from async code (a consumer) inside `org`'s schema.
+
+    Calls run on the event loop's worker threads; a thread's connection may still be set
+    to another org's schema from its previous call (PITFALLS 2), so the schema is set
+    explicitly for every call. Worker threads live as long as the process, so each keeps
+    its connection open between calls instead of reconnecting per frame; a connection that
+    saw an error is checked and replaced if unusable (PITFALLS 5).
+    """
+
+    def call() -> T:
+        _discard_broken_connection()
+        # Worker threads belong to no request: leave the schema set after the call (the
+        # next call sets its own), so a thread serving one org keeps its search_path.
+        if connection.schema_name != org.schema_name:
+            connection.set_tenant(org)
+        # Cheap guard for PITFALLS 2: this call must see this org's schema only.
+        assert connection.schema_name == org.schema_name, "tenant schema not set"
+        return fn(*args, **kwargs)
+
+    return await sync_to_async(call, thread_sensitive=False)()
+
+
+def _discard_broken_connection() -> None:
+    if connection.connection is not None and connection.errors_occurred:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
+            connection.close()
+
+
+def run_in_tenant(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator for sync functions whose first argument is the org."""
+
+    @functools.wraps(fn)
+    def wrapper(org, *args: Any, **kwargs: Any) -> T:
+        return in_tenant(org, fn, org, *args, **kwargs)
+
+    return wrapper
+
+
+def group_name(org_or_schema, kind: str, *parts: Any) -> str:
+    """A channel-layer group name scoped to one org: `t.<schema>.<kind>.<parts...>`.
+
+    Group names are global in the shared Redis (PITFALLS 4): the schema prefix keeps org A
+    from ever joining or sending to a group of org B. UUIDs are written as hex.
+    """
+    schema = getattr(org_or_schema, "schema_name", org_or_schema)
+    rendered = [kind] + [p.hex if hasattr(p, "hex") else str(p) for p in parts]
+    name = ".".join(["t", schema, *rendered])
+    if not _GROUP_PART.match(name) or len(name) >= 100:
+        raise ValueError(f"invalid channel-layer group name: {name!r}")
+    return name
+
+
+def current_schema() -> str:
+    return connection.schema_name
+
+
+def send_task(task, *args: Any, org=None, countdown: float | None = None, **kwargs: Any):
+    """Queue a Celery task to run in `org`'s schema (default: the current one).
+
+    tenant-schemas-celery reads the schema at send time (PITFALLS 7); passing it
+    explicitly keeps a task sent from beat, a consumer thread or an on_commit hook from
+    running in `public`.
+    """
+    schema = org.schema_name if org is not None else connection.schema_name
+    return task.apply_async(
+        args=args, kwargs=kwargs, countdown=countdown, headers={"_schema_name": schema}
+    )

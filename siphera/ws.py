@@ -1,0 +1,110 @@
+"""WebSocket plumbing: tenant from the Host header, and the base client consumer.
+
+The HTTP tenant middleware never runs for WebSockets (PITFALLS 1), so the org is resolved
+here with the same lookup (siphera.tenancy.org_for_host: ALLOWED_HOSTS + the org's
+domains). Never from the query string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from siphera.logging import org_var
+from siphera.tenancy import org_for_host
+
+log = logging.getLogger("siphera.ws")
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_REVOKED = 4403
+CLOSE_UNKNOWN_ORG = 4404
+CLOSE_REPLACED = 4409
+
+
+class TenantWebSocketMiddleware:
+    """ASGI middleware: puts the org answering at the Host header in scope["tenant"]."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        host = ""
+        for name, value in scope.get("headers", []):
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        tenant = await database_sync_to_async(org_for_host)(host)
+        return await self.inner({**scope, "tenant": tenant}, receive, send)
+
+
+class FrameError(Exception):
+    """An invalid client frame: answered with an `error` frame, the socket stays open."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class JsonFrameConsumer(AsyncWebsocketConsumer):
+    """Parses JSON frames, enforces the frame size limit, and dispatches each frame to
+    `frame_<type>` (dots become underscores). Unknown or malformed frames get an `error`
+    frame with a code; they never close the socket."""
+
+    max_frame_bytes = settings.WS_MAX_FRAME_BYTES
+
+    async def receive(self, text_data=None, bytes_data=None):
+        org = self.scope.get("tenant")
+        org_var.set(org.slug if org else None)
+        raw = text_data if text_data is not None else bytes_data
+        size = len(raw.encode() if isinstance(raw, str) else raw or b"")
+        if size > self.max_frame_bytes:
+            await self.send_error(
+                "frame_too_large", f"Frames are limited to {self.max_frame_bytes} bytes."
+            )
+            return
+        try:
+            frame = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            await self.send_error("malformed_json", "The frame is not valid JSON.")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await self.send_error("invalid_frame", "A frame is a JSON object with a 'type'.")
+            return
+        ref = frame.get("ref")
+        try:
+            await self.dispatch_frame(frame)
+        except FrameError as exc:
+            await self.send_error(exc.code, exc.message, ref=ref)
+
+    async def after_ready(self) -> None:
+        """Hook run once the socket is authenticated; app mixins extend it (messaging
+        starts draining the device queue here) and call super()."""
+
+    async def dispatch_frame(self, frame: dict) -> None:
+        handler = getattr(self, "frame_" + frame["type"].replace(".", "_"), None)
+        if handler is None:
+            raise FrameError("unknown_frame_type", f"Unknown frame type {frame['type']!r}.")
+        await handler(frame)
+
+    async def send_frame(self, frame: dict) -> None:
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+
+    async def send_error(self, code: str, message: str, ref=None) -> None:
+        frame = {"type": "error", "code": code, "message": message}
+        if isinstance(ref, (str, int)):
+            frame["ref"] = ref
+        await self.send_frame(frame)
+
+
+async def close_after(consumer, seconds: float, code: int, still_pending) -> None:
+    """Close `consumer` with `code` after `seconds` unless `still_pending()` turned false."""
+    await asyncio.sleep(seconds)
+    if still_pending():
+        log.info("ws.closed", extra={"reason": "auth_timeout"})
+        await consumer.close(code=code)
