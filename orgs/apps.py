@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 
 
 class OrgsConfig(AppConfig):
@@ -6,3 +7,12 @@ class OrgsConfig(AppConfig):
 
     name = "orgs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # A typo in RATE_LIMITS should stop the process at start, not 500 the first request.
+        from siphera import ratelimit
+
+        try:
+            ratelimit.limits()
+        except ValueError as exc:
+            raise ImproperlyConfigured(str(exc)) from exc
