@@ -35,7 +35,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/ready', timeout=4)"
 
-# The app writes its own JSON access lines, so uvicorn's access log is off.
-CMD ["uvicorn", "siphera.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
-     "--ws-max-size", "1048576", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", \
-     "--no-access-log"]
+# siphera.serve fixes uvicorn's options (WebSocket limits, heartbeats, no deflate, no access
+# log); WEB_WORKERS sets the number of web processes.
+CMD ["python", "-m", "siphera.serve", "--host", "0.0.0.0", "--port", "8000"]

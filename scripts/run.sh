@@ -88,8 +88,7 @@ trap 'stop_all; exit 143' TERM HUP
 trap 'stop_all' EXIT
 
 say "Starting web, worker and beat (Ctrl-C stops all three)"
-start web "$PY" -m uvicorn siphera.asgi:application --host "$HOST" --port "$PORT" \
-    --ws-max-size 1048576 --ws-ping-interval 20 --ws-ping-timeout 20 --no-access-log
+start web "$PY" -m siphera.serve --host "$HOST" --port "$PORT"
 start worker "$PY" -m celery -A siphera worker -Q "$QUEUE" --loglevel INFO \
     --hostname "siphera-$PORT@%h"
 start beat "$PY" -m celery -A siphera beat --loglevel INFO \

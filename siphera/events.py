@@ -6,13 +6,59 @@ changed. Group names come from siphera.tenancy.group_name and carry the org's sc
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
+
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+log = logging.getLogger("siphera.events")
+
+# The event loop of the async code (a consumer) that handed the current sync call to a
+# worker thread; contextvars travel into sync_to_async calls with the rest of the context.
+_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "siphera_event_loop", default=None
+)
+
+
+def bind_loop() -> None:
+    """Note the running loop, so sync code this coroutine calls can post events to it
+    without blocking its thread (siphera.tenancy.tenant_db calls this)."""
+    _loop.set(asyncio.get_running_loop())
+
 
 def send_now(group: str, payload: dict) -> None:
+    """Send and wait until the channel layer has it (events whose order matters)."""
     async_to_sync(get_channel_layer().group_send)(group, payload)
+
+
+def send_soon(groups: list[str], payload: dict) -> None:
+    """Send to each group without waiting: for wake-ups, which carry no data, so neither
+    their order nor their completion matters to the sender.
+
+    From a consumer's worker thread the sends are posted to the consumer's loop and the
+    thread goes back to work at once (waiting would hold a DB thread for four Redis round
+    trips per group). Anywhere else (a request, a task, a command) they are sent in order
+    before returning."""
+    loop = _loop.get()
+    if loop is None or loop.is_closed():
+        for group in groups:
+            send_now(group, payload)
+        return
+    future = asyncio.run_coroutine_threadsafe(_send_all(groups, payload), loop)
+    future.add_done_callback(_log_failure)
+
+
+async def _send_all(groups: list[str], payload: dict) -> None:
+    layer = get_channel_layer()
+    await asyncio.gather(*(layer.group_send(group, payload) for group in groups))
+
+
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("events.send_failed", exc_info=future.exception())
 
 
 def notify_on_commit(group: str, payload: dict) -> None:

@@ -196,6 +196,9 @@ MFA_VERIFY_RATE_PER_USER = env_int("MFA_VERIFY_RATE_PER_USER", 10)
 
 # --- WebSocket ----------------------------------------------------------------------------
 WS_AUTH_TIMEOUT_SECONDS = float(env("WS_AUTH_TIMEOUT_SECONDS", "5"))
+# Threads (each with its own PostgreSQL connection) that run WebSocket consumers' DB calls
+# in one web process (siphera.tenancy.tenant_db).
+WS_DB_THREADS = env_int("WS_DB_THREADS", 16)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 
 # --- Key directory ------------------------------------------------------------------------

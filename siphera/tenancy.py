@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -17,6 +18,8 @@ from django.conf import settings
 from django.db import connection
 from django.http.request import split_domain_port, validate_host
 from django_tenants.utils import get_public_schema_name, schema_context, tenant_context
+
+from siphera import events
 
 T = TypeVar("T")
 
@@ -92,7 +95,16 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         assert connection.schema_name == org.schema_name, "tenant schema not set"
         return fn(*args, **kwargs)
 
-    return await sync_to_async(call, thread_sensitive=False)()
+    events.bind_loop()
+    return await sync_to_async(call, thread_sensitive=False, executor=_db_executor())()
+
+
+@functools.cache
+def _db_executor() -> ThreadPoolExecutor:
+    # asyncio's default pool has cpu_count + 4 threads and is shared with every other
+    # `to_thread` call; consumer DB calls spend most of their time waiting on PostgreSQL,
+    # so they get a pool of their own (one connection per thread, kept open).
+    return ThreadPoolExecutor(max_workers=settings.WS_DB_THREADS, thread_name_prefix="tenant-db")
 
 
 def _discard_broken_connection() -> None:

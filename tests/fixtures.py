@@ -133,23 +133,7 @@ def server(_database, tmp_path_factory) -> LiveServer:
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "siphera.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ws-max-size",
-                str(1024 * 1024),
-                "--no-access-log",
-                "--ws-ping-interval",
-                "20",
-                "--ws-ping-timeout",
-                "20",
-            ],
+            [sys.executable, "-m", "siphera.serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=child_env(),
             stdout=log,
@@ -174,17 +158,7 @@ def server_with_env(log_path: Path, **env: str) -> Iterator[LiveServer]:
     port = _free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "siphera.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
+            [sys.executable, "-m", "siphera.serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=child_env(**env),
             stdout=log,

@@ -221,6 +221,8 @@ def lock_for_message(conversation_id, attachment_ids: list, *, sender: User) -> 
     to this same conversation; otherwise 400 `invalid_attachment` naming the bad ids (the
     same answer whether an id is someone else's or does not exist)."""
     ids = [str(a) for a in attachment_ids]
+    if not ids:
+        return []
     if len(ids) > MAX_PER_MESSAGE:
         raise ApiError(
             400,

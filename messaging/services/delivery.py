@@ -20,7 +20,7 @@ from orgs.accounts.models import Device, User
 from orgs.api.fields import b64
 from orgs.services.devices import device_group
 from siphera.api_errors import ApiError, not_found
-from siphera.events import send_now
+from siphera.events import send_soon
 
 MAX_ENVELOPE_BYTES = 96 * 1024
 MAX_BODY_BYTES = 256 * 1024
@@ -72,9 +72,6 @@ def check_send_message(
     and nothing is stored. `attachments` (ids) must be the sender's own uploads, not yet
     sent or sent to this conversation (400 `invalid_attachment`); they are bound to it.
     """
-    existing = _existing(conversation_id, sender, client_id)
-    if existing is not None:
-        return SendResult(existing, created=False)
     if body is None and envelopes is None:
         raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Send a body, envelopes, or both.")
     if body is not None and len(body) > MAX_BODY_BYTES:
@@ -106,16 +103,55 @@ def check_send_message(
             )
     except IntegrityError:
         # A concurrent retry with the same client_id committed first: answer with it.
-        existing = _existing(conversation_id, sender, client_id)
+        existing = Message.objects.filter(
+            conversation_id=conversation_id, sender=sender, client_id=client_id
+        ).first()
         if existing is None:
             raise
         return SendResult(existing, created=False)
 
 
-def _existing(conversation_id, sender, client_id) -> Message | None:
-    return Message.objects.filter(
-        conversation_id=conversation_id, sender=sender, client_id=client_id
-    ).first()
+@dataclass(frozen=True)
+class _Locked:
+    """What the send needs of the conversation, read under its row lock in one query."""
+
+    is_member: bool
+    existing_id: uuid.UUID | None  # an earlier message with this client_id
+    member_ids: set[str]
+    devices: dict[tuple[str, int], Device]  # current devices of all members
+
+
+def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | None:
+    # The hot path of every send: the lock, the retry check, the members and their current
+    # devices in one round trip. The subqueries read the statement's snapshot; a retry
+    # committed while this waited for the lock is caught by the unique constraint instead.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT m.user_id, d.id, d.device_id,"
+            " EXISTS (SELECT 1 FROM messaging_member s"
+            "         WHERE s.conversation_id = c.id AND s.user_id = %s),"
+            " (SELECT x.id FROM messaging_message x WHERE x.conversation_id = c.id"
+            "  AND x.sender_id = %s AND x.client_id = %s)"
+            " FROM messaging_conversation c"
+            " JOIN messaging_member m ON m.conversation_id = c.id"
+            " LEFT JOIN accounts_device d ON d.user_id = m.user_id AND d.revoked_at IS NULL"
+            " WHERE c.id = %s FOR UPDATE OF c",
+            [sender.pk, sender.pk, client_id, conversation_id],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    devices = {
+        (str(user_id), device_id): Device(pk=pk, user_id=user_id, device_id=device_id)
+        for user_id, pk, device_id, _, _ in rows
+        if pk is not None
+    }
+    return _Locked(
+        is_member=rows[0][3],
+        existing_id=rows[0][4],
+        member_ids={str(row[0]) for row in rows},
+        devices=devices,
+    )
 
 
 def _send_locked(
@@ -132,23 +168,19 @@ def _send_locked(
 ) -> SendResult:
     # Lock order: the conversation row first. It serialises sends per conversation, so
     # `seq` order is commit order and queue ids follow it.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.id FROM messaging_conversation c"
-            " JOIN messaging_member m ON m.conversation_id = c.id AND m.user_id = %s"
-            " WHERE c.id = %s FOR UPDATE OF c",
-            [sender.pk, conversation_id],
-        )
-        if cursor.fetchone() is None:
-            raise not_found("No such conversation.")
-    member_ids = {
-        str(u)
-        for u in Member.objects.filter(conversation_id=conversation_id).values_list(
-            "user_id", flat=True
-        )
-    }
+    locked = _lock_conversation(conversation_id, sender, client_id)
+    if locked is not None and locked.existing_id is not None:
+        # A retry: the first answer again, even if the sender has left since.
+        return SendResult(Message.objects.get(pk=locked.existing_id), created=False)
+    if locked is None or not locked.is_member:
+        raise not_found("No such conversation.")
+    member_ids = locked.member_ids
     _check_references(conversation_id, thread, refers_to, mentions, member_ids)
-    targets = _target_devices(member_ids, sender, sender_device_id)
+    targets = {
+        key: device
+        for key, device in locked.devices.items()
+        if key != (str(sender.pk), sender_device_id)
+    }
     rows = _queue_rows(targets, envelopes, member_ids)
     if body is None and not rows:
         raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Nothing to store or deliver.")
@@ -205,18 +237,6 @@ def _check_references(conversation_id, thread, refers_to, mentions, member_ids) 
             "Mentions must be members.",
             extra={"not_members": sorted(strangers)},
         )
-
-
-def _target_devices(member_ids, sender, sender_device_id) -> dict[tuple[str, int], Device]:
-    """Current devices of every member except the sending device."""
-    devices = Device.objects.filter(user_id__in=member_ids, revoked_at__isnull=True).only(
-        "pk", "user_id", "device_id"
-    )
-    return {
-        (str(d.user_id), d.device_id): d
-        for d in devices
-        if not (d.user_id == sender.pk and d.device_id == sender_device_id)
-    }
 
 
 def _queue_rows(targets, envelopes, member_ids) -> list[QueuedMessage]:
@@ -302,12 +322,7 @@ def wake_devices_on_commit(devices) -> None:
     schema = connection.schema_name
     groups = [device_group(d, schema) for d in devices]
     if groups:
-        transaction.on_commit(lambda: _wake(groups))
-
-
-def _wake(groups: list[str]) -> None:
-    for group in groups:
-        send_now(group, {"type": "queue.wake"})
+        transaction.on_commit(lambda: send_soon(groups, {"type": "queue.wake"}))
 
 
 # --- reading and acknowledging a device's queue ---------------------------------------------

@@ -1,0 +1,64 @@
+"""Run the web process: uvicorn serving siphera.asgi:application (HTTP + WebSocket).
+
+    python -m siphera.serve                       # 127.0.0.1:8000, one process
+    python -m siphera.serve --host 0.0.0.0 --port 8000 --workers 2
+
+The one place that fixes how uvicorn serves Siphera, used by `make run`, the Docker image,
+the test suite and the benchmark alike:
+- WebSocket messages up to 1 MiB (the app refuses client frames over WS_MAX_FRAME_BYTES
+  itself, with an `error` frame, rather than uvicorn dropping the socket);
+- a ping every 20 s, and a socket whose pong does not come within 20 s is closed, so a dead
+  peer is noticed within 40 s (DESIGN.md: within 60 s);
+- no permessage-deflate: frames are mostly ciphertext, which does not compress, and
+  compressing secrets next to attacker-chosen bytes is how CRIME-style leaks start;
+- no uvicorn access log: the app writes its own JSON access lines (siphera.middleware).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+WS_MAX_SIZE = 1024 * 1024
+WS_PING_INTERVAL = 20.0
+WS_PING_TIMEOUT = 20.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m siphera.serve",
+        description="Serve Siphera (HTTP + WebSocket /ws/v1) with uvicorn.",
+    )
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_WORKERS", "1")),
+        help="web processes sharing the port (default: $WEB_WORKERS or 1)",
+    )
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    import uvicorn
+
+    args = parse_args(argv)
+    uvicorn.run(
+        "siphera.asgi:application",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        ws_max_size=WS_MAX_SIZE,
+        ws_ping_interval=WS_PING_INTERVAL,
+        ws_ping_timeout=WS_PING_TIMEOUT,
+        ws_per_message_deflate=False,
+        access_log=False,
+        backlog=4096,
+        log_level=args.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()
