@@ -174,14 +174,30 @@ def start_server(port: int, workers: int) -> subprocess.Popen:
     raise SystemExit("server did not start; see var/bench-server.log")
 
 
-def server_rss_mib(proc: subprocess.Popen) -> float:
-    """Resident memory of the server and its worker processes."""
+def server_pids(proc: subprocess.Popen) -> list[int]:
     pids = [proc.pid]
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     if children.exists():
         pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+def server_cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU time (user + system) the server and its worker processes have used so far."""
+    ticks = 0
+    for pid in server_pids(proc):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_rss_mib(proc: subprocess.Popen) -> float:
+    """Resident memory of the server and its worker processes."""
     total_kib = 0
-    for pid in pids:
+    for pid in server_pids(proc):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -231,7 +247,7 @@ def send_frame(conversation: str, body: bytes) -> str:
                        "client_id": str(uuid.uuid4()), "body": base64.b64encode(body).decode()})
 
 
-async def rate_test(port, pairs, *, window: int, seconds: float) -> dict:
+async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
     """Each sender keeps `window` sends unanswered; count messages delivered end to end."""
     stop = asyncio.Event()
     delivered = 0
@@ -269,16 +285,19 @@ async def rate_test(port, pairs, *, window: int, seconds: float) -> dict:
     send_tasks = [asyncio.create_task(sender(p)) for p in pairs]
     await asyncio.sleep(2)  # warm-up
     start_delivered, start = delivered, time.perf_counter()
+    start_cpu = server_cpu_seconds(proc)
     await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - start
     measured = delivered - start_delivered
+    cpu = server_cpu_seconds(proc) - start_cpu
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
     await asyncio.gather(*recv_tasks, return_exceptions=True)
     for ws in receivers:
         await ws.close()
     return {"delivered_per_s": round(measured / elapsed, 1), "seconds": round(elapsed, 1),
-            "sent_total": sent}
+            "sent_total": sent,
+            "server_cpu_ms_per_message": round(cpu * 1000 / measured, 2) if measured else None}
 
 
 async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
@@ -385,9 +404,10 @@ def main():
     try:
         if "rate" in scenarios:
             results["rate"] = asyncio.run(rate_test(port, pairs, window=args.window,
-                                                    seconds=args.seconds))
+                                                    seconds=args.seconds, proc=proc))
             print(f"sustained 1:1 rate: {results['rate']['delivered_per_s']} messages/s "
-                  f"delivered+acked ({args.pairs} pairs, window {args.window})")
+                  f"delivered+acked ({args.pairs} pairs, window {args.window}; server CPU "
+                  f"{results['rate']['server_cpu_ms_per_message']} ms per message)")
         if "latency" in scenarios:
             results["latency"] = asyncio.run(latency_test(port, pairs, rate=args.offered_rate,
                                                           seconds=args.seconds))
