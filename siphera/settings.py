@@ -112,6 +112,10 @@ DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # Issue `SET search_path` once per schema switch instead of before every query (the
 # connection forgets it on rollback; django-tenants resets its marker then).
 TENANT_LIMIT_SET_CALLS = True
+# Before each consumer DB call, ask PostgreSQL for `current_schema()` and fail the call
+# unless it is the socket's org (siphera.tenancy.tenant_db, PITFALLS 2). One extra round
+# trip per call: on in the test suite, off by default.
+TENANT_DB_VERIFY_SCHEMA = env_bool("TENANT_DB_VERIFY_SCHEMA", False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, Celery broker, cache, rate limits ---------------------------

@@ -12,6 +12,9 @@ os.environ.setdefault("TEST_DATABASE_NAME", f"test_siphera_{_RUN}")
 os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CACHE_KEY_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CELERY_QUEUE", f"siphera-{_RUN}")
+# Every consumer DB call checks with PostgreSQL that it runs in its socket's org schema
+# (siphera.tenancy.verify_schema): a cross-org mix-up fails loudly instead of passing.
+os.environ.setdefault("TENANT_DB_VERIFY_SCHEMA", "true")
 # Every test logs in from 127.0.0.1: the per-IP login limit would trip across tests. The
 # per-username limit (what the rate-limit test exercises) keeps its default.
 os.environ.setdefault("LOGIN_RATE_PER_IP", "1000000")

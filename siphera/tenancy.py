@@ -82,7 +82,8 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     to another org's schema from its previous call (PITFALLS 2), so the schema is set
     explicitly for every call. Worker threads live as long as the process, so each keeps
     its connection open between calls instead of reconnecting per frame; a connection that
-    saw an error is checked and replaced if unusable (PITFALLS 5).
+    saw an error is checked and replaced if unusable (PITFALLS 5). With
+    TENANT_DB_VERIFY_SCHEMA on, PostgreSQL itself confirms the schema before `fn` runs.
     """
 
     def call() -> T:
@@ -91,8 +92,8 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # next call sets its own), so a thread serving one org keeps its search_path.
         if connection.schema_name != org.schema_name:
             connection.set_tenant(org)
-        # Cheap guard for PITFALLS 2: this call must see this org's schema only.
-        assert connection.schema_name == org.schema_name, "tenant schema not set"
+        if settings.TENANT_DB_VERIFY_SCHEMA:
+            verify_schema(org)
         return fn(*args, **kwargs)
 
     events.bind_loop()
@@ -105,6 +106,26 @@ def _db_executor() -> ThreadPoolExecutor:
     # `to_thread` call; consumer DB calls spend most of their time waiting on PostgreSQL,
     # so they get a pool of their own (one connection per thread, kept open).
     return ThreadPoolExecutor(max_workers=settings.WS_DB_THREADS, thread_name_prefix="tenant-db")
+
+
+class SchemaMismatch(RuntimeError):
+    """PostgreSQL's search_path does not point at the org a call was meant to run in."""
+
+
+def verify_schema(org) -> None:
+    """Ask PostgreSQL, on this thread's connection, which schema unqualified names resolve
+    to, and raise SchemaMismatch unless it is `org`'s (PITFALLS 2).
+
+    `connection.schema_name` is only django-tenants' note of what it last set; this asks
+    the server itself, through the same lazily issued `SET search_path` the next query
+    gets. One round trip per call, so it is off unless TENANT_DB_VERIFY_SCHEMA is set
+    (the test suite sets it).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_schema()")
+        (actual,) = cursor.fetchone()
+    if actual != org.schema_name:
+        raise SchemaMismatch(f"expected schema {org.schema_name!r}, PostgreSQL is in {actual!r}")
 
 
 def _discard_broken_connection() -> None:

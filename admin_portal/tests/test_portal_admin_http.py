@@ -14,7 +14,7 @@ from orgs.accounts.models import AuditEntry, OrgPolicy, User
 from orgs.services import audit, mfa
 from orgs.services import policy as policy_service
 from siphera.tenancy import in_tenant
-from tests.fixtures import create_org, make_user, unique
+from tests.fixtures import PASSWORD, create_org, make_user, unique
 
 
 def rfc6238(secret_b32: str, step: int) -> str:
@@ -213,6 +213,35 @@ def test_users_are_created_invited_and_given_roles_from_the_portal(portal):
     page = client.get(f"/portal/users/{owner.pk}/")
     assert "last owner" in page.text
     assert in_tenant(org, User.objects.get, pk=owner.pk).role == "owner"
+
+
+def test_a_taken_username_is_refused_on_the_new_user_page_and_writes_nothing(portal):
+    from orgs.accounts.models import Invitation
+
+    def rows():
+        return in_tenant(
+            org,
+            lambda: (User.objects.count(), Invitation.objects.count(), AuditEntry.objects.count()),
+        )
+
+    # Given an owner signed in to the portal and an existing user
+    org = _fresh_org()
+    owner = make_user(org, role="owner")
+    taken = make_user(org).username
+    client = portal(org)
+    client.login(owner.username)
+    before = rows()
+    # When the owner creates the name again (in another case), with a password or invited
+    for how in ("password", "invite"):
+        client.get("/portal/users/new")
+        page = client.post(
+            "/portal/users/new",
+            {"username": taken.upper(), "role": "member", "how": how, "password": PASSWORD},
+        )
+        # Then the form comes back with the reason, and nothing was written
+        assert page.status_code == 200
+        assert "is already taken" in page.text and 'name="username"' in page.text
+    assert rows() == before
 
 
 def test_custom_roles_and_policies_are_managed_from_the_portal(portal):

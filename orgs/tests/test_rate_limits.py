@@ -1,6 +1,7 @@
 """Named rate limits (siphera.ratelimit) over a real server started with low limits: 429 +
 Retry-After for HTTP, an `error` frame with `rate_limited` + `retry_after` on the socket,
-counters shared by every process (two servers spend one budget), and per org."""
+counters shared by every process (two servers spend one budget), and per org; and the
+login limit per client IP (LOGIN_RATE_PER_IP, which the test run otherwise sets very high)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.conf import settings
 
 from siphera import ratelimit
 from tests.fixtures import (
+    PASSWORD,
     Api,
     create_org,
     host_of,
@@ -144,3 +146,41 @@ def test_portal_pages_per_user_are_limited_with_a_429_page(low_server, org_a):
         assert page.status_code == 429 and int(page.headers["Retry-After"]) > 0
         assert "Too many requests" in page.text
         client.close()
+
+
+def test_logins_per_ip_get_429_with_retry_after_whatever_the_username(tmp_path, quiet_org):
+    from admin_portal.tests.conftest import Portal
+
+    limit = 5
+    # Given a server allowing 5 logins per client IP (and trusting one proxy's
+    # X-Forwarded-For, so a second client address can be shown to keep its own budget)
+    env = {"LOGIN_RATE_PER_IP": str(limit), "TRUSTED_PROXY_COUNT": "1"}
+    real = make_user(quiet_org)
+    with server_with_env(tmp_path / "server.log", **env) as server:
+        api = Api(server, host_of(quiet_org))
+
+        def login(username: str, password: str = PASSWORD, **headers: str):
+            body = {"username": username, "password": password}
+            return api.post("/api/v1/auth/login", json=body, headers=headers)
+
+        # When one address tries 5 different usernames (none reaches its own per-name limit)
+        tries = [login(unique(), "wrong").status_code for _ in range(limit)]
+        # Then those are ordinary refusals, and the next try is 429 even with the right
+        # password of a real user
+        assert tries == [401] * limit
+        limited = login(real.username)
+        assert limited.status_code == 429, limited.text
+        assert limited.json()["error"]["code"] == "rate_limited"
+        retry = int(limited.headers["Retry-After"])
+        assert 0 < retry <= settings.LOGIN_RATE_WINDOW_SECONDS
+        # And the portal's password form spends the same budget
+        portal = Portal(server, quiet_org)
+        assert portal.login(real.username).status_code == 429
+        portal.close()
+        # While another client address, and the same address on another org, still log in
+        assert login(real.username, **{"X-Forwarded-For": "203.0.113.8"}).status_code == 200
+        other = create_org(unique("r"), f"{unique('h')}.test")
+        other_org = Api(server, host_of(other))
+        someone = make_user(other)
+        body = {"username": someone.username, "password": PASSWORD}
+        assert other_org.post("/api/v1/auth/login", json=body).status_code == 200

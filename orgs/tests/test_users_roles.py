@@ -89,6 +89,60 @@ def test_creating_users_is_refused_without_users_manage_and_to_grant_more(fresh_
     assert unknown.status_code == 400 and code_of(unknown) == "invalid_role"
 
 
+def _rows(org) -> tuple[int, int, int]:
+    """Users, invitations and audit entries of `org`."""
+    from orgs.accounts.models import Invitation
+
+    return in_tenant(
+        org,
+        lambda: (User.objects.count(), Invitation.objects.count(), AuditEntry.objects.count()),
+    )
+
+
+def test_a_taken_username_is_409_username_taken_and_writes_nothing(fresh_org, new_session):
+    # Given an existing user and an admin
+    admin = new_session(fresh_org, role="admin")
+    taken = make_user(fresh_org).username
+    before = _rows(fresh_org)
+    # When the admin creates the name again, as typed or in another case or padded, with a
+    # password or as an invitation
+    answers = [
+        admin.api.post("/api/v1/users", json={"username": name, "role": "member", **how})
+        for name in (taken, taken.upper(), f" {taken} ")
+        for how in ({"password": PASSWORD}, {})
+    ]
+    # Then each is 409 `username_taken`, and no user, invitation or audit row was written
+    for answer in answers:
+        assert answer.status_code == 409, answer.text
+        assert code_of(answer) == "username_taken"
+    assert _rows(fresh_org) == before
+
+
+def test_concurrent_creates_of_one_username_make_one_user_and_one_audit_row(fresh_org, new_session):
+    # Given an admin and a fresh name
+    admin = new_session(fresh_org, role="admin")
+    name = unique()
+    users_before, _, audit_before = _rows(fresh_org)
+
+    # When six requests create it at once (those that pass the exists() check before the
+    # first insert are decided by the unique constraint)
+    def create(_):
+        api = Api(admin.api.server, admin.api.host, admin.token)
+        body = {"username": name, "password": PASSWORD, "role": "member"}
+        return api.post("/api/v1/users", json=body)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(create, range(6)))
+    # Then one is created and the others are 409 `username_taken`, with nothing left over
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 5, [a.text for a in answers]
+    assert {code_of(a) for a in answers if a.status_code == 409} == {"username_taken"}
+    users_after, _, audit_after = _rows(fresh_org)
+    assert (users_after, audit_after) == (users_before + 1, audit_before + 1)
+    assert len(events(fresh_org, "member.created", data__username=name)) == 1
+
+
 # --- roles ----------------------------------------------------------------------------------
 
 

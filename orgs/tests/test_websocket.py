@@ -1,12 +1,17 @@
 """The client WebSocket /ws/v1: tenant from Host, first-frame auth, frames, revocation."""
 
 import asyncio
-import json
+import base64
+import uuid
+from collections import Counter
 
 import pytest
 import websockets
 
-from tests.fixtures import host_of, make_user
+from messaging.models import Message
+from messaging.tests.helpers import b64, start_conversation
+from siphera.tenancy import in_tenant
+from tests.fixtures import host_of, make_user, unique
 from tests.ws import authed_socket, open_socket, recv, recv_type, send, wait_closed
 
 
@@ -159,38 +164,124 @@ async def test_an_idle_socket_survives_more_than_ten_seconds(server, org_a, new_
 async def test_two_orgs_busy_at_once_each_socket_sees_only_its_own_org(
     server, org_a, org_b, new_session
 ):
-    """PITFALLS 2: consumer DB calls share an executor thread; every read must run in the
-    socket's own org schema. Same username and device name in both orgs; hundreds of DB-
-    backed frames each, interleaved; every answer must come from the right org."""
-    a = new_session(org_a, name="same-name")
-    b = new_session(org_b, make_user(org_b, a.user.username), name="same-name")
-    expected = {id(a): str(a.user.pk), id(b): str(b.user.pk)}
-    rounds = 300
+    """PITFALLS 2: consumer DB calls share executor threads; every call must run in the
+    socket's own org schema (and TENANT_DB_VERIFY_SCHEMA, on in the tests, has PostgreSQL
+    confirm it before each call). Both orgs have users of the same usernames, each with two
+    devices, one socket per device, all busy at once: `devices` lookups over the org's
+    users and messages sent into a group conversation. Every socket must get its full
+    share of answers naming only its own org's rows, and none may close."""
+    usernames = [unique() for _ in range(3)]
+    devices_per_user, lookups, sends = 2, 80, 20
 
-    async def hammer(session):
-        ws = await authed_socket(server, session, live=True)
+    expected_devices: dict[str, list[tuple[int, str]]] = {}  # user id -> (device id, name)
+
+    def populate(org) -> list:
+        sessions = []
+        for username in usernames:
+            user = make_user(org, username)
+            for d in range(devices_per_user):
+                # device names say which org they belong to: a mix-up shows in any answer
+                name = f"{org.slug}-{username}-{d}"
+                sessions.append(new_session(org, user, name=name))
+                expected_devices.setdefault(str(user.pk), []).append((sessions[-1].device_id, name))
+        return sessions
+
+    orgs = {org.slug: (org, populate(org)) for org in (org_a, org_b)}
+    conversations = {}
+    for slug, (_, sessions) in orgs.items():
+        others = {s.user.pk: s for s in sessions[1:] if s.user.pk != sessions[0].user.pk}
+        conversations[slug] = start_conversation(sessions[0], *others.values(), kind="group")["id"]
+
+    async def busy(slug: str, me, ws) -> Counter:
+        sessions = orgs[slug][1]
+        user_ids = sorted({str(s.user.pk) for s in sessions})
+        conversation = conversations[slug]
+        expected_messages = sends * (len(sessions) - 1)  # everyone's but its own
+        seen: Counter = Counter()
+        bodies: set[bytes] = set()
+        unacked: list[str] = []
+
+        async def write():
+            for i in range(max(lookups, sends)):
+                if i < lookups:
+                    await send(ws, {"type": "devices", "user_id": user_ids[i % 3], "ref": f"d{i}"})
+                if i < sends:
+                    body = f"{slug}|{me.device_id}|{me.user.pk}|{i}".encode()
+                    await send(
+                        ws,
+                        {
+                            "type": "send",
+                            "ref": f"s{i}",
+                            "conversation": conversation,
+                            "client_id": str(uuid.uuid4()),
+                            "body": b64(body),
+                        },
+                    )
+
+        writer = asyncio.create_task(write())
         try:
-            for i in range(rounds):
-                await send(ws, {"type": "devices", "ref": i})
-            seen = 0
-            while seen < rounds:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                assert frame["type"] == "devices", frame
-                assert frame["user_id"] == expected[id(session)]
-                assert [d["device_id"] for d in frame["devices"]] == [session.device_id]
-                seen += 1
-            return seen
+            while (seen["devices"], seen["sent"], seen["message"]) != (
+                lookups,
+                sends,
+                expected_messages,
+            ):
+                try:
+                    frame = await recv(ws, timeout=60)
+                except TimeoutError:
+                    raise AssertionError(f"a {slug} socket stalled after {dict(seen)}") from None
+                kind = frame["type"]
+                if kind == "devices":
+                    user_id = user_ids[int(frame["ref"][1:]) % 3]
+                    assert frame["user_id"] == user_id, frame
+                    listed = sorted((d["device_id"], d["name"]) for d in frame["devices"])
+                    assert listed == sorted(expected_devices[user_id]), frame
+                elif kind == "sent":
+                    assert frame["ref"].startswith("s"), frame
+                elif kind == "message":
+                    assert frame["conversation"] == conversation, frame
+                    assert frame["sender"]["user_id"] in user_ids, frame
+                    body = base64.b64decode(frame["body"])
+                    assert body.startswith(f"{slug}|".encode()) and body not in bodies, body
+                    bodies.add(body)
+                    unacked.append(frame["id"])
+                    if len(unacked) == 10:  # clients ack in batches
+                        await send(ws, {"type": "ack", "ids": unacked})
+                        unacked.clear()
+                else:
+                    raise AssertionError(f"unexpected frame on a {slug} socket: {frame}")
+                seen[kind] += 1
+            await writer
         finally:
-            await ws.close()
+            writer.cancel()
+        # nothing else is pending for this socket, and it is still open
+        await send(ws, {"type": "ack", "ids": unacked})
+        await send(ws, {"type": "ping", "ref": "end"})
+        assert await recv(ws, timeout=60) == {"type": "pong", "ref": "end"}
+        assert ws.close_code is None
+        return seen
 
-    sockets_per_org = 3
-    results = await asyncio.gather(
-        *[hammer(a) if i % 2 == 0 else hammer(b) for i in range(2 * sockets_per_org)],
-        return_exceptions=True,
-    )
-    # one socket per device: the later sockets of a device close the earlier ones (4409),
-    # so count answers only from sockets that stayed open, and require plenty of them.
-    answered = [r for r in results if isinstance(r, int)]
-    wrong_org = [r for r in results if isinstance(r, AssertionError)]
-    assert not wrong_org, wrong_org[0]
-    assert sum(answered) >= 2 * rounds
+    everyone = [(slug, s) for slug, (_, sessions) in orgs.items() for s in sessions]
+    # every socket is live (past its drain) before anyone sends, so no message is skipped
+    sockets = await asyncio.gather(*[authed_socket(server, s, live=True) for _, s in everyone])
+    try:
+        results = await asyncio.gather(
+            *[busy(slug, s, ws) for (slug, s), ws in zip(everyone, sockets, strict=True)],
+            return_exceptions=True,
+        )
+    finally:
+        for ws in sockets:
+            await ws.close()
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, repr(failures[0])
+
+    for slug, (org, _) in orgs.items():
+        mine = [r for (s, _), r in zip(everyone, results, strict=True) if s == slug]
+        assert len(mine) == len(usernames) * devices_per_user == 6
+        assert sum(r["devices"] for r in mine) == 6 * lookups
+        assert sum(r["sent"] for r in mine) == 6 * sends
+        assert sum(r["message"] for r in mine) == 6 * 5 * sends
+        # and the writes landed in this org's schema only
+        stored = in_tenant(org, Message.objects.filter(conversation_id=conversations[slug]).count)
+        assert stored == 6 * sends
+        other = next(c for other_slug, c in conversations.items() if other_slug != slug)
+        assert not in_tenant(org, Message.objects.filter(conversation_id=other).exists)
