@@ -17,7 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from admin_portal import sessions
-from admin_portal.decorators import portal_view
+from admin_portal.decorators import portal_public
 from admin_portal.forms import LoginForm, OtpForm, SetPasswordForm
 from admin_portal.qr import qr_svg
 from orgs.accounts.models import User
@@ -45,7 +45,7 @@ def _with_headers(response: HttpResponse, headers: dict) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@portal_view
+@portal_public
 def login_view(request: HttpRequest) -> HttpResponse:
     next_url = _next_url(request)
     if request.user.is_authenticated and has_perm(request.user, Perm.PORTAL_ACCESS):
@@ -96,7 +96,7 @@ def _restart(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@portal_view
+@portal_public
 def login_otp(request: HttpRequest) -> HttpResponse:
     """Step two: the TOTP or recovery code of a user whose password was just accepted."""
     state, user = _pending_user(request, enroll=False)
@@ -140,7 +140,7 @@ def enrollment_context(user: User) -> dict:
 
 
 @require_http_methods(["GET", "POST"])
-@portal_view
+@portal_public
 def login_enroll(request: HttpRequest) -> HttpResponse:
     """The org requires MFA and this user has none: set it up, then sign in."""
     state, user = _pending_user(request, enroll=True)
@@ -171,7 +171,7 @@ def login_enroll(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-@portal_view
+@portal_public
 def logout_view(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         auth.do_record_portal_logout(request.user, actor=audit.Actor.from_request(request))
@@ -181,7 +181,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@portal_view
+@portal_public
 def invitation(request: HttpRequest, token: str) -> HttpResponse:
     """An invited user sets their password (public: the link is the proof)."""
     ip = client_ip(request)

@@ -13,7 +13,9 @@ from enum import StrEnum
 
 class Perm(StrEnum):
     PORTAL_ACCESS = "portal.access"  # sign in to the admin portal
-    USERS_VIEW = "users.view"  # list users, see their details
+    USERS_VIEW = "users.view"  # list users, see their details (admin view: roles, status)
+    DIRECTORY_VIEW = "directory.view"  # look up anyone in the org by id (to message them)
+    DIRECTORY_CONTACTS = "directory.contacts"  # look up people you share a conversation with
     USERS_MANAGE = "users.manage"  # create/invite, deactivate, reactivate, change role
     ROLES_MANAGE = "roles.manage"  # create, edit and delete custom roles
     DEVICES_VIEW = "devices.view"  # see any user's devices
@@ -32,6 +34,8 @@ class Perm(StrEnum):
 PERM_LABELS: dict[Perm, str] = {
     Perm.PORTAL_ACCESS: "Sign in to the admin portal",
     Perm.USERS_VIEW: "See users and their details",
+    Perm.DIRECTORY_VIEW: "Look up anyone in the organisation's directory",
+    Perm.DIRECTORY_CONTACTS: "Look up the people they share a conversation with",
     Perm.USERS_MANAGE: "Create, invite, deactivate and reactivate users; change roles",
     Perm.ROLES_MANAGE: "Create, edit and delete custom roles",
     Perm.DEVICES_VIEW: "See users' devices",
@@ -50,7 +54,12 @@ PERM_LABELS: dict[Perm, str] = {
 OWNER = "owner"
 
 _ALL = frozenset(Perm)
-_MEMBER = frozenset({Perm.MESSAGING_USE, Perm.GROUPS_CREATE})
+# Members hold directory.contacts as well as the wider directory.view, so every role that
+# manages guests also holds every code a guest has (nobody changes a user holding a code
+# they lack).
+_MEMBER = frozenset(
+    {Perm.MESSAGING_USE, Perm.GROUPS_CREATE, Perm.DIRECTORY_VIEW, Perm.DIRECTORY_CONTACTS}
+)
 _PORTAL = _MEMBER | {Perm.PORTAL_ACCESS}
 
 BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
@@ -77,7 +86,8 @@ BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
         Perm.AUDIT_VIEW,
     },
     "member": _MEMBER,
-    "guest": frozenset({Perm.MESSAGING_USE}),
+    # Guests talk to the people they were put in touch with, and see no one else.
+    "guest": frozenset({Perm.MESSAGING_USE, Perm.DIRECTORY_CONTACTS}),
 }
 
 BUILTIN_LABELS: dict[str, str] = {

@@ -223,7 +223,8 @@ KEYS_LOW_NOTIFY_INTERVAL_SECONDS = env_int("KEYS_LOW_NOTIFY_INTERVAL_SECONDS", 3
 # --- REST API -----------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["orgs.api.authentication.DeviceTokenAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Fail closed: a view that declares no permission (orgs.api.permissions) is refused.
+    "DEFAULT_PERMISSION_CLASSES": ["orgs.api.permissions.Undeclared"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

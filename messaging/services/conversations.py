@@ -220,3 +220,10 @@ def conversation_payload(conversation: Conversation) -> dict:
         "created_at": conversation.created_at.isoformat(),
         "retention_days": conversation.retention_days,
     }
+
+
+def share_a_conversation(a: User, b: User) -> bool:
+    """Whether `a` and `b` are both members of at least one conversation."""
+    return Member.objects.filter(
+        user=a, conversation__in=Member.objects.filter(user=b).values("conversation")
+    ).exists()

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from orgs.api import mfa_serializers as s
 from orgs.api.authentication import DeviceTokenAuthentication
-from orgs.api.permissions import require
+from orgs.api.permissions import AUTHENTICATED, require
 from orgs.api.views import ERROR
 from orgs.roles import Perm
 from orgs.services import audit, mfa, users
@@ -49,6 +49,8 @@ class EnrollmentTokenScheme(OpenApiAuthenticationExtension):
 
 
 ENROLL_AUTH = [DeviceTokenAuthentication, EnrollmentTokenAuthentication]
+# The caller's own second factor: any signed-in user (or enrolment token), no code.
+OWN_ACCOUNT = require(AUTHENTICATED)
 
 
 def _enrollment_token(request) -> str | None:
@@ -56,12 +58,15 @@ def _enrollment_token(request) -> str | None:
 
 
 class MfaStatusView(APIView):
+    permission_classes = [OWN_ACCOUNT]
+
     @extend_schema(responses={200: s.MfaStatusSerializer}, tags=["mfa"])
     def get(self, request):
         return Response(s.MfaStatusSerializer(mfa.mfa_status(request.user)).data)
 
 
 class TotpEnrollView(APIView):
+    permission_classes = [OWN_ACCOUNT]
     authentication_classes = ENROLL_AUTH
 
     @extend_schema(
@@ -78,6 +83,7 @@ class TotpEnrollView(APIView):
 
 
 class TotpConfirmView(APIView):
+    permission_classes = [OWN_ACCOUNT]
     authentication_classes = ENROLL_AUTH
 
     @extend_schema(
@@ -103,6 +109,8 @@ class TotpConfirmView(APIView):
 
 
 class TotpView(APIView):
+    permission_classes = [OWN_ACCOUNT]
+
     @extend_schema(
         request=s.OtpSerializer,
         responses={204: None, 400: ERROR, 409: ERROR, 429: ERROR},
@@ -120,6 +128,8 @@ class TotpView(APIView):
 
 
 class RecoveryCodesView(APIView):
+    permission_classes = [OWN_ACCOUNT]
+
     @extend_schema(
         request=s.OtpSerializer,
         responses={200: s.RecoveryCodesSerializer, 400: ERROR, 409: ERROR, 429: ERROR},

@@ -2,20 +2,28 @@
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orgs.api import serializers as s
 from orgs.api.authentication import grant_from_header
-from orgs.services import audit, auth, devices, users
+from orgs.api.permissions import (
+    AUTHENTICATED,
+    PUBLIC,
+    Public,
+    require,
+    require_any,
+    require_by_method,
+)
+from orgs.roles import Perm
+from orgs.services import audit, auth, devices, directory
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}}')
 
 
 class LoginView(APIView):
     authentication_classes: list = []
-    permission_classes = [AllowAny]
+    permission_classes = [Public]
 
     @extend_schema(
         request=s.LoginSerializer,
@@ -35,9 +43,9 @@ class LoginView(APIView):
 
 
 class DevicesView(APIView):
-    def get_permissions(self):
-        # Registration authenticates with a login grant, not a device token.
-        return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
+    # Registration authenticates with a login grant (checked by the service), not a
+    # device token; listing shows the caller's own devices.
+    permission_classes = [require_by_method(GET=AUTHENTICATED, POST=PUBLIC)]
 
     @extend_schema(responses={200: s.DeviceSerializer(many=True)}, tags=["devices"])
     def get(self, request):
@@ -66,6 +74,8 @@ class DevicesView(APIView):
 
 
 class DeviceDetailView(APIView):
+    permission_classes = [require(AUTHENTICATED)]  # the caller's own devices only
+
     @extend_schema(responses={204: None, 404: ERROR}, tags=["devices"])
     def delete(self, request, device_id: int):
         device = devices.access_device(request.user, device_id)
@@ -74,6 +84,8 @@ class DeviceDetailView(APIView):
 
 
 class MeView(APIView):
+    permission_classes = [require(AUTHENTICATED)]
+
     @extend_schema(responses={200: s.MeSerializer}, tags=["auth"])
     def get(self, request):
         org = request.tenant
@@ -90,6 +102,11 @@ class MeView(APIView):
 
 
 class UserDetailView(APIView):
-    @extend_schema(responses={200: s.UserSerializer, 404: ERROR}, tags=["users"])
+    # directory.view: anyone in the org; directory.contacts alone (guests): only people
+    # the caller shares a conversation with, others answer 404 like an unknown id.
+    permission_classes = [require_any(Perm.DIRECTORY_VIEW, Perm.DIRECTORY_CONTACTS)]
+
+    @extend_schema(responses={200: s.UserSerializer, 403: ERROR, 404: ERROR}, tags=["users"])
     def get(self, request, user_id):
-        return Response(s.UserSerializer(users.access_user(user_id)).data)
+        user = directory.access_directory_user(request.user, user_id)
+        return Response(s.UserSerializer(user).data)

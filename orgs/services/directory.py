@@ -9,6 +9,8 @@ from __future__ import annotations
 from django.db.models import Count, Q, QuerySet
 
 from orgs.accounts.models import Device, User
+from orgs.roles import Perm, codes_for
+from siphera.api_errors import not_found
 
 
 def count_active_users() -> int:
@@ -40,3 +42,22 @@ def users_with_device_counts(search: str = "") -> QuerySet[User]:
 def all_user_devices(user: User) -> QuerySet[Device]:
     """Every device of `user`, revoked ones included (newest id last)."""
     return Device.objects.filter(user=user).order_by("device_id")
+
+
+def access_directory_user(viewer: User, user_id) -> User:
+    """The user with this id as `viewer` may look them up, or a 404 (the same answer as
+    for an unknown id, so nothing confirms that a hidden user exists).
+
+    `directory.view` sees everyone in the org; `directory.contacts` alone (guests) sees
+    only themselves and the people they share a conversation with.
+    """
+    from messaging.services.conversations import share_a_conversation
+    from orgs.services.users import access_user
+
+    user = access_user(user_id)
+    codes = codes_for(viewer)
+    if Perm.DIRECTORY_VIEW in codes or user.pk == viewer.pk:
+        return user
+    if Perm.DIRECTORY_CONTACTS in codes and share_a_conversation(viewer, user):
+        return user
+    raise not_found("No such user.")

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from orgs import perm_registry
-from orgs.perm_registry import AUTHENTICATED, PUBLIC
+from orgs.perm_registry import AUTHENTICATED, PUBLIC, UNDECLARED
 from orgs.roles import BUILTIN_ROLES, Perm, role_codes
 from orgs.services import audit
 from orgs.services import roles as role_service
 from siphera.tenancy import in_tenant
-from tests.fixtures import create_org, host_of
+from tests.fixtures import create_org, host_of, make_user
 from tests.ws import authed_socket, recv, send
 
 CUSTOM_ROLES = {
@@ -53,7 +53,7 @@ def org_m():
 @pytest.fixture(scope="module")
 def sessions_by_role(org_m, server):
     """One user with a registered device per role (module-wide: registration is slow)."""
-    from tests.fixtures import Api, make_user, register_device
+    from tests.fixtures import Api, register_device
 
     api = Api(server, host_of(org_m))
     out = {}
@@ -100,17 +100,33 @@ def _portal_cookie(org, user) -> str:
     return in_tenant(org, make)
 
 
+def _is_server_error(response: httpx.Response) -> bool:
+    return response.status_code >= 500
+
+
 def test_the_registry_finds_every_kind_of_declaration():
     api = perm_registry.api_endpoints()
     portal = perm_registry.portal_views()
     frames = perm_registry.frames()
     assert {e.requires for e in api} >= {Perm.USERS_MANAGE, Perm.MESSAGING_USE, PUBLIC}
+    assert {e.requires for e in api} >= {AUTHENTICATED}
     assert any(e.name == "user-deactivate" and e.requires == Perm.USERS_MANAGE for e in portal)
     assert {e.route for e in frames} >= {"ack", "send", "typing", "receipt", "ping"}
 
 
+def test_every_url_pattern_declares_who_may_use_it():
+    # Every route of an org host is an API view or a portal view, each with an explicit
+    # declaration; the only other route is "/" (a redirect to the portal).
+    api = perm_registry.api_endpoints()
+    portal = perm_registry.portal_views()
+    covered = {e.route for e in api} | {e.route for e in portal} | {""}
+    assert set(perm_registry.all_routes()) == covered
+    undeclared = [(e.method, e.route) for e in [*api, *portal] if e.requires == UNDECLARED]
+    assert undeclared == []
+
+
 def test_every_frame_handler_declares_its_permission():
-    assert [e.name for e in perm_registry.frames() if e.requires == "undeclared"] == []
+    assert [e.name for e in perm_registry.frames() if e.requires == UNDECLARED] == []
 
 
 def test_only_sign_in_pages_of_the_portal_are_public():
@@ -128,12 +144,99 @@ def test_every_api_view_states_who_may_call_it():
         ("GET", "api/v1/docs/"),
         ("GET", "api/v1/redoc/"),
     }
+    # Authenticated-only (no code) is kept to the caller's own account.
+    own = {
+        (e.method, e.route) for e in perm_registry.api_endpoints() if e.requires == AUTHENTICATED
+    }
+    assert own == {
+        ("GET", "api/v1/me"),
+        ("GET", "api/v1/devices"),
+        ("DELETE", "api/v1/devices/<int:device_id>"),
+        ("GET", "api/v1/mfa"),
+        ("DELETE", "api/v1/mfa/totp"),
+        ("POST", "api/v1/mfa/totp/enroll"),
+        ("POST", "api/v1/mfa/totp/confirm"),
+        ("POST", "api/v1/mfa/recovery-codes"),
+    }
+
+
+def _request_for(user):
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    def make(method: str):
+        request = getattr(APIRequestFactory(), method.lower())("/x", {}, format="json")
+        force_authenticate(request, user=user)
+        return request
+
+    return make
+
+
+def test_a_view_declaring_nothing_is_refused_at_run_time(org_m):
+    # Given an API view with no permission declaration (the settings' default applies)
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    class Forgotten(APIView):
+        def get(self, request):
+            return Response({"leaked": True})
+
+    owner = make_user(org_m, role="owner")
+    # When even an owner calls it, then it is refused: undeclared fails closed
+    response = in_tenant(org_m, lambda: Forgotten.as_view()(_request_for(owner)("GET")))
+    assert response.status_code == 403
+    assert response.data["error"]["code"] == "permission_undeclared"
+
+
+def test_a_method_missing_from_require_by_method_is_refused(org_m):
+    # Given a view declaring GET only, but implementing DELETE as well
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    from orgs.api.permissions import require_by_method
+
+    class HalfDeclared(APIView):
+        permission_classes = [require_by_method(GET=Perm.USERS_VIEW)]
+
+        def get(self, request):
+            return Response({})
+
+        def delete(self, request):
+            return Response({"deleted": True})
+
+    owner = make_user(org_m, role="owner")
+    make = _request_for(owner)
+    view = HalfDeclared.as_view()
+    assert in_tenant(org_m, lambda: view(make("GET"))).status_code == 200
+    refused = in_tenant(org_m, lambda: view(make("DELETE")))
+    assert refused.status_code == 403
+    assert refused.data["error"]["code"] == "permission_undeclared"
+    # A method the view does not implement stays a 405, not a refusal.
+    assert in_tenant(org_m, lambda: view(make("PUT"))).status_code == 405
+    # And the registry lists the DELETE as undeclared, which the test above refuses.
+    assert perm_registry.view_requirement(HalfDeclared, "GET")[0] == Perm.USERS_VIEW
+    assert perm_registry.view_requirement(HalfDeclared, "DELETE")[0] == UNDECLARED
+
+
+def test_every_non_public_api_endpoint_refuses_an_unauthenticated_call(org_m, server):
+    wrong = []
+    with httpx.Client(base_url=server.url, headers={"Host": host_of(org_m)}, timeout=30) as http:
+        for endpoint in perm_registry.api_endpoints():
+            if endpoint.requires == PUBLIC:
+                continue
+            body = {} if endpoint.method in ("POST", "PUT", "PATCH") else None
+            response = http.request(endpoint.method, _path(endpoint.route), json=body)
+            if response.status_code != 401:
+                wrong.append((endpoint.method, endpoint.route, response.status_code))
+    assert wrong == []
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_api_endpoints_allow_or_refuse_each_role_as_its_codes_say(
     role, org_m, sessions_by_role, server
 ):
+    # Allowed means neither refused (403 naming the code) nor a server error: whatever
+    # else the call answers (200, 400 for the empty body, 404 for the made-up id) shows
+    # the permission check let it through. Own-account calls (no code) are tried too.
     _, _, token = sessions_by_role[role]
     codes = _codes(role, org_m)
     headers = {"Host": host_of(org_m), "Authorization": f"Bearer {token}"}
@@ -142,17 +245,18 @@ def test_api_endpoints_allow_or_refuse_each_role_as_its_codes_say(
         for endpoint in perm_registry.api_endpoints():
             if endpoint.requires == PUBLIC:
                 continue
-            if endpoint.requires == AUTHENTICATED and endpoint.method != "GET":
-                continue  # own-account actions (MFA, devices): covered by their own tests
             body = {} if endpoint.method in ("POST", "PUT", "PATCH") else None
             response = http.request(endpoint.method, _path(endpoint.route), json=body)
-            refused_for = response.status_code == 403 and response.json().get("permission")
-            should_refuse = endpoint.requires != AUTHENTICATED and endpoint.requires not in codes
-            if bool(refused_for) != should_refuse:
-                wrong.append((endpoint.method, endpoint.route, response.status_code))
-            elif refused_for:
-                assert refused_for == endpoint.requires
             assert response.status_code != 401, (endpoint, response.text)
+            refused = response.status_code == 403
+            refused_for = refused and response.json().get("permission")
+            should_refuse = not endpoint.allows(codes)
+            if _is_server_error(response):
+                wrong.append((endpoint.method, endpoint.route, response.status_code))
+            elif should_refuse and refused_for != endpoint.requires:
+                wrong.append((endpoint.method, endpoint.route, response.status_code, "allowed"))
+            elif not should_refuse and refused_for:
+                wrong.append((endpoint.method, endpoint.route, response.status_code, "refused"))
     assert wrong == [], f"{role}: {wrong}"
 
 
@@ -160,6 +264,8 @@ def test_api_endpoints_allow_or_refuse_each_role_as_its_codes_say(
 def test_portal_views_allow_or_refuse_each_role_as_its_codes_say(
     role, org_m, sessions_by_role, server
 ):
+    # Each page is tried with GET and with POST (an empty form); a method the page does
+    # not accept answers 405 and is skipped, but every page accepts one of them.
     user, _, _ = sessions_by_role[role]
     codes = _codes(role, org_m)
     cookies = {"sessionid": _portal_cookie(org_m, user), "csrftoken": CSRF}
@@ -172,15 +278,19 @@ def test_portal_views_allow_or_refuse_each_role_as_its_codes_say(
             if view.requires == PUBLIC:
                 continue
             path = _path(view.route)
-            response = http.get(path)
-            if response.status_code == 405:
-                response = http.post(path, data={})
-            location = response.headers.get("location", "")
-            assert "/portal/login" not in location, f"{role} {path}: session not accepted"
-            refused = response.status_code == 403 and "does not include access" in response.text
             should_refuse = Perm.PORTAL_ACCESS not in codes or view.requires not in codes
-            if refused != should_refuse:
-                wrong.append((view.route, response.status_code))
+            tried = 0
+            for method in ("GET", "POST"):
+                response = http.request(method, path, data={} if method == "POST" else None)
+                if response.status_code == 405:
+                    continue
+                tried += 1
+                location = response.headers.get("location", "")
+                assert "/portal/login" not in location, f"{role} {path}: session not accepted"
+                refused = response.status_code == 403 and "does not include access" in response.text
+                if _is_server_error(response) or refused != should_refuse:
+                    wrong.append((method, view.route, response.status_code))
+            assert tried, f"{view.route} answers neither GET nor POST"
     assert wrong == [], f"{role}: {wrong}"
 
 
@@ -206,7 +316,7 @@ async def test_frames_allow_or_refuse_each_role_as_its_codes_say(
                 if reply.get("ref") == ref:
                     break
             refused = reply["type"] == "error" and reply["code"] == "forbidden"
-            should_refuse = frame.requires != AUTHENTICATED and frame.requires not in codes
+            should_refuse = not frame.allows(codes)
             if refused != should_refuse:
                 wrong.append((frame.route, reply))
             elif refused:

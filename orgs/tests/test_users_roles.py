@@ -5,12 +5,14 @@ of every change and the other org's view."""
 from __future__ import annotations
 
 import asyncio
+from uuid import uuid4 as make_uuid
 
 import pytest
 
 from orgs.accounts.models import AuditEntry, Device, LoginGrant, Role, User
 from orgs.roles import Perm, has_perm
 from orgs.services import audit, users
+from orgs.services import roles as role_service
 from siphera.tenancy import in_tenant
 from tests.fixtures import PASSWORD, Api, create_org, host_of, make_user, unique
 from tests.ws import authed_socket, recv, recv_type, send, wait_closed
@@ -189,6 +191,25 @@ def test_the_last_owner_cannot_be_demoted_or_deactivated(fresh_org, new_session)
     assert in_tenant(fresh_org, User.objects.get, pk=second.pk).is_active
 
 
+def test_a_refused_change_of_the_last_owner_writes_no_audit_row(fresh_org, new_session):
+    # Given the org's only owner
+    owner = new_session(fresh_org, role="owner")
+    before = in_tenant(fresh_org, AuditEntry.objects.count)
+    # When they try to demote themselves, and the platform tries to deactivate them
+    demote = owner.api.put(f"/api/v1/users/{owner.user.pk}/role", json={"role": "member"})
+    with pytest.raises(Exception) as refused:
+        in_tenant(
+            fresh_org, users.check_deactivate_user, owner.user, actor=audit.Actor.system("tests")
+        )
+    # Then both are refused, the user is unchanged and the log holds no entry for either
+    assert demote.status_code == 409 and refused.value.code == "last_owner"
+    assert in_tenant(fresh_org, AuditEntry.objects.count) == before
+    assert events(fresh_org, "member.role_changed") == []
+    assert events(fresh_org, "member.deactivated") == []
+    stored = in_tenant(fresh_org, User.objects.get, pk=owner.user.pk)
+    assert stored.role == "owner" and stored.is_active
+
+
 def test_nobody_deactivates_themselves(fresh_org, new_session):
     admin = new_session(fresh_org, role="admin")
     make_user(fresh_org, role="owner")
@@ -261,6 +282,89 @@ def test_another_org_cannot_see_or_change_this_orgs_users_or_roles(org_a, org_b,
         assert response.status_code == 404 and code_of(response) == "not_found"
     assert victim.username not in {u["username"] for u in admin_b.api.get("/api/v1/users").json()}
     assert in_tenant(org_a, User.objects.get, pk=victim.pk).role == "member"
+
+
+def test_a_custom_role_of_one_org_is_invisible_and_unusable_from_another(org_a, org_b, new_session):
+    # Given a custom role that exists only in org A
+    slug = unique("r")
+    admin_a = new_session(org_a, role="admin")
+    created = admin_a.api.post(
+        "/api/v1/roles", json={"slug": slug, "name": "Helpdesk", "codes": ["portal.access"]}
+    )
+    assert created.status_code == 201, created.text
+    admin_b = new_session(org_b, role="admin")
+    member_b = make_user(org_b)
+    # Then org B neither lists it, nor reads, edits or deletes it, nor hands it out
+    assert slug not in {r["slug"] for r in admin_b.api.get("/api/v1/roles").json()}
+    for response in (
+        admin_b.api.get(f"/api/v1/roles/{slug}"),
+        admin_b.api.request("PATCH", f"/api/v1/roles/{slug}", json={"name": "Mine"}),
+        admin_b.api.delete(f"/api/v1/roles/{slug}"),
+    ):
+        assert response.status_code == 404 and code_of(response) == "not_found"
+    given = admin_b.api.put(f"/api/v1/users/{member_b.pk}/role", json={"role": slug})
+    assert given.status_code == 400 and code_of(given) == "invalid_role"
+    made = admin_b.api.post("/api/v1/users", json={"username": unique(), "role": slug})
+    assert made.status_code == 400 and code_of(made) == "invalid_role"
+    # And a user of org B whose role name happens to match holds none of its codes
+    in_tenant(org_b, User.objects.filter(pk=member_b.pk).update, role=slug)
+    fresh_b = in_tenant(org_b, User.objects.get, pk=member_b.pk)
+    assert not in_tenant(org_b, has_perm, fresh_b, Perm.PORTAL_ACCESS)
+    # While org A's role is untouched
+    assert admin_a.api.get(f"/api/v1/roles/{slug}").json()["name"] == "Helpdesk"
+
+
+# --- the user directory ---------------------------------------------------------------------
+
+
+def test_members_look_up_anyone_in_their_org_by_id(fresh_org, new_session):
+    member = new_session(fresh_org)
+    colleague = make_user(fresh_org, role="guest")
+    found = member.api.get(f"/api/v1/users/{colleague.pk}")
+    assert found.status_code == 200
+    assert found.json()["username"] == colleague.username
+
+
+def test_a_guest_looks_up_only_people_they_share_a_conversation_with(fresh_org, new_session):
+    # Given a guest in one conversation with a member, and a stranger in the same org
+    member = new_session(fresh_org)
+    guest = new_session(fresh_org, role="guest")
+    stranger = make_user(fresh_org)
+    created = member.api.post(
+        "/api/v1/conversations", json={"kind": "group", "members": [str(guest.user.pk)]}
+    )
+    assert created.status_code == 201, created.text
+    # Then the guest sees themselves and the member, and the stranger looks unknown
+    assert guest.api.get(f"/api/v1/users/{guest.user.pk}").status_code == 200
+    assert guest.api.get(f"/api/v1/users/{member.user.pk}").json()["user_id"] == str(member.user.pk)
+    hidden = guest.api.get(f"/api/v1/users/{stranger.pk}")
+    unknown = guest.api.get(f"/api/v1/users/{make_uuid()}")
+    assert hidden.status_code == unknown.status_code == 404
+    assert hidden.json() == unknown.json()
+    # And the directory list stays for holders of users.view
+    assert guest.api.get("/api/v1/users").status_code == 403
+
+
+def test_a_role_without_directory_codes_cannot_look_anyone_up(fresh_org, new_session):
+    in_tenant(
+        fresh_org,
+        role_service.check_create_role,
+        slug="bot",
+        name="Bot",
+        codes=["messaging.use"],
+        actor=audit.Actor.system("tests"),
+    )
+    bot = new_session(fresh_org, role="bot")
+    other = make_user(fresh_org)
+    refused = bot.api.get(f"/api/v1/users/{other.pk}")
+    assert refused.status_code == 403 and refused.json()["permission"] == "directory.view"
+
+
+def test_another_orgs_user_is_not_found_in_the_directory(org_a, org_b, new_session):
+    member_b = new_session(org_b)
+    victim = make_user(org_a)
+    response = member_b.api.get(f"/api/v1/users/{victim.pk}")
+    assert response.status_code == 404 and code_of(response) == "not_found"
 
 
 # --- deactivation ---------------------------------------------------------------------------
