@@ -5,6 +5,7 @@ from enum import StrEnum
 
 class AuditEvent(StrEnum):
     ORG_CREATED = "org.created"
+    ORG_DOMAIN_ADDED = "org.domain_added"
     MEMBER_CREATED = "member.created"
     MEMBER_INVITED = "member.invited"
     MEMBER_INVITATION_ACCEPTED = "member.invitation_accepted"

@@ -131,6 +131,24 @@ def _valid_ip(ip: str | None) -> str | None:
         return None
 
 
+class UnknownAuditEvent(ValueError):
+    """`record` was given an event type that is not in the registry (orgs.audit_events):
+    a programming error, refused so no entry carries a name exports and SIEM rules do
+    not know."""
+
+
+def registered_event(event: AuditEvent | str) -> AuditEvent:
+    """`event` as a registered AuditEvent, or UnknownAuditEvent."""
+    if isinstance(event, AuditEvent):
+        return event
+    try:
+        return AuditEvent(event)
+    except ValueError:
+        raise UnknownAuditEvent(
+            f"{event!r} is not a registered audit event (orgs/audit_events.py)"
+        ) from None
+
+
 def record(
     event: AuditEvent,
     *,
@@ -140,12 +158,15 @@ def record(
     data: dict | None = None,
 ) -> AuditEntry:
     """Append one entry to the current org's chain, inside the caller's transaction.
+    `event` must be in the registry (orgs.audit_events): anything else raises
+    UnknownAuditEvent before anything is written.
 
     Writers of one org are serialised by a transaction-scoped advisory lock taken before
     the chain head is read (READ COMMITTED: the read then sees every earlier writer's
     commit), so concurrent appends never fork the chain; the unique `prev_hash` would
     refuse a fork even if they did.
     """
+    event = registered_event(event)
     ip = _valid_ip(actor.ip)
     with transaction.atomic():
         with connection.cursor() as cursor:

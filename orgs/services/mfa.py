@@ -501,23 +501,47 @@ def do_reset_mfa(user: User, *, actor: audit.Actor) -> None:
         )
 
 
-def do_rotate_totp_secrets(*, actor: audit.Actor | None = None) -> int:
+ROTATION_BATCH = 500
+
+
+def do_rotate_totp_secrets(
+    *, actor: audit.Actor | None = None, batch_size: int = ROTATION_BATCH
+) -> int:
     """Re-encrypt every TOTP seed of the current org not yet under the newest key of
-    SECRET_KEYS; returns how many were re-encrypted (for the key-rotation job). A run that
-    re-encrypted any is audited `mfa.secrets_rotated` with the count."""
+    SECRET_KEYS; returns how many were re-encrypted (for the key-rotation job).
+
+    Works through the factors in id order, `batch_size` at a time, each batch in one
+    transaction together with its `mfa.secrets_rotated` audit entry (`data.rotated`, the
+    batch's count): a committed re-encryption always has its entry, and a failure (a seed
+    no key of the ring opens raises DecryptionError, a crash) rolls back the batch in
+    progress with its entry, leaving earlier batches rotated and audited. The batch's rows
+    are locked while re-encrypted, so a concurrent login's `last_step` update waits for
+    the batch instead of being overwritten. Running again finishes the work.
+    """
+    actor = actor or audit.Actor.system("key-rotation")
     rotated = 0
-    for factor in TotpFactor.objects.only("pk", "secret_encrypted").iterator(chunk_size=500):
-        if crypto.needs_rotation(factor.secret_encrypted):
-            fresh = crypto.rotate(factor.secret_encrypted)
-            rotated += TotpFactor.objects.filter(
-                pk=factor.pk, secret_encrypted=factor.secret_encrypted
-            ).update(secret_encrypted=fresh)
-    if rotated:
-        audit.record(
-            AuditEvent.MFA_SECRETS_ROTATED,
-            actor=actor or audit.Actor.system("key-rotation"),
-            target_type="totp_secrets",
-            target_id=connection.schema_name,
-            data={"rotated": rotated},
-        )
-    return rotated
+    after_pk = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                TotpFactor.objects.select_for_update()
+                .filter(pk__gt=after_pk)
+                .order_by("pk")
+                .only("pk", "secret_encrypted")[:batch_size]
+            )
+            if not batch:
+                return rotated
+            after_pk = batch[-1].pk
+            stale = [f for f in batch if crypto.needs_rotation(f.secret_encrypted)]
+            for factor in stale:
+                factor.secret_encrypted = crypto.rotate(factor.secret_encrypted)
+            if stale:
+                TotpFactor.objects.bulk_update(stale, ["secret_encrypted"])
+                audit.record(
+                    AuditEvent.MFA_SECRETS_ROTATED,
+                    actor=actor,
+                    target_type="totp_secrets",
+                    target_id=connection.schema_name,
+                    data={"rotated": len(stale)},
+                )
+            rotated += len(stale)

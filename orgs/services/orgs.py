@@ -1,10 +1,10 @@
-"""Creating orgs: schema, domains, and the first audit entry."""
+"""Creating orgs (schema, domains, and the first audit entry) and adding domains."""
 
 from __future__ import annotations
 
 import re
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from orgs.audit_events import AuditEvent
 from orgs.models import SLUG_RE, Domain, Org
@@ -75,12 +75,35 @@ def do_create_org(*, slug: str, name: str, domains: list[str], actor: audit.Acto
     return org
 
 
-def do_add_domain(org: Org, domain: str) -> Domain:
+def check_add_domain(org: Org, domain: str, *, actor: audit.Actor) -> Domain:
+    """Validate, then give `org` another host name. 400 `invalid_domain`, 409
+    `domain_taken` (by this or another org); nothing written then."""
     domain = validate_host_name(domain)
     with public_schema():
         if Domain.objects.filter(domain=domain).exists():
             raise ApiError(409, "domain_taken", f"Domain already in use: {domain}.")
-        return Domain.objects.create(domain=domain, tenant=org, is_primary=False)
+    try:
+        return do_add_domain(org, domain, actor=actor)
+    except IntegrityError:  # lost a race with a concurrent add of the same name
+        raise ApiError(409, "domain_taken", f"Domain already in use: {domain}.") from None
+
+
+def do_add_domain(org: Org, domain: str, *, actor: audit.Actor) -> Domain:
+    """Add a (non-primary) host name to `org`, audited `org.domain_added` in the org's
+    log in the same transaction: the domain row (public schema) and its entry commit
+    together or not at all."""
+    with public_schema(), transaction.atomic():
+        row = Domain.objects.create(domain=domain, tenant=org, is_primary=False)
+        in_tenant(
+            org,
+            audit.record,
+            AuditEvent.ORG_DOMAIN_ADDED,
+            actor=actor,
+            target_type="org",
+            target_id=org.slug,
+            data={"domain": domain},
+        )
+    return row
 
 
 def get_org(slug: str) -> Org:

@@ -7,6 +7,8 @@ way an attacker with superuser access would: by disabling the trigger first.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import io
 import json
 import subprocess
@@ -18,7 +20,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection
 
-from orgs.accounts.models import AuditEntry
+from orgs.accounts.models import AuditEntry, User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, audit_export
 from siphera.tenancy import in_tenant, tenant_context
@@ -276,6 +278,85 @@ def test_an_orgs_log_holds_only_its_own_entries(org_b):
     user = make_user(org)
     assert in_tenant(org, AuditEntry.objects.filter(target_id=str(user.pk)).exists)
     assert not in_tenant(org_b, AuditEntry.objects.filter(target_id=str(user.pk)).exists)
+
+
+# --- the registry and the documented hash -------------------------------------------------
+
+
+def test_recording_an_event_type_outside_the_registry_is_refused_and_writes_nothing():
+    org = fresh_org(users=0)
+    before = entry_ids(org)
+    for event in ("member.teleported", "", "MEMBER.CREATED"):
+        with pytest.raises(audit.UnknownAuditEvent):
+            in_tenant(org, audit.record, event, actor=audit.Actor.system("tests"))
+    assert entry_ids(org) == before
+    # A registered name is accepted as the enum or as its stable string.
+    in_tenant(org, audit.record, "member.created", actor=audit.Actor.system("tests"))
+    assert in_tenant(org, lambda: AuditEntry.objects.last().event) == "member.created"
+
+
+def _documented_hash(prev_hash: str, row: dict) -> str:
+    """docs/audit.md "The chain", implemented from the text alone: sha256 over the
+    previous hash's hex followed by the canonical JSON (sorted keys at every level, no
+    whitespace, non-ASCII escaped), as lower-case hex."""
+    canonical = json.dumps(
+        {
+            "ts": row["ts"],
+            "event": row["event"],
+            "actor_id": row["actor_id"] or None,
+            "actor_label": row["actor_label"],
+            "ip": row["ip"] or None,
+            "user_agent": row["user_agent"],
+            "target_type": row["target_type"],
+            "target_id": row["target_id"],
+            "data": row["data"],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256((prev_hash + canonical).encode("ascii")).hexdigest()
+
+
+def test_an_entry_hash_recomputes_from_the_documented_canonical_form(tmp_path):
+    # Given an entry with an IP, a user as actor, non-ASCII text and nested data
+    org = fresh_org(users=1)
+    user = in_tenant(org, lambda: User.objects.get())
+    entry = in_tenant(
+        org,
+        audit.record,
+        AuditEvent.ROLE_CREATED,
+        actor=audit.Actor(user=user, ip="10.1.2.3", user_agent="Zoë/1.0"),
+        target_type="role",
+        target_id="café",
+        data={"name": "Zoë’s rôle", "codes": ["b", "a"], "n": 3, "z": {"y": None, "x": True}},
+    )
+    # When its hash is recomputed from the raw columns, as docs/audit.md describes
+    with tenant_context(org), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT ts, event, actor_id::text, actor_label, host(ip), user_agent,"
+            " target_type, target_id, data::text, prev_hash, hash"
+            " FROM accounts_auditentry WHERE id <= %s ORDER BY id DESC LIMIT 2",
+            [entry.id],
+        )
+        (ts, *columns, data_text, prev_hash, stored_hash), (*_, previous_hash) = cursor.fetchall()
+    names = ("event", "actor_id", "actor_label", "ip", "user_agent", "target_type", "target_id")
+    row = dict(zip(names, columns, strict=True))
+    row["ts"] = ts.astimezone(dt.UTC).isoformat()
+    row["data"] = json.loads(data_text)
+    # Then it matches the stored hash, and the entry links to the one before it
+    assert row["actor_id"] == str(user.pk) and row["ip"] == "10.1.2.3"
+    assert prev_hash == previous_hash
+    assert _documented_hash(prev_hash, row) == stored_hash == entry.hash
+    # And an exported line re-hashes the same way from its own fields
+    path = tmp_path / "audit.jsonl"
+    export(org, "jsonl", "--output", str(path))
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    [exported] = [line for line in lines if line["id"] == entry.id]
+    assert _documented_hash(exported["prev_hash"], exported) == exported["hash"] == stored_hash
+    for earlier, later in zip(lines, lines[1:], strict=False):
+        assert _documented_hash(later["prev_hash"], later) == later["hash"]
+        assert later["prev_hash"] == earlier["hash"]
 
 
 # --- export -----------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Operator commands: create_org, create_user, list_orgs, seed_demo — and their refusals."""
+"""Operator commands: create_org, add_domain, create_user, list_orgs, seed_demo — and their
+refusals."""
 
 import json
 import subprocess
 import sys
 
-from orgs.accounts.models import User
+import httpx
+
+from orgs.accounts.models import AuditEntry, User
 from orgs.models import Domain, Org
+from orgs.services import audit
 from siphera.tenancy import in_tenant, public_schema
 from tests.fixtures import ROOT, child_env, unique
 
@@ -111,6 +115,67 @@ def test_duplicate_and_invalid_input_exit_non_zero_and_write_nothing():
     ) == ["bob"]
     with public_schema():
         assert not Org.objects.filter(name="X").exclude(slug=slug).exists()
+
+
+def _domains(org) -> list[str]:
+    with public_schema():
+        return sorted(Domain.objects.filter(tenant=org).values_list("domain", flat=True))
+
+
+def _domain_entries(org) -> list[AuditEntry]:
+    return in_tenant(org, lambda: list(AuditEntry.objects.filter(event="org.domain_added")))
+
+
+def test_add_domain_gives_an_org_another_host_at_once_and_audits_it(server):
+    # Given an org answering at one host
+    slug = unique("g")
+    made = manage("create_org", "--slug", slug, "--name", "G", "--domain", f"{slug}.test")
+    assert made.returncode == 0, made.stderr
+    org = _org(slug)
+    extra = f"chat.{slug}.example.com"
+    assert httpx.get(f"{server.url}/api/v1/me", headers={"Host": extra}).status_code == 404
+    # When the operator adds a second one
+    added = manage("add_domain", "--org", slug, "--domain", extra.upper())
+    # Then it is stored (lower-cased, not primary), audited, and served straight away
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"Added {extra} to org {slug}"
+    assert _domains(org) == [extra, f"{slug}.test"]
+    with public_schema():
+        assert not Domain.objects.get(domain=extra).is_primary
+    [entry] = _domain_entries(org)
+    assert entry.actor_label == "command:add_domain" and entry.actor_id is None
+    assert entry.target_type == "org" and entry.target_id == slug
+    assert entry.data == {"domain": extra}
+    answer = httpx.get(f"{server.url}/api/v1/me", headers={"Host": extra})
+    assert answer.status_code == 401  # the org's API, not `unknown_org`
+    assert in_tenant(org, audit.verify_chain).ok
+
+
+def test_add_domain_refuses_taken_invalid_and_unknown_input_writing_nothing():
+    slug = unique("h")
+    assert (
+        manage("create_org", "--slug", slug, "--name", "H", "--domain", f"{slug}.test").returncode
+        == 0
+    )
+    other = unique("i")
+    assert (
+        manage("create_org", "--slug", other, "--name", "I", "--domain", f"{other}.test").returncode
+        == 0
+    )
+    org = _org(slug)
+
+    own = manage("add_domain", "--org", slug, "--domain", f"{slug}.test")
+    assert own.returncode != 0 and "Domain already in use" in own.stderr
+    theirs = manage("add_domain", "--org", slug, "--domain", f"{other}.test")
+    assert theirs.returncode != 0 and "Domain already in use" in theirs.stderr
+    bad = manage("add_domain", "--org", slug, "--domain", "no pe")
+    assert bad.returncode != 0 and "Invalid domain" in bad.stderr
+    nobody = manage("add_domain", "--org", "nope-" + slug, "--domain", f"x.{slug}.test")
+    assert nobody.returncode != 0 and "No org" in nobody.stderr
+
+    assert _domains(org) == [f"{slug}.test"]
+    assert _domains(_org(other)) == [f"{other}.test"]
+    assert _domain_entries(org) == [] and _domain_entries(_org(other)) == []
 
 
 def test_list_orgs_and_seed_demo_are_repeatable():
