@@ -7,6 +7,7 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -232,8 +233,18 @@ class AuditLogView(APIView):
         return Response({"entries": page.entries, "next_before": page.next_before})
 
 
+class ExportFormatNegotiation(DefaultContentNegotiation):
+    """`?format=` names the export's file format here, not one of DRF's renderers (DRF
+    would otherwise look for a `csv` renderer, find none and fail even the error
+    answers). Errors are JSON; the streamed file sets its own content type."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class AuditExportView(APIView):
     permission_classes = [require(Perm.AUDIT_EXPORT)]
+    content_negotiation_class = ExportFormatNegotiation
 
     @extend_schema(
         parameters=[*AUDIT_FILTERS, OpenApiParameter("format", str, enum=["csv", "jsonl"])],
