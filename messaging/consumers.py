@@ -83,9 +83,11 @@ class MessagingFrames:
         if not isinstance(ids, list) or len(ids) > 1000:
             raise FrameError("invalid_frame", "`ids` is a list of at most 1000 message ids.")
         await tenant_db(self.org, delivery.do_ack, self.device.pk, ids)
+        was_full = len(self._in_flight) >= MAX_IN_FLIGHT
         for message_id in ids:
             self._in_flight.pop(str(message_id), None)
-        self._wake.set()
+        if was_full:
+            self._wake.set()  # the window had closed: send what waited behind it
 
     @frame_perm(Perm.MESSAGING_USE)
     async def frame_receipt(self, frame):

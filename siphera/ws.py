@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -57,6 +58,16 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
     frame with a code; they never close the socket."""
 
     max_frame_bytes = settings.WS_MAX_FRAME_BYTES
+
+    async def dispatch(self, message):
+        # Channels' dispatch first hops to the thread-sensitive executor to close *that*
+        # thread's stale DB connection, for every frame and every channel-layer event. Our
+        # DB work never runs there: it runs on siphera.tenancy's pool, which checks its own
+        # connections. So the hop is skipped (it cost a thread round trip per frame).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def receive(self, text_data=None, bytes_data=None):
         org = self.scope.get("tenant")
