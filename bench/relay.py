@@ -156,8 +156,11 @@ def free_port() -> int:
 def start_server(port: int, workers: int) -> subprocess.Popen:
     log = open(ROOT / "var" / "bench-server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "siphera.serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--log-level", "warning"],
+        # BENCH_SERVER replaces `-m siphera.serve`, e.g. with a script that wraps it in a
+        # profiler; it gets the same arguments.
+        [sys.executable, *os.environ.get("BENCH_SERVER", "-m siphera.serve").split(),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+         "--log-level", "warning"],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
