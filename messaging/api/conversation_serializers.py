@@ -76,6 +76,46 @@ class MessageAcceptedSerializer(serializers.Serializer):
     ts = serializers.DateTimeField()
 
 
+class MessageSenderSerializer(serializers.Serializer):
+    user_id = serializers.UUIDField(allow_null=True)
+    device_id = serializers.IntegerField(allow_null=True)
+
+
+class AttachmentRefSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+
+
+class FrameEnvelopeSerializer(serializers.Serializer):
+    type = serializers.IntegerField()
+    body = Base64Field()
+
+
+class MessageFrameSerializer(serializers.Serializer):
+    """A `message` frame (messaging.services.delivery.message_frame), as the WebSocket
+    pushes it and GET /messages and the history return it. It only describes responses
+    in the OpenAPI schema: the views return the frames as the service builds them."""
+
+    type = serializers.CharField(help_text='Always "message".')
+    id = serializers.UUIDField()
+    conversation = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    ts = serializers.DateTimeField()
+    sender = MessageSenderSerializer()
+    thread = serializers.UUIDField(allow_null=True)
+    refers_to = serializers.UUIDField(allow_null=True)
+    mentions = serializers.ListField(child=serializers.UUIDField())
+    attachments = AttachmentRefSerializer(many=True)
+    body = Base64Field(allow_null=True)
+    envelope = FrameEnvelopeSerializer(
+        allow_null=True, help_text="This device's envelope; always null in the history."
+    )
+    event = serializers.DictField(
+        required=False, help_text="Membership events only: {action, user_ids, ...}."
+    )
+
+
 class AckSerializer(serializers.Serializer):
     ids = serializers.ListField(child=serializers.CharField(max_length=64), max_length=1000)
 

@@ -112,6 +112,7 @@ class MessagesView(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("after_seq", int), OpenApiParameter("limit", int)],
+        responses={200: s.MessageFrameSerializer(many=True), 400: ERROR, 404: ERROR},
         tags=["messages"],
         description="Stored history (bodies, never envelopes), oldest first.",
     )
@@ -149,6 +150,7 @@ class QueueView(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("limit", int)],
+        responses={200: s.MessageFrameSerializer(many=True), 400: ERROR},
         tags=["messages"],
         description="This device's queued messages (the `message` frames).",
     )
@@ -161,7 +163,7 @@ class QueueView(APIView):
 class AckView(APIView):
     permission_classes = [MessagingPerm]
 
-    @extend_schema(request=s.AckSerializer, responses={204: None}, tags=["messages"])
+    @extend_schema(request=s.AckSerializer, responses={204: None, 400: ERROR}, tags=["messages"])
     def post(self, request):
         form = s.AckSerializer(data=request.data)
         form.is_valid(raise_exception=True)

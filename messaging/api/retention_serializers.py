@@ -1,12 +1,12 @@
 from rest_framework import serializers
 
 
-class PolicyChangeSerializer(serializers.Serializer):
+class CompliancePolicyChangeSerializer(serializers.Serializer):
     retention_days = serializers.IntegerField(required=False, allow_null=True)
     attachment_max_bytes = serializers.IntegerField(required=False, allow_null=True)
 
 
-class PolicySerializer(serializers.Serializer):
+class CompliancePolicySerializer(serializers.Serializer):
     retention_days = serializers.IntegerField(allow_null=True)
     attachment_max_bytes = serializers.IntegerField(allow_null=True)
     effective = serializers.DictField()

@@ -50,19 +50,19 @@ class ConversationRetentionView(APIView):
 class PolicyView(APIView):
     permission_classes = [CompliancePerm]
 
-    @extend_schema(responses={200: s.PolicySerializer, 403: ERROR}, tags=["retention"])
+    @extend_schema(responses={200: s.CompliancePolicySerializer, 403: ERROR}, tags=["retention"])
     def get(self, request):
         return Response(retention.policy_payload())
 
     @extend_schema(
-        request=s.PolicyChangeSerializer,
-        responses={200: s.PolicySerializer, 400: ERROR, 403: ERROR},
+        request=s.CompliancePolicyChangeSerializer,
+        responses={200: s.CompliancePolicySerializer, 400: ERROR, 403: ERROR},
         tags=["retention"],
         description="Change the org's retention (days) and attachment size limit (bytes); "
         "null restores the platform default.",
     )
     def patch(self, request):
-        form = s.PolicyChangeSerializer(data=request.data)
+        form = s.CompliancePolicyChangeSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         policy = retention.check_set_policy(
             dict(form.validated_data), actor=audit.Actor.from_request(request)
