@@ -7,8 +7,9 @@ The one place that fixes how uvicorn serves Siphera, used by `make run`, the Doc
 the test suite and the benchmark alike:
 - WebSocket messages up to 1 MiB (the app refuses client frames over WS_MAX_FRAME_BYTES
   itself, with an `error` frame, rather than uvicorn dropping the socket);
-- a ping every 20 s, and a socket whose pong does not come within 20 s is closed, so a dead
-  peer is noticed within 40 s (DESIGN.md: within 60 s);
+- a ping every 20 s, and a socket whose pong does not come within 20 s is closed (1011), so
+  a dead peer is noticed within 40 s (DESIGN.md: within 60 s); WS_PING_INTERVAL_SECONDS and
+  WS_PING_TIMEOUT_SECONDS change them (the heartbeat test uses 1 s each);
 - no permessage-deflate: frames are mostly ciphertext, which does not compress, and
   compressing secrets next to attacker-chosen bytes is how CRIME-style leaks start;
 - no uvicorn access log: the app writes its own JSON access lines (siphera.middleware).
@@ -20,8 +21,23 @@ import argparse
 import os
 
 WS_MAX_SIZE = 1024 * 1024
-WS_PING_INTERVAL = 20.0
-WS_PING_TIMEOUT = 20.0
+WS_PING_INTERVAL = 20.0  # default of $WS_PING_INTERVAL_SECONDS
+WS_PING_TIMEOUT = 20.0  # default of $WS_PING_TIMEOUT_SECONDS
+
+
+def _seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment. Zero is refused rather than read
+    as "off": without pings a dead peer's socket would never be noticed."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,8 +67,8 @@ def main(argv=None) -> None:
         port=args.port,
         workers=args.workers,
         ws_max_size=WS_MAX_SIZE,
-        ws_ping_interval=WS_PING_INTERVAL,
-        ws_ping_timeout=WS_PING_TIMEOUT,
+        ws_ping_interval=_seconds("WS_PING_INTERVAL_SECONDS", WS_PING_INTERVAL),
+        ws_ping_timeout=_seconds("WS_PING_TIMEOUT_SECONDS", WS_PING_TIMEOUT),
         ws_per_message_deflate=False,
         access_log=False,
         backlog=4096,
