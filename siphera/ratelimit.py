@@ -83,22 +83,28 @@ def hit(
     """Count one hit; return None if under `limit` per `window` seconds, else the seconds
     until the window resets (for Retry-After). Keys carry the schema (default: the
     current one), so one org's traffic never spends another org's budget."""
-    pipe = _queue_hit(_client().pipeline(), _key(scope, ident, schema), window)
-    return _verdict(pipe.execute(), limit)
+    return _verdict(_script(_client())(keys=[_key(scope, ident, schema)], args=[window, limit]))
 
 
-def _queue_hit(pipe, key: str, window: int):
-    pipe.incr(key)
-    pipe.expire(key, window, nx=True)
-    pipe.ttl(key)
-    return pipe
+# One round trip and one small reply per hit (this runs for every WebSocket frame): count,
+# start the window on the first hit, and only past the limit read how long it has left.
+_HIT_LUA = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
+if count > tonumber(ARGV[2]) then
+  return redis.call('TTL', KEYS[1])
+end
+return -3
+"""
 
 
-def _verdict(replies, limit: int) -> int | None:
-    count, _, ttl = replies
-    if count > limit:
-        return max(int(ttl), 1)
-    return None
+@functools.cache
+def _script(client):
+    return client.register_script(_HIT_LUA)
+
+
+def _verdict(reply: int) -> int | None:
+    return None if reply == -3 else max(int(reply), 1)
 
 
 def hit_named(name: str, ident, *, schema: str | None = None) -> int | None:
@@ -109,10 +115,12 @@ def hit_named(name: str, ident, *, schema: str | None = None) -> int | None:
 
 async def ahit_named(name: str, ident, *, schema: str) -> int | None:
     """`hit_named` from async code (a consumer), on the loop's own Redis client: one
-    pipelined round trip, no thread hop."""
+    round trip, no thread hop."""
     rule = limit(name)
-    pipe = _queue_hit(_aclient().pipeline(), _key(name, str(ident), schema), rule.window)
-    return _verdict(await pipe.execute(), rule.count)
+    script = _script(_aclient())
+    return _verdict(
+        await script(keys=[_key(name, str(ident), schema)], args=[rule.window, rule.count])
+    )
 
 
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
