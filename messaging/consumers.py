@@ -10,8 +10,11 @@ queued and are sent again on the next connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
+
+from rest_framework.exceptions import ValidationError
 
 from messaging.services import delivery, receipts
 from orgs.roles import Perm, frame_perm
@@ -22,6 +25,7 @@ from siphera.ws import FrameError
 log = logging.getLogger("siphera.ws")
 
 MAX_IN_FLIGHT = 256
+RECHECK_AFTER = (1.0, 5.0)  # seconds after `ready`
 
 
 def _uuid(value, field: str) -> uuid.UUID:
@@ -29,6 +33,16 @@ def _uuid(value, field: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise FrameError("invalid_frame", f"`{field}` must be a UUID.") from None
+
+
+@functools.cache
+def _send_form():
+    # The REST endpoint's serializer, built once: its fields are deep-copied per instance,
+    # which cost more than the rest of the frame. run_validation keeps no state between
+    # calls, and frames are parsed on the event loop's thread only.
+    from messaging.api.conversation_serializers import MessageSendSerializer
+
+    return MessageSendSerializer()
 
 
 class MessagingFrames:
@@ -40,10 +54,17 @@ class MessagingFrames:
         self._wake = asyncio.Event()
         self._wake.set()
         self._delivery_task = asyncio.create_task(self._deliver())
+        # Read the queue again shortly after connecting: a wake-up sent while this socket
+        # replaced an older one of the device (in another web process) may have gone to
+        # the old socket (siphera.events.send_soon).
+        loop = asyncio.get_running_loop()
+        self._rechecks = [loop.call_later(delay, self._wake.set) for delay in RECHECK_AFTER]
 
     async def disconnect(self, code):
         if self._delivery_task is not None:
             self._delivery_task.cancel()
+            for handle in self._rechecks:
+                handle.cancel()
         await super().disconnect(code)
 
     async def _deliver(self) -> None:
@@ -130,12 +151,12 @@ class MessagingFrames:
     async def frame_send(self, frame):
         """Send a message over the socket (same rules as POST .../messages); answered with
         `sent` {ref, id, seq, ts} or an `error` frame carrying missing/extra/stale."""
-        from messaging.api.conversation_serializers import MessageSendSerializer
-
-        form = MessageSendSerializer(data=frame)
-        if not form.is_valid():
-            field, errors = next(iter(form.errors.items()))
-            raise FrameError("invalid_request", f"{field}: {errors[0]}")
+        form = _send_form()
+        try:
+            data = form.run_validation(frame)
+        except ValidationError as exc:
+            field, errors = next(iter(exc.detail.items()))
+            raise FrameError("invalid_request", f"{field}: {errors[0]}") from None
         conversation = _uuid(frame.get("conversation"), "conversation")
         try:
             result = await tenant_db(
@@ -144,7 +165,7 @@ class MessagingFrames:
                 conversation_id=conversation,
                 sender=self.device.user,
                 sender_device_id=self.device.device_id,
-                **form.to_kwargs(),
+                **form.kwargs_from(data),
             )
         except ApiError as exc:
             error = {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}

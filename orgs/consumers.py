@@ -21,7 +21,7 @@ from messaging.consumers import MessagingFrames
 from orgs.api.fields import b64
 from orgs.roles import Perm, codes_for, frame_perm
 from orgs.services import auth, devices
-from siphera import ratelimit
+from siphera import events, ratelimit
 from siphera.api_errors import ApiError
 from siphera.tenancy import group_name, tenant_db
 from siphera.ws import (
@@ -108,9 +108,14 @@ class ClientConsumer(MessagingFrames, JsonFrameConsumer):
         timer = getattr(self, "auth_timer", None)
         if timer:
             timer.cancel()
+        self._leave_local()
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
         await super().disconnect(code)
+
+    def _leave_local(self) -> None:
+        for group in self.groups_joined:
+            events.leave_local(group, self)
 
     async def dispatch_frame(self, frame: dict) -> None:
         if self.device is None:
@@ -185,6 +190,7 @@ class ClientConsumer(MessagingFrames, JsonFrameConsumer):
         for group in (device_group, group_name(schema, "u", device.user_id)):
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.append(group)
+            events.join_local(group, self)
         log.info("ws.authenticated", extra={"device": device.device_id})
         await self.send_frame(
             {"type": "ready", "user_id": str(device.user_id), "device_id": device.device_id}
@@ -215,6 +221,7 @@ class ClientConsumer(MessagingFrames, JsonFrameConsumer):
     # --- channel-layer events (from services, after commit) -----------------------------
     async def session_takeover(self, event):
         if event["channel"] != self.channel_name:
+            self._leave_local()  # wake-ups for this device now go to the new socket
             await self.close(code=CLOSE_REPLACED)
 
     async def device_revoked(self, event):

@@ -40,20 +40,51 @@ def send_soon(groups: list[str], payload: dict) -> None:
 
     From a consumer's worker thread the sends are posted to the consumer's loop and the
     thread goes back to work at once (waiting would hold a DB thread for four Redis round
-    trips per group). Anywhere else (a request, a task, a command) they are sent in order
-    before returning."""
+    trips per group). A group with a member socket in this process (`join_local`) is
+    handed to that socket directly, without Redis. Anywhere else (a request, a task, a
+    command) the sends go through the channel layer, in order, before returning."""
     loop = _loop.get()
     if loop is None or loop.is_closed():
         for group in groups:
             send_now(group, payload)
         return
-    future = asyncio.run_coroutine_threadsafe(_send_all(groups, payload), loop)
+    local, remote = [], []
+    for group in groups:
+        members = _local_members.get(group)
+        if members:
+            local.extend(tuple(members))
+        else:
+            remote.append(group)
+    future = asyncio.run_coroutine_threadsafe(_send_all(local, remote, payload), loop)
     future.add_done_callback(_log_failure)
 
 
-async def _send_all(groups: list[str], payload: dict) -> None:
-    layer = get_channel_layer()
-    await asyncio.gather(*(layer.group_send(group, payload) for group in groups))
+async def _send_all(local: list, remote: list[str], payload: dict) -> None:
+    for consumer in local:
+        await consumer.dispatch(payload)
+    if remote:
+        layer = get_channel_layer()
+        await asyncio.gather(*(layer.group_send(group, payload) for group in remote))
+
+
+# Sockets of this process by group, for `send_soon`. Only wake-ups use it: a socket that
+# lives here is woken directly; one elsewhere through the channel layer as before. A socket
+# leaves as soon as it is replaced or closes (ClientConsumer), and a new socket reads its
+# queue on connect and again shortly after (messaging.consumers), so a wake-up that went to
+# the old socket while the new one connected in another process is not lost.
+_local_members: dict[str, set] = {}
+
+
+def join_local(group: str, consumer) -> None:
+    _local_members.setdefault(group, set()).add(consumer)
+
+
+def leave_local(group: str, consumer) -> None:
+    members = _local_members.get(group)
+    if members is not None:
+        members.discard(consumer)
+        if not members:
+            _local_members.pop(group, None)
 
 
 def _log_failure(future) -> None:

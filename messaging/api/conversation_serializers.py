@@ -50,7 +50,11 @@ class MessageSendSerializer(serializers.Serializer):
     )
 
     def to_kwargs(self) -> dict:
-        data = self.validated_data
+        return self.kwargs_from(self.validated_data)
+
+    @staticmethod
+    def kwargs_from(data: dict) -> dict:
+        """check_send_message's keyword arguments from validated data."""
         envelopes = data.get("envelopes")
         return {
             "client_id": data["client_id"],

@@ -7,8 +7,11 @@ wakes sockets up (PITFALLS 6): a wake carries no message, the socket reads its q
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections import namedtuple
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -111,6 +114,19 @@ def check_send_message(
         return SendResult(existing, created=False)
 
 
+# Plain tuples on the send path: building model instances cost more than the queries.
+class _Device(NamedTuple):
+    pk: int
+    user_id: uuid.UUID
+    device_id: int
+
+
+class _QueueRow(NamedTuple):
+    device_pk: int
+    envelope_type: int | None
+    envelope_body: bytes | None
+
+
 @dataclass(frozen=True)
 class _Locked:
     """What the send needs of the conversation, read under its row lock in one query."""
@@ -118,7 +134,7 @@ class _Locked:
     is_member: bool
     existing_id: uuid.UUID | None  # an earlier message with this client_id
     member_ids: set[str]
-    devices: dict[tuple[str, int], Device]  # current devices of all members
+    devices: dict[tuple[str, int], _Device]  # current devices of all members
 
 
 def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | None:
@@ -142,7 +158,7 @@ def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | No
     if not rows:
         return None
     devices = {
-        (str(user_id), device_id): Device(pk=pk, user_id=user_id, device_id=device_id)
+        (str(user_id), device_id): _Device(pk, user_id, device_id)
         for user_id, pk, device_id, _, _ in rows
         if pk is not None
     }
@@ -205,7 +221,7 @@ def _send_locked(
     return SendResult(message, created=True)
 
 
-def _insert_message(message: Message, rows: list[QueuedMessage]) -> int:
+def _insert_message(message: Message, rows: list[_QueueRow]) -> int:
     """Take the conversation's next seq, insert the message and its queue rows: one
     statement, one round trip (the send path's hot spot). Returns the seq."""
     fields = [f for f in Message._meta.concrete_fields if f.attname != "seq"]
@@ -228,7 +244,7 @@ def _insert_message(message: Message, rows: list[QueuedMessage]) -> int:
         message.conversation_id,
         *values,
         message.pk,
-        [row.device_id for row in rows],
+        [row.device_pk for row in rows],
         [row.envelope_type for row in rows],
         [row.envelope_body for row in rows],
     ]
@@ -263,9 +279,9 @@ def _check_references(conversation_id, thread, refers_to, mentions, member_ids) 
         )
 
 
-def _queue_rows(targets, envelopes, member_ids) -> list[QueuedMessage]:
+def _queue_rows(targets, envelopes, member_ids) -> list[_QueueRow]:
     if envelopes is None:
-        return [QueuedMessage(device=device) for device in targets.values()]
+        return [_QueueRow(device.pk, None, None) for device in targets.values()]
     given = [(e.user_id, e.device_id) for e in envelopes]
     if len(set(given)) != len(given):
         raise ApiError(400, "invalid_request", "Two envelopes address the same device.")
@@ -290,12 +306,7 @@ def _queue_rows(targets, envelopes, member_ids) -> list[QueuedMessage]:
             "Some envelopes address revoked devices.",
             extra={"stale": _device_list(stale)},
         )
-    return [
-        QueuedMessage(
-            device=targets[(e.user_id, e.device_id)], envelope_type=e.type, envelope_body=e.body
-        )
-        for e in envelopes
-    ]
+    return [_QueueRow(targets[(e.user_id, e.device_id)].pk, e.type, e.body) for e in envelopes]
 
 
 def _revoked(pairs, member_ids) -> set[tuple[str, int]]:
@@ -352,10 +363,12 @@ def wake_devices_on_commit(devices) -> None:
 # --- reading and acknowledging a device's queue ---------------------------------------------
 
 
-def message_frame(message: Message, entry: QueuedMessage | None) -> dict:
+def message_frame(message, entry) -> dict:
+    """The `message` frame of a Message (or a row with its attribute names) and, for a
+    device's queue, its queue entry (`envelope_type`, `envelope_body`)."""
     frame = {
         "type": "message",
-        "id": str(message.pk),
+        "id": str(message.id),
         "conversation": str(message.conversation_id),
         "seq": message.seq,
         "ts": message.created_at.isoformat(),
@@ -383,20 +396,13 @@ def pending_for_device(
     """The device's queued messages, oldest first, skipping queue ids in `exclude_ids`
     (already sent on this socket, not yet acked). Returns (queue id, message frame).
 
-    Runs for every wake-up of every socket, so it is one hand-written query (the message
-    columns come from the model) rather than an ORM query compiled each time."""
-    fields = Message._meta.concrete_fields
-    names = [f.attname for f in fields]
-    columns = ", ".join("m." + connection.ops.quote_name(f.column) for f in fields)
-    # What the ORM would apply to each column (JSON arrives as text, for one).
-    converters = [
-        (i, f, f.get_db_converters(connection) + connection.ops.get_db_converters(f))
-        for i, f in enumerate(fields)
-    ]
-    converters = [(i, f, c) for i, f, c in converters if c]
+    Runs for every wake-up of every socket, so it is one hand-written query whose rows go
+    straight into frames (the message columns and their converters come from the model)
+    rather than an ORM query compiled, and model instances built, each time."""
+    shape = _message_row_shape()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT q.id, q.envelope_type, q.envelope_body, {columns}"
+            f"SELECT q.id, q.envelope_type, q.envelope_body, {shape.columns}"
             " FROM messaging_queuedmessage q"
             " JOIN messaging_message m ON m.id = q.message_id"
             " WHERE q.device_id = %s AND NOT (q.id = ANY(%s::bigint[]))"
@@ -406,13 +412,33 @@ def pending_for_device(
         rows = cursor.fetchall()
     pending = []
     for queue_id, envelope_type, envelope_body, *values in rows:
-        for i, field, field_converters in converters:
+        for i, field, field_converters in shape.converters:
             for convert in field_converters:
                 values[i] = convert(values[i], field, connection)
-        message = Message.from_db(connection.alias, names, values)
-        entry = QueuedMessage(envelope_type=envelope_type, envelope_body=envelope_body)
-        pending.append((queue_id, message_frame(message, entry)))
+        entry = _QueueRow(device_pk, envelope_type, envelope_body)
+        pending.append((queue_id, message_frame(shape.row(*values), entry)))
     return pending
+
+
+@dataclass(frozen=True)
+class _MessageRowShape:
+    columns: str  # "m.<col>, ..." in model field order
+    row: type  # a named tuple with the fields' attribute names
+    converters: list  # [(index, field, [converter, ...])] for fields that have any
+
+
+@functools.cache
+def _message_row_shape() -> _MessageRowShape:
+    fields = Message._meta.concrete_fields
+    converters = [
+        (i, f, f.get_db_converters(connection) + connection.ops.get_db_converters(f))
+        for i, f in enumerate(fields)
+    ]
+    return _MessageRowShape(
+        columns=", ".join("m." + connection.ops.quote_name(f.column) for f in fields),
+        row=namedtuple("MessageRow", [f.attname for f in fields]),
+        converters=[(i, f, c) for i, f, c in converters if c],
+    )
 
 
 def do_ack(device_pk: int, message_ids) -> int:
