@@ -17,7 +17,7 @@ help:
 	@echo "make test        set up, then run the whole test suite (pytest)"
 	@echo "make lint        ruff check + ruff format --check, bash -n on scripts"
 	@echo "make format      ruff format + ruff check --fix"
-	@echo "make bench       run bench/*.py (none exist yet)"
+	@echo "make bench       run bench/*.py: relay rate, latency, 10k idle sockets (~10 min)"
 	@echo "make clean       remove caches, collected static files and logs (keeps .venv, data)"
 	@echo "make stop-local  stop the PostgreSQL/Redis that the scripts started under var/"
 
@@ -48,7 +48,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# A placeholder until benchmarks exist: it runs every bench/*.py and says so when there is none.
+# Runs every bench/*.py (each prints its figures and writes bench/results/*-latest.json).
 bench: venv services
 	@shopt -s nullglob; files=(bench/*.py); \
 	if (( $${#files[@]} == 0 )); then \

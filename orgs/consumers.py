@@ -54,10 +54,10 @@ def _fresh_codes(user_id) -> frozenset[Perm]:
 CLOSE_RATE_LIMITED = 4429
 
 
-def _device_list(user_id):
-    from orgs.services.users import access_user
+def _device_list(viewer, user_id):
+    from orgs.services.directory import access_directory_user
 
-    user = access_user(user_id)
+    user = access_directory_user(viewer, user_id)
     return {
         "type": "devices",
         "user_id": str(user.pk),
@@ -211,7 +211,7 @@ class ClientConsumer(MessagingFrames, JsonFrameConsumer):
         """A user's current devices (default: the caller's own) — to address envelopes."""
         user_id = frame.get("user_id", str(self.device.user_id))
         try:
-            reply = await tenant_db(self.org, _device_list, user_id)
+            reply = await tenant_db(self.org, _device_list, self.device.user, user_id)
         except ApiError as exc:
             raise FrameError(exc.code, exc.message) from None
         if "ref" in frame:

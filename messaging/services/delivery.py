@@ -460,6 +460,13 @@ def do_ack(device_pk: int, message_ids) -> int:
         return cursor.rowcount
 
 
+def do_drop_queue(device: Device) -> int:
+    """Delete everything queued for a (revoked) device: nothing will ever fetch it.
+    Returns how many entries went."""
+    deleted, _ = QueuedMessage.objects.filter(device=device).delete()
+    return deleted
+
+
 def history(conversation: Conversation, *, after_seq: int = 0, limit: int = 100) -> list[dict]:
     """Stored history (bodies and events, never envelopes), oldest first."""
     messages = Message.objects.filter(conversation=conversation, seq__gt=after_seq).order_by("seq")[

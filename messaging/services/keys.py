@@ -24,7 +24,7 @@ from nacl.signing import VerifyKey
 from messaging.models import OneTimePrekey, PqPrekey, SignedPrekey
 from orgs.accounts.models import Device, User
 from orgs.services import devices as device_services
-from orgs.services import users as user_services
+from orgs.services.directory import access_directory_user
 from siphera import ratelimit
 from siphera.api_errors import ApiError, not_found
 from siphera.events import notify_on_commit
@@ -320,7 +320,9 @@ def check_claim_bundles(
         limit=settings.KEYS_CLAIM_RATE,
         window=settings.KEYS_RATE_WINDOW_SECONDS,
     )
-    user = user_services.access_user(user_id)
+    # The same visibility as looking the user up: a guest claims only people they share a
+    # conversation with, and gets the same 404 as for an unknown id otherwise.
+    user = access_directory_user(requester.user, user_id)
     targets = list(device_services.user_devices(user)) if user.is_active else []
     targets = [d for d in targets if d.pk != requester.pk]
     if device_id is not None:

@@ -250,3 +250,17 @@ async def test_sending_over_the_socket_answers_sent_or_the_coverage_error(
         assert error["code"] == "device_mismatch" and error["ref"] == "s2"
         assert error["missing"] == [{"user_id": str(bob.user.pk), "device_id": bob.device_id}]
     assert bob.api.get("/api/v1/messages").json()[0]["body"] == b64(b"over-ws")
+
+
+def test_revoking_a_device_deletes_its_queue_and_leaves_the_others(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    bob_tablet = new_session(org_a, bob.user, name="tablet")
+    cid = start_conversation(alice, bob)["id"]
+    for _ in range(3):
+        send_body(alice, cid)
+    assert _queued(org_a, bob) == _queued(org_a, bob_tablet) == 3
+
+    assert bob.api.delete(f"/api/v1/devices/{bob_tablet.device_id}").status_code == 204
+
+    assert _queued(org_a, bob_tablet) == 0  # nothing will ever fetch it
+    assert _queued(org_a, bob) == 3

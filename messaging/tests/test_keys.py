@@ -490,3 +490,28 @@ def test_uploads_are_rate_limited_per_device(org_a, new_session, limited_server)
     assert response.status_code == 429 and error_code(response) == "rate_limited"
     assert int(response.headers["Retry-After"]) > 0
     assert counts(session)["one_time"] == REGISTERED_ONE_TIME + 10
+
+
+async def test_a_guest_claims_keys_and_lists_devices_only_of_people_it_shares_a_conversation_with(
+    org_a, new_session, server
+):
+    from messaging.tests.helpers import start_conversation
+    from tests.ws import send
+
+    owner = new_session(org_a, role="owner")
+    guest = new_session(org_a, role="guest")
+    stranger = new_session(org_a)
+    start_conversation(owner, guest, kind="group")
+
+    assert claim(guest, owner.user).status_code == 200
+    hidden = claim(guest, stranger.user)
+    assert hidden.status_code == 404 and error_code(hidden) == "not_found"
+    assert claim(owner, stranger.user).status_code == 200  # members see the whole directory
+
+    async with await authed_socket(server, guest) as ws:
+        await send(ws, {"type": "devices", "user_id": str(stranger.user.pk), "ref": 1})
+        refused = await recv_type(ws, "error")
+        assert refused["code"] == "not_found"
+        await send(ws, {"type": "devices", "user_id": str(owner.user.pk), "ref": 2})
+        listed = await recv_type(ws, "devices")
+        assert [d["device_id"] for d in listed["devices"]] == [owner.device_id]

@@ -67,13 +67,15 @@ def access_device(user: User, device_id) -> Device:
 
 
 def do_revoke_device(device: Device, *, actor: audit.Actor) -> None:
-    """Revoke a device: its token stops working, its keys are deleted, and its live socket
-    is told (`device.revoked`) and closed with 4403 once this commits."""
+    """Revoke a device: its token stops working, its keys and its message queue are
+    deleted, and its live socket is told (`device.revoked`) and closed with 4403 once this
+    commits."""
     with transaction.atomic():
         device.revoked_at = timezone.now()
         device.token_hash = None
         device.save(update_fields=["revoked_at", "token_hash"])
         keys.do_delete_keys(device)
+        _drop_queue(device)
         audit.record(
             AuditEvent.DEVICE_REVOKED,
             actor=actor,
@@ -98,6 +100,7 @@ def do_revoke_user_devices(
             device.token_hash = None
             device.save(update_fields=["revoked_at", "token_hash"])
             keys.do_delete_keys(device)
+            _drop_queue(device)
             audit.record(
                 AuditEvent.DEVICE_REVOKED,
                 actor=actor,
@@ -109,6 +112,13 @@ def do_revoke_user_devices(
                 notify_on_commit(device_group(device), {"type": "device.revoked"})
             count += 1
     return count
+
+
+def _drop_queue(device: Device) -> None:
+    # messaging imports this module (device_group), so its service is imported here.
+    from messaging.services.delivery import do_drop_queue
+
+    do_drop_queue(device)
 
 
 def device_group(device: Device, schema: str | None = None) -> str:
