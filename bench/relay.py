@@ -7,7 +7,8 @@ socket capacity, against the real ASGI app (uvicorn), PostgreSQL and Redis.
 
 It uses its own database (`siphera_bench` by default, created if missing), its own org
 (`bench` at bench.localhost) and its own Redis prefixes, starts the server itself, and prints
-one line per figure plus a JSON summary (also written to bench/results/relay-latest.json).
+one line per figure plus a JSON summary; bench/results/relay-latest.json keeps the latest
+figure of each scenario.
 
 Messages go through the whole path a client sees: `send` frame over the WebSocket ->
 validation and storage in PostgreSQL (message row, per-device queue row, seq) -> wake-up
@@ -43,18 +44,30 @@ HOST = "bench.localhost"
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["rate", "latency", "idle"], action="append",
-                        help="run only these scenarios (repeatable); default: all")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        choices=["rate", "latency", "idle"],
+        action="append",
+        help="run only these scenarios (repeatable); default: all",
+    )
     parser.add_argument("--pairs", type=int, default=20, help="sender/receiver device pairs")
-    parser.add_argument("--window", type=int, default=16,
-                        help="unanswered `send` frames per sender in the rate test")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=16,
+        help="unanswered `send` frames per sender in the rate test",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each timed run")
-    parser.add_argument("--offered-rate", default="500,100",
-                        type=lambda text: [float(x) for x in text.split(",")],
-                        help="messages/s offered in the latency test; several, comma-separated,"
-                             " run one after another (default: 500,100)")
+    parser.add_argument(
+        "--offered-rate",
+        default="500,100",
+        type=lambda text: [float(x) for x in text.split(",")],
+        help="messages/s offered in the latency test; several, comma-separated,"
+        " run one after another (default: 500,100)",
+    )
     parser.add_argument("--idle-sockets", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--database", default="siphera_bench")
@@ -120,8 +133,9 @@ def prepare_org(device_count: int, pair_count: int):
         org = check_create_org(slug="bench", name="Bench", domains=[HOST], actor=actor)
 
     def bundle():
-        return keys.DeviceKeys(identity_key=os.urandom(32), signing_key=os.urandom(32),
-                               signed_prekey=None)
+        return keys.DeviceKeys(
+            identity_key=os.urandom(32), signing_key=os.urandom(32), signed_prekey=None
+        )
 
     def make_device(user, name):
         device, token = do_register_device(user, name=name, bundle=bundle(), actor=actor)
@@ -130,24 +144,45 @@ def prepare_org(device_count: int, pair_count: int):
     def build():
         pairs = []
         for _ in range(pair_count):
-            a = check_create_user(username=f"s{uuid.uuid4().hex[:12]}", password=None,
-                                  role="member", actor=actor)
-            b = check_create_user(username=f"r{uuid.uuid4().hex[:12]}", password=None,
-                                  role="member", actor=actor)
+            a = check_create_user(
+                username=f"s{uuid.uuid4().hex[:12]}", password=None, role="member", actor=actor
+            )
+            b = check_create_user(
+                username=f"r{uuid.uuid4().hex[:12]}", password=None, role="member", actor=actor
+            )
             conv, _ = conversations.check_create_conversation(
-                creator=a, kind="direct", member_ids=[str(b.pk)], title=None)
-            pairs.append({"conversation": str(conv.pk), "sender": make_device(a, "s"),
-                          "receiver": make_device(b, "r")})
+                creator=a, kind="direct", member_ids=[str(b.pk)], title=None
+            )
+            pairs.append(
+                {
+                    "conversation": str(conv.pk),
+                    "sender": make_device(a, "s"),
+                    "receiver": make_device(b, "r"),
+                }
+            )
         idle = []
         per_user = 50
         for start in range(0, device_count, per_user):
-            user = check_create_user(username=f"i{uuid.uuid4().hex[:12]}", password=None,
-                                     role="member", actor=actor)
+            user = check_create_user(
+                username=f"i{uuid.uuid4().hex[:12]}", password=None, role="member", actor=actor
+            )
             for _ in range(min(per_user, device_count - start)):
                 idle.append(make_device(user, "idle")["token"])
         return pairs, idle
 
     return in_tenant(org, build)
+
+
+def clear_queues() -> None:
+    """Start a scenario with empty device queues: what the one before left undelivered
+    would otherwise be drained first and compete with the new load."""
+    from messaging.models import QueuedMessage
+    from orgs.models import Org
+    from siphera.tenancy import in_tenant, public_schema
+
+    with public_schema():
+        org = Org.objects.get(slug="bench")
+    in_tenant(org, lambda: QueuedMessage.objects.all().delete())
 
 
 # --- server -----------------------------------------------------------------------------
@@ -164,10 +199,22 @@ def start_server(port: int, workers: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         # BENCH_SERVER replaces `-m siphera.serve`, e.g. with a script that wraps it in a
         # profiler; it gets the same arguments.
-        [sys.executable, *os.environ.get("BENCH_SERVER", "-m siphera.serve").split(),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-         "--log-level", "warning"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            *os.environ.get("BENCH_SERVER", "-m siphera.serve").split(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     import httpx
@@ -222,8 +269,14 @@ def server_rss_mib(proc: subprocess.Popen) -> float:
 async def connect(port: int, token: str):
     from websockets.asyncio.client import connect as ws_connect
 
-    ws = await ws_connect(f"ws://{HOST}:{port}/ws/v1", host="127.0.0.1", port=port,
-                          max_size=None, open_timeout=60, ping_interval=None)
+    ws = await ws_connect(
+        f"ws://{HOST}:{port}/ws/v1",
+        host="127.0.0.1",
+        port=port,
+        max_size=None,
+        open_timeout=60,
+        ping_interval=None,
+    )
     await ws.send(json.dumps({"type": "auth", "token": token}))
     while True:
         frame = json.loads(await ws.recv())
@@ -252,8 +305,14 @@ async def receiver_loop(ws, on_message, stop: asyncio.Event):
 
 
 def send_frame(conversation: str, body: bytes) -> str:
-    return json.dumps({"type": "send", "conversation": conversation,
-                       "client_id": str(uuid.uuid4()), "body": base64.b64encode(body).decode()})
+    return json.dumps(
+        {
+            "type": "send",
+            "conversation": conversation,
+            "client_id": str(uuid.uuid4()),
+            "body": base64.b64encode(body).decode(),
+        }
+    )
 
 
 async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
@@ -304,9 +363,12 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
     await asyncio.gather(*recv_tasks, return_exceptions=True)
     for ws in receivers:
         await ws.close()
-    return {"delivered_per_s": round(measured / elapsed, 1), "seconds": round(elapsed, 1),
-            "sent_total": sent,
-            "server_cpu_ms_per_message": round(cpu * 1000 / measured, 2) if measured else None}
+    return {
+        "delivered_per_s": round(measured / elapsed, 1),
+        "seconds": round(elapsed, 1),
+        "sent_total": sent,
+        "server_cpu_ms_per_message": round(cpu * 1000 / measured, 2) if measured else None,
+    }
 
 
 async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
@@ -315,11 +377,14 @@ async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
     stop = asyncio.Event()
     latencies: list[float] = []
     measuring = False
+    # Bodies carry this run's tag and the send time; anything else a receiver gets (the
+    # backlog of an earlier scenario, drained first) is not timed.
+    tag = b"LAT" + os.urandom(5)
 
     def on_message(frame):
-        sent_at = int.from_bytes(base64.b64decode(frame["body"])[:8], "big") / 1e9
-        if measuring:
-            latencies.append(time.perf_counter() - sent_at)
+        body = base64.b64decode(frame["body"])
+        if measuring and body[:8] == tag:
+            latencies.append(time.perf_counter() - int.from_bytes(body[8:16], "big") / 1e9)
 
     async def sender(pair, per_sender_rate):
         ws = await connect(port, pair["sender"]["token"])
@@ -335,7 +400,7 @@ async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
             delay = next_at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            body = time.perf_counter_ns().to_bytes(8, "big") + os.urandom(56)
+            body = tag + time.perf_counter_ns().to_bytes(8, "big") + os.urandom(48)
             await ws.send(send_frame(pair["conversation"], body))
             next_at += interval
         reader.cancel()
@@ -363,10 +428,15 @@ async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
     def pct(p):
         return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000, 1)
 
-    return {"offered_per_s": rate, "delivered_per_s": round(len(ordered) / elapsed, 1),
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "max_ms": round(ordered[-1] * 1000, 1),
-            "mean_ms": round(statistics.fmean(ordered) * 1000, 1)}
+    return {
+        "offered_per_s": rate,
+        "delivered_per_s": round(len(ordered) / elapsed, 1),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
+    }
 
 
 async def idle_test(port, tokens, proc) -> dict:
@@ -376,19 +446,24 @@ async def idle_test(port, tokens, proc) -> dict:
     started = time.perf_counter()
     batch = 200
     for i in range(0, len(tokens), batch):
-        sockets += await asyncio.gather(*[connect(port, t) for t in tokens[i:i + batch]])
+        sockets += await asyncio.gather(*[connect(port, t) for t in tokens[i : i + batch]])
         print(f"  idle sockets open: {len(sockets)}", file=sys.stderr, flush=True)
     opened = time.perf_counter() - started
     await asyncio.sleep(5)
     after = server_rss_mib(proc)
     # all still alive?
-    pongs = await asyncio.gather(*[s.send('{"type":"ping"}') for s in sockets[:100]],
-                                 return_exceptions=True)
+    pongs = await asyncio.gather(
+        *[s.send('{"type":"ping"}') for s in sockets[:100]], return_exceptions=True
+    )
     for s in sockets:
         await s.close()
-    return {"sockets": len(sockets), "server_rss_mib": round(after, 1),
-            "server_rss_before_mib": round(before, 1), "open_seconds": round(opened, 1),
-            "ping_errors": sum(isinstance(p, Exception) for p in pongs)}
+    return {
+        "sockets": len(sockets),
+        "server_rss_mib": round(after, 1),
+        "server_rss_before_mib": round(before, 1),
+        "open_seconds": round(opened, 1),
+        "ping_errors": sum(isinstance(p, Exception) for p in pongs),
+    }
 
 
 def main():
@@ -406,37 +481,55 @@ def main():
     proc = start_server(port, args.workers)
     results = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-                   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
-        "python": platform.python_version(), "workers": args.workers,
+        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
+        "python": platform.python_version(),
+        "workers": args.workers,
         "date": time.strftime("%Y-%m-%d"),
     }
     try:
         if "rate" in scenarios:
-            results["rate"] = asyncio.run(rate_test(port, pairs, window=args.window,
-                                                    seconds=args.seconds, proc=proc))
-            print(f"sustained 1:1 rate: {results['rate']['delivered_per_s']} messages/s "
-                  f"delivered+acked ({args.pairs} pairs, window {args.window}; server CPU "
-                  f"{results['rate']['server_cpu_ms_per_message']} ms per message)")
+            clear_queues()
+            results["rate"] = asyncio.run(
+                rate_test(port, pairs, window=args.window, seconds=args.seconds, proc=proc)
+            )
+            print(
+                f"sustained 1:1 rate: {results['rate']['delivered_per_s']} messages/s "
+                f"delivered+acked ({args.pairs} pairs, window {args.window}; server CPU "
+                f"{results['rate']['server_cpu_ms_per_message']} ms per message)"
+            )
         if "latency" in scenarios:
             results["latency"] = []
             for rate in args.offered_rate:
+                clear_queues()
                 lat = asyncio.run(latency_test(port, pairs, rate=rate, seconds=args.seconds))
                 results["latency"].append(lat)
-                print(f"latency at {rate:g} msg/s offered: p50 {lat.get('p50_ms')} ms,"
-                      f" p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms "
-                      f"(delivered {lat.get('delivered_per_s')}/s)")
+                print(
+                    f"latency at {rate:g} msg/s offered: p50 {lat.get('p50_ms')} ms,"
+                    f" p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms "
+                    f"(delivered {lat.get('delivered_per_s')}/s)"
+                )
         if "idle" in scenarios:
             results["idle"] = asyncio.run(idle_test(port, idle_tokens, proc))
             idle = results["idle"]
-            print(f"idle: {idle['sockets']} authenticated sockets, server RSS "
-                  f"{idle['server_rss_mib']} MiB (opened in {idle['open_seconds']} s)")
+            print(
+                f"idle: {idle['sockets']} authenticated sockets, server RSS "
+                f"{idle['server_rss_mib']} MiB (opened in {idle['open_seconds']} s)"
+            )
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(20)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "relay-latest.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
+    # The file keeps the latest figure of each scenario: a run of some scenarios replaces
+    # those and leaves the others (each says when and on what it was measured).
+    out = ROOT / "bench" / "results" / "relay-latest.json"
+    out.parent.mkdir(exist_ok=True)
+    latest = json.loads(out.read_text()) if out.exists() else {}
+    if "result" not in latest.get("rate", {"result": None}):
+        latest = {}  # the older one-run layout
+    setup = {k: results[k] for k in ("machine", "python", "workers", "date")}
+    for scenario in scenarios:
+        latest[scenario] = {**setup, "result": results[scenario]}
+    out.write_text(json.dumps(latest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,13 @@ def b64(raw: bytes) -> str:
 
 
 def start_conversation(session, *others, kind: str = "direct") -> dict:
-    response = session.api.post("/api/v1/conversations", json={
-        "kind": kind, "members": [str(o.user.pk) if hasattr(o, "user") else str(o.pk)
-                                  for o in others]})
+    response = session.api.post(
+        "/api/v1/conversations",
+        json={
+            "kind": kind,
+            "members": [str(o.user.pk) if hasattr(o, "user") else str(o.pk) for o in others],
+        },
+    )
     assert response.status_code in (200, 201), response.text
     return response.json()
 
@@ -25,5 +29,9 @@ def send_body(session, conversation_id, body: bytes | None = None, **extra):
 
 
 def envelope(session, *, body: bytes = b"x", type_: int = 1) -> dict:
-    return {"user_id": str(session.user.pk), "device_id": session.device_id, "type": type_,
-            "body": b64(body)}
+    return {
+        "user_id": str(session.user.pk),
+        "device_id": session.device_id,
+        "type": type_,
+        "body": b64(body),
+    }

@@ -9,14 +9,17 @@ from .helpers import send_body, start_conversation
 
 def test_a_direct_conversation_is_unique_per_pair(org_a, new_session):
     alice, bob = new_session(org_a), new_session(org_a)
-    first = alice.api.post("/api/v1/conversations",
-                           json={"kind": "direct", "members": [str(bob.user.pk)]})
-    again = bob.api.post("/api/v1/conversations",
-                         json={"kind": "direct", "members": [str(alice.user.pk)]})
+    first = alice.api.post(
+        "/api/v1/conversations", json={"kind": "direct", "members": [str(bob.user.pk)]}
+    )
+    again = bob.api.post(
+        "/api/v1/conversations", json={"kind": "direct", "members": [str(alice.user.pk)]}
+    )
     assert first.status_code == 201 and again.status_code == 200
     assert first.json()["id"] == again.json()["id"]
     assert sorted(m["user_id"] for m in first.json()["members"]) == sorted(
-        [str(alice.user.pk), str(bob.user.pk)])
+        [str(alice.user.pk), str(bob.user.pk)]
+    )
 
 
 def test_a_direct_conversation_needs_exactly_one_other_member(org_a, new_session):
@@ -30,8 +33,9 @@ def test_a_direct_conversation_needs_exactly_one_other_member(org_a, new_session
 def test_members_of_another_org_are_unknown(org_a, org_b, new_session):
     alice = new_session(org_a)
     stranger = make_user(org_b)
-    response = alice.api.post("/api/v1/conversations",
-                              json={"kind": "group", "members": [str(stranger.pk)]})
+    response = alice.api.post(
+        "/api/v1/conversations", json={"kind": "group", "members": [str(stranger.pk)]}
+    )
     assert response.status_code == 400
     assert response.json()["unknown"] == [str(stranger.pk)]
 
@@ -43,8 +47,9 @@ def test_group_creator_is_admin_and_guests_cannot_create_groups(org_a, new_sessi
     roles = {m["user_id"]: m["role"] for m in group["members"]}
     assert roles == {str(owner.user.pk): "admin", str(guest.user.pk): "member"}
 
-    refused = guest.api.post("/api/v1/conversations",
-                             json={"kind": "group", "members": [str(owner.user.pk)]})
+    refused = guest.api.post(
+        "/api/v1/conversations", json={"kind": "group", "members": [str(owner.user.pk)]}
+    )
     assert refused.status_code == 403
 
 
@@ -61,16 +66,19 @@ def test_guests_see_only_conversations_they_were_added_to(org_a, new_session):
 def test_membership_changes_are_events_in_the_conversation(org_a, new_session):
     admin, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
     group = start_conversation(admin, bob, kind="group")
-    added = admin.api.post(f"/api/v1/conversations/{group['id']}/members",
-                           json={"user_ids": [str(carol.user.pk)]})
+    added = admin.api.post(
+        f"/api/v1/conversations/{group['id']}/members", json={"user_ids": [str(carol.user.pk)]}
+    )
     assert added.status_code == 200
     assert str(carol.user.pk) in [m["user_id"] for m in added.json()["members"]]
 
     # a plain member cannot remove others, but can leave
     refused = bob.api.delete(f"/api/v1/conversations/{group['id']}/members/{carol.user.pk}")
     assert refused.status_code == 403
-    assert bob.api.delete(
-        f"/api/v1/conversations/{group['id']}/members/{bob.user.pk}").status_code == 204
+    assert (
+        bob.api.delete(f"/api/v1/conversations/{group['id']}/members/{bob.user.pk}").status_code
+        == 204
+    )
 
     history = admin.api.get(f"/api/v1/conversations/{group['id']}/messages").json()
     events = [(m["seq"], m["event"]["action"]) for m in history]

@@ -12,9 +12,12 @@ from .helpers import b64, envelope, send_body, start_conversation
 
 
 def _queued(org, session) -> int:
-    return in_tenant(org, QueuedMessage.objects.filter(device__user=session.user,
-                                                       device__device_id=session.device_id
-                                                       ).count)
+    return in_tenant(
+        org,
+        QueuedMessage.objects.filter(
+            device__user=session.user, device__device_id=session.device_id
+        ).count,
+    )
 
 
 def _stored(org, conversation_id) -> int:
@@ -34,8 +37,7 @@ def test_a_message_gets_a_seq_and_lands_in_history_and_the_recipients_queue(org_
     assert [m["body"] for m in history] == [b64(b"ciphertext-2")]
     queued = bob.api.get("/api/v1/messages").json()
     assert [m["seq"] for m in queued] == [1, 2]
-    assert queued[0]["sender"] == {"user_id": str(alice.user.pk),
-                                   "device_id": alice.device_id}
+    assert queued[0]["sender"] == {"user_id": str(alice.user.pk), "device_id": alice.device_id}
     assert _queued(org_a, alice) == 0  # the sending device gets nothing back
 
 
@@ -43,8 +45,9 @@ def test_a_retry_with_the_same_client_id_returns_the_same_answer(org_a, new_sess
     alice, bob = new_session(org_a), new_session(org_a)
     cid = start_conversation(alice, bob)["id"]
     payload = {"client_id": str(uuid.uuid4()), "body": b64(b"once")}
-    answers = [alice.api.post(f"/api/v1/conversations/{cid}/messages", json=payload)
-               for _ in range(3)]
+    answers = [
+        alice.api.post(f"/api/v1/conversations/{cid}/messages", json=payload) for _ in range(3)
+    ]
     assert {a.status_code for a in answers} == {201}
     assert len({a.text for a in answers}) == 1
     assert _stored(org_a, cid) == 1 and _queued(org_a, bob) == 1
@@ -63,28 +66,38 @@ def test_envelopes_must_cover_exactly_the_current_devices(org_a, new_session):
 
     missing = post([envelope(bob), envelope(alice_phone)])
     assert missing.status_code == 409
-    assert missing.json()["missing"] == [{"user_id": str(bob.user.pk),
-                                          "device_id": bob_tablet.device_id}]
+    assert missing.json()["missing"] == [
+        {"user_id": str(bob.user.pk), "device_id": bob_tablet.device_id}
+    ]
     assert missing.json()["extra"] == []
 
-    extra = post([envelope(bob), envelope(bob_tablet), envelope(alice_phone),
-                  {**envelope(bob), "device_id": 99}])
+    extra = post(
+        [
+            envelope(bob),
+            envelope(bob_tablet),
+            envelope(alice_phone),
+            {**envelope(bob), "device_id": 99},
+        ]
+    )
     assert extra.status_code == 409
     assert extra.json()["extra"] == [{"user_id": str(bob.user.pk), "device_id": 99}]
     assert extra.json()["missing"] == []
 
     # the sending device itself is not a target
-    self_addressed = post([envelope(bob), envelope(bob_tablet), envelope(alice_phone),
-                           envelope(alice)])
+    self_addressed = post(
+        [envelope(bob), envelope(bob_tablet), envelope(alice_phone), envelope(alice)]
+    )
     assert self_addressed.status_code == 409
-    assert self_addressed.json()["extra"] == [{"user_id": str(alice.user.pk),
-                                               "device_id": alice.device_id}]
+    assert self_addressed.json()["extra"] == [
+        {"user_id": str(alice.user.pk), "device_id": alice.device_id}
+    ]
 
     bob.api.delete(f"/api/v1/devices/{bob_tablet.device_id}")
     stale = post([envelope(bob), envelope(bob_tablet), envelope(alice_phone)])
     assert stale.status_code == 410
-    assert stale.json()["stale"] == [{"user_id": str(bob.user.pk),
-                                      "device_id": bob_tablet.device_id}]
+    assert stale.json()["stale"] == [
+        {"user_id": str(bob.user.pk), "device_id": bob_tablet.device_id}
+    ]
     assert stale.json()["error"]["code"] == "stale_devices"
 
     assert _stored(org_a, cid) == 0
@@ -101,9 +114,13 @@ def test_envelopes_must_cover_exactly_the_current_devices(org_a, new_session):
 def test_an_envelope_over_96_kib_is_413_and_nothing_is_stored(org_a, new_session):
     alice, bob = new_session(org_a), new_session(org_a)
     cid = start_conversation(alice, bob)["id"]
-    big = alice.api.post(f"/api/v1/conversations/{cid}/messages", json={
-        "client_id": str(uuid.uuid4()),
-        "envelopes": [envelope(bob, body=b"x" * (96 * 1024 + 1))]})
+    big = alice.api.post(
+        f"/api/v1/conversations/{cid}/messages",
+        json={
+            "client_id": str(uuid.uuid4()),
+            "envelopes": [envelope(bob, body=b"x" * (96 * 1024 + 1))],
+        },
+    )
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "envelope_too_large"
     assert _stored(org_a, cid) == 0
@@ -116,10 +133,16 @@ def test_bad_message_input_gets_clear_400s(org_a, new_session):
     cases = {
         "empty_message": {"client_id": str(uuid.uuid4())},
         "invalid_request": {"client_id": "not-a-uuid", "body": b64(b"x")},
-        "unknown_reference": {"client_id": str(uuid.uuid4()), "body": b64(b"x"),
-                              "thread": str(uuid.uuid4())},
-        "invalid_mention": {"client_id": str(uuid.uuid4()), "body": b64(b"x"),
-                            "mentions": [str(uuid.uuid4())]},
+        "unknown_reference": {
+            "client_id": str(uuid.uuid4()),
+            "body": b64(b"x"),
+            "thread": str(uuid.uuid4()),
+        },
+        "invalid_mention": {
+            "client_id": str(uuid.uuid4()),
+            "body": b64(b"x"),
+            "mentions": [str(uuid.uuid4())],
+        },
     }
     for code, payload in cases.items():
         response = alice.api.post(url, json=payload)
@@ -228,8 +251,7 @@ async def test_the_rest_fallback_reads_and_acks_the_queue(org_a, new_session):
     cid = start_conversation(alice, bob)["id"]
     ids = [send_body(alice, cid).json()["id"] for _ in range(3)]
     assert [m["id"] for m in bob.api.get("/api/v1/messages?limit=2").json()] == ids[:2]
-    assert bob.api.post("/api/v1/messages/ack", json={"ids": ids[:2] + ["junk"]}
-                        ).status_code == 204
+    assert bob.api.post("/api/v1/messages/ack", json={"ids": ids[:2] + ["junk"]}).status_code == 204
     assert [m["id"] for m in bob.api.get("/api/v1/messages").json()] == ids[2:]
 
 
@@ -240,12 +262,28 @@ async def test_sending_over_the_socket_answers_sent_or_the_coverage_error(
     cid = start_conversation(alice, bob)["id"]
     async with await authed_socket(server, alice) as ws:
         await recv_type(ws, "queue.empty")
-        await send(ws, {"type": "send", "ref": "s1", "conversation": cid,
-                        "client_id": str(uuid.uuid4()), "body": b64(b"over-ws")})
+        await send(
+            ws,
+            {
+                "type": "send",
+                "ref": "s1",
+                "conversation": cid,
+                "client_id": str(uuid.uuid4()),
+                "body": b64(b"over-ws"),
+            },
+        )
         sent = await recv_type(ws, "sent")
         assert sent["ref"] == "s1" and sent["seq"] == 1
-        await send(ws, {"type": "send", "ref": "s2", "conversation": cid,
-                        "client_id": str(uuid.uuid4()), "envelopes": []})
+        await send(
+            ws,
+            {
+                "type": "send",
+                "ref": "s2",
+                "conversation": cid,
+                "client_id": str(uuid.uuid4()),
+                "envelopes": [],
+            },
+        )
         error = await recv_type(ws, "error")
         assert error["code"] == "device_mismatch" and error["ref"] == "s2"
         assert error["missing"] == [{"user_id": str(bob.user.pk), "device_id": bob.device_id}]
