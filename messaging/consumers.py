@@ -73,6 +73,10 @@ class MessagingFrames:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                if Perm.MESSAGING_USE not in self.codes:
+                    # The role may not read messages (its acks would be refused and the
+                    # window would jam): hold the queue until the codes change.
+                    continue
                 room = MAX_IN_FLIGHT - len(self._in_flight)
                 if room <= 0:
                     continue  # an ack will wake us
@@ -177,6 +181,13 @@ class MessagingFrames:
         if "ref" in frame:
             reply["ref"] = frame["ref"]
         await self.send_frame(reply)
+
+    def codes_changed(self) -> None:
+        """The socket's permission codes were reloaded: read the queue again (it may have
+        been held for want of `messaging.use`)."""
+        super().codes_changed()
+        if self._delivery_task is not None:
+            self._wake.set()
 
     # --- channel-layer events --------------------------------------------------------
     async def queue_wake(self, event):

@@ -237,3 +237,4 @@ class ClientConsumer(MessagingFrames, JsonFrameConsumer):
         """The user's role, or their custom role's codes, changed: reload the codes."""
         if self.device is not None:
             self.codes = await tenant_db(self.org, _fresh_codes, self.device.user_id)
+            self.codes_changed()

@@ -93,6 +93,10 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
         except FrameError as exc:
             await self.send_error(exc.code, exc.message, ref=ref)
 
+    def codes_changed(self) -> None:
+        """Hook run when the socket's permission codes were reloaded; app mixins extend it
+        and call super()."""
+
     async def after_ready(self) -> None:
         """Hook run once the socket is authenticated; app mixins extend it (messaging
         starts draining the device queue here) and call super()."""

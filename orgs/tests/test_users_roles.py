@@ -550,3 +550,38 @@ async def test_a_role_change_reaches_a_live_socket_at_once(server, fresh_org, ne
     refused = await recv(ws)
     assert refused["code"] == "forbidden" and refused["permission"] == "messaging.use"
     await ws.close()
+
+
+async def test_a_socket_whose_role_may_not_read_messages_holds_its_queue_until_it_may(
+    server, fresh_org, new_session
+):
+    from messaging.tests.helpers import send_body, start_conversation
+
+    owner = new_session(fresh_org, role="owner")
+    in_tenant(
+        fresh_org,
+        __import__("orgs.services.roles", fromlist=["x"]).check_create_role,
+        slug="mute",
+        name="Mute",
+        codes=[],
+        actor=audit.Actor.system("tests"),
+    )
+    user = new_session(fresh_org)
+    cid = start_conversation(owner, user)["id"]
+    ws = await authed_socket(server, user, live=True)
+    await asyncio.to_thread(
+        owner.api.put, f"/api/v1/users/{user.user.pk}/role", json={"role": "mute"}
+    )
+    await asyncio.sleep(0.3)
+
+    await asyncio.to_thread(send_body, owner, cid)
+    with pytest.raises(TimeoutError):
+        await recv_type(ws, "message", timeout=1.0)  # held: its acks would be refused
+
+    await asyncio.to_thread(
+        owner.api.put, f"/api/v1/users/{user.user.pk}/role", json={"role": "member"}
+    )
+    message = await recv_type(ws, "message", timeout=3.0)
+    assert message["conversation"] == cid
+    await send(ws, {"type": "ack", "ids": [message["id"]]})
+    await ws.close()
