@@ -29,13 +29,6 @@ def limits_env(**overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def quiet_org():
-    """An org no other test talks to: per-IP counters are per org, and every test (and
-    every server of this run) connects from 127.0.0.1."""
-    return create_org(unique("r"), f"{unique('h')}.test")
-
-
-@pytest.fixture
 def low_server(tmp_path):
     def start(**overrides: str):
         return server_with_env(tmp_path / "server.log", **limits_env(**overrides))

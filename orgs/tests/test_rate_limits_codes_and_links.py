@@ -6,35 +6,21 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from django.conf import settings
 
 from orgs.services import audit, users
+from orgs.tests.test_rate_limits import limits_env
 from siphera import ratelimit
 from siphera.tenancy import in_tenant
 from tests.fixtures import (
     ROOT,
     Api,
-    create_org,
     host_of,
     make_user,
     register_device,
     server_with_env,
     unique,
 )
-
-
-def limits_env(**overrides: str) -> dict[str, str]:
-    """The test run's limits with some lowered (later entries win)."""
-    extra = ",".join(f"{name.replace('_', '.')}={value}" for name, value in overrides.items())
-    return {"RATE_LIMITS": f"{settings.RATE_LIMITS_TEST},{extra}"}
-
-
-@pytest.fixture
-def quiet_org():
-    """An org no other test talks to: per-IP counters are per org, and every test
-    connects from 127.0.0.1."""
-    return create_org(unique("r"), f"{unique('h')}.test")
 
 
 def _device_api(server, org) -> Api:
