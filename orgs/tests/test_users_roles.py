@@ -527,16 +527,20 @@ async def test_read_receipts_off_stops_relaying_read_markers(server, fresh_org, 
     await bob_ws.close()
 
 
-async def test_a_role_change_reaches_a_live_socket_at_once(server, fresh_org, new_session):
-    owner = new_session(fresh_org, role="owner")
+def _role_without_codes(org, slug: str) -> None:
     in_tenant(
-        fresh_org,
-        __import__("orgs.services.roles", fromlist=["x"]).check_create_role,
-        slug="silent",
-        name="Silent",
+        org,
+        role_service.check_create_role,
+        slug=slug,
+        name=slug.title(),
         codes=[],
         actor=audit.Actor.system("tests"),
     )
+
+
+async def test_a_role_change_reaches_a_live_socket_at_once(server, fresh_org, new_session):
+    owner = new_session(fresh_org, role="owner")
+    _role_without_codes(fresh_org, "silent")
     user = new_session(fresh_org)
     ws = await authed_socket(server, user, live=True)
     await send(ws, {"type": "devices", "ref": 1})
@@ -558,14 +562,7 @@ async def test_a_socket_whose_role_may_not_read_messages_holds_its_queue_until_i
     from messaging.tests.helpers import send_body, start_conversation
 
     owner = new_session(fresh_org, role="owner")
-    in_tenant(
-        fresh_org,
-        __import__("orgs.services.roles", fromlist=["x"]).check_create_role,
-        slug="mute",
-        name="Mute",
-        codes=[],
-        actor=audit.Actor.system("tests"),
-    )
+    _role_without_codes(fresh_org, "mute")
     user = new_session(fresh_org)
     cid = start_conversation(owner, user)["id"]
     ws = await authed_socket(server, user, live=True)
