@@ -183,6 +183,12 @@ def clear_queues() -> None:
     with public_schema():
         org = Org.objects.get(slug="bench")
     in_tenant(org, lambda: QueuedMessage.objects.all().delete())
+    # Fresh planner statistics, as autovacuum keeps them on a live server: the bench
+    # creates its users, devices and conversations just before measuring.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
 # --- server -----------------------------------------------------------------------------
@@ -371,7 +377,7 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
     }
 
 
-async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
+async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dict:
     """Offer `rate` messages/s spread over the pairs; latency = send to receipt of the
     `message` frame at the recipient (the body carries the send time)."""
     stop = asyncio.Event()
@@ -413,9 +419,11 @@ async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
     await asyncio.sleep(2)
     measuring = True
     start = time.perf_counter()
+    start_cpu = server_cpu_seconds(proc)
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = time.perf_counter() - start
+    cpu = server_cpu_seconds(proc) - start_cpu
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
     await asyncio.gather(*recv_tasks, return_exceptions=True)
@@ -436,6 +444,7 @@ async def latency_test(port, pairs, *, rate: float, seconds: float) -> dict:
         "p99_ms": pct(0.99),
         "max_ms": round(ordered[-1] * 1000, 1),
         "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
+        "server_cpu_ms_per_message": round(cpu * 1000 / len(ordered), 2),
     }
 
 
@@ -501,12 +510,15 @@ def main():
             results["latency"] = []
             for rate in args.offered_rate:
                 clear_queues()
-                lat = asyncio.run(latency_test(port, pairs, rate=rate, seconds=args.seconds))
+                lat = asyncio.run(
+                    latency_test(port, pairs, rate=rate, seconds=args.seconds, proc=proc)
+                )
                 results["latency"].append(lat)
                 print(
                     f"latency at {rate:g} msg/s offered: p50 {lat.get('p50_ms')} ms,"
                     f" p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms "
-                    f"(delivered {lat.get('delivered_per_s')}/s)"
+                    f"(delivered {lat.get('delivered_per_s')}/s; server CPU"
+                    f" {lat.get('server_cpu_ms_per_message')} ms per message)"
                 )
         if "idle" in scenarios:
             results["idle"] = asyncio.run(idle_test(port, idle_tokens, proc))

@@ -4,7 +4,10 @@ ordered drain before live frames, acks, redelivery, the REST fallback."""
 import asyncio
 import uuid
 
+from django.db import connection
+
 from messaging.models import Message, QueuedMessage
+from messaging.services import delivery
 from siphera.tenancy import in_tenant
 from tests.ws import authed_socket, recv, recv_type, send
 
@@ -253,6 +256,27 @@ async def test_the_rest_fallback_reads_and_acks_the_queue(org_a, new_session):
     assert [m["id"] for m in bob.api.get("/api/v1/messages?limit=2").json()] == ids[:2]
     assert bob.api.post("/api/v1/messages/ack", json={"ids": ids[:2] + ["junk"]}).status_code == 204
     assert [m["id"] for m in bob.api.get("/api/v1/messages").json()] == ids[2:]
+
+
+def test_an_ack_commits_without_turning_off_durable_commits_for_what_follows(org_a, new_session):
+    # Acks skip the WAL flush wait (a lost ack only means a redelivery); that must stay
+    # within the ack's own transaction, never leak into the sends that follow on the
+    # same connection.
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    ids = [send_body(alice, cid).json()["id"] for _ in range(2)]
+
+    def ack_then_read_setting():
+        device = bob.user.devices.get(device_id=bob.device_id)
+        deleted = delivery.do_ack(device.pk, ids[:1])
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return deleted, cursor.fetchone()[0]
+
+    assert in_tenant(org_a, ack_then_read_setting) == (1, "on")
+    assert _queued(org_a, bob) == 1
+    # committed: another session sees it gone
+    assert [m["id"] for m in bob.api.get("/api/v1/messages").json()] == ids[1:]
 
 
 async def test_sending_over_the_socket_answers_sent_or_the_coverage_error(
