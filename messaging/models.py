@@ -5,6 +5,7 @@ import uuid
 from django.db import models
 
 from orgs.accounts.models import Device, User
+from siphera.ids import uuid7
 
 
 class SignedPrekey(models.Model):
@@ -99,9 +100,12 @@ class Message(models.Model):
     MESSAGE = "message"
     EVENT = "event"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered (siphera.ids.uuid7): messages are the table that grows fastest.
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    # No index of its own: message_seq_unique (conversation, seq) serves every lookup by
+    # conversation. One index less for each message to write.
     conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages"
+        Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False
     )
     seq = models.BigIntegerField()
     kind = models.CharField(max_length=10, default=MESSAGE)
@@ -134,7 +138,11 @@ class QueuedMessage(models.Model):
     when the device acknowledges it; `id` order is delivery order."""
 
     id = models.BigAutoField(primary_key=True)
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="queue")
+    # queue_drain_order (device, id) and queued_once_per_device (device, message) serve
+    # every lookup by device, so the foreign key has no index of its own.
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="queue", db_index=False
+    )
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="queued")
     envelope_type = models.PositiveSmallIntegerField(null=True)
     envelope_body = models.BinaryField(null=True)

@@ -35,6 +35,7 @@ def test_a_message_gets_a_seq_and_lands_in_history_and_the_recipients_queue(org_
     assert first.status_code == second.status_code == 201
     assert (first.json()["seq"], second.json()["seq"]) == (1, 2)
     assert set(first.json()) == {"id", "seq", "ts"}
+    assert uuid.UUID(first.json()["id"]).version == 7  # time-ordered ids (siphera.ids)
 
     history = bob.api.get(f"/api/v1/conversations/{cid}/messages?after_seq=1").json()
     assert [m["body"] for m in history] == [b64(b"ciphertext-2")]
