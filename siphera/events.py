@@ -17,7 +17,7 @@ from django.db import transaction
 log = logging.getLogger("siphera.events")
 
 # The event loop of the async code (a consumer) that handed the current sync call to a
-# worker thread; contextvars travel into sync_to_async calls with the rest of the context.
+# worker thread; contextvars travel into the thread with the rest of the context.
 _loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
     "siphera_event_loop", default=None
 )
@@ -30,8 +30,24 @@ def bind_loop() -> None:
 
 
 def send_now(group: str, payload: dict) -> None:
-    """Send and wait until the channel layer has it (events whose order matters)."""
+    """Send and wait until the channel layer has it (events whose order matters).
+
+    From a consumer's worker thread the send runs on the consumer's loop (bound by
+    `bind_loop`), on that loop's Redis connections; anywhere else on a loop of its own."""
+    loop = _loop.get()
+    if loop is not None and not loop.is_closed() and not _on_a_loop():
+        coroutine = get_channel_layer().group_send(group, payload)
+        asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+        return
     async_to_sync(get_channel_layer().group_send)(group, payload)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def send_soon(groups: list[str], payload: dict) -> None:
