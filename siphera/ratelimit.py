@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -114,13 +116,72 @@ def hit_named(name: str, ident, *, schema: str | None = None) -> int | None:
 
 
 async def ahit_named(name: str, ident, *, schema: str) -> int | None:
-    """`hit_named` from async code (a consumer), on the loop's own Redis client: one
-    round trip, no thread hop."""
+    """`hit_named` from async code (a consumer: every frame of every socket).
+
+    The process takes a lease of several hits of the window's budget from Redis at once
+    and spends it locally, so most frames cost no round trip; a refusal is remembered
+    until the window ends, so a flood costs none either. Every process still spends the
+    one budget in Redis. A lease is at most 1/50 of the limit (and 100 hits): hits leased
+    by one process and not spent are lost to the others for that window, so a user whose
+    sockets sit in several processes may be refused up to that much early, never late."""
     rule = limit(name)
-    script = _script(_aclient())
-    return _verdict(
-        await script(keys=[_key(name, str(ident), schema)], args=[rule.window, rule.count])
+    key = _key(name, str(ident), schema)
+    now = time.monotonic()
+    lease = _leases.get(key)
+    if lease is not None and lease.until > now:
+        if lease.left > 0:
+            lease.left -= 1
+            return None
+        if lease.refused:
+            return max(math.ceil(lease.until - now), 1)
+    want = max(1, min(100, rule.count // 50))
+    granted, ttl_ms = await _lease_script(_aclient())(
+        keys=[key], args=[rule.window, rule.count, want]
     )
+    until = time.monotonic() + max(int(ttl_ms), 0) / 1000
+    if len(_leases) > 10_000:
+        _forget_expired_leases(now)
+    if not granted:
+        _leases[key] = _Lease(until=until, left=0, refused=True)
+        return max(math.ceil(int(ttl_ms) / 1000), 1)
+    current = _leases.get(key)
+    left = int(granted) - 1
+    if current is not None and current.until > now and not current.refused:
+        left += current.left  # another frame of this key leased meanwhile
+    _leases[key] = _Lease(until=until, left=left, refused=False)
+    return None
+
+
+@dataclass
+class _Lease:
+    until: float  # time.monotonic() when the window's key expires in Redis
+    left: int  # leased hits not yet spent
+    refused: bool  # the budget is spent: refuse until `until`
+
+
+_leases: dict[str, _Lease] = {}
+
+
+def _forget_expired_leases(now: float) -> None:
+    for key in [k for k, lease in _leases.items() if lease.until <= now]:
+        del _leases[key]
+
+
+# Take up to ARGV[3] hits of the window's budget; the reply is {hits granted, ms until the
+# window resets}. Counting past the limit is harmless (the window's key expires anyway).
+_LEASE_LUA = """
+local want = tonumber(ARGV[3])
+local used = redis.call('INCRBY', KEYS[1], want)
+redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
+local room = tonumber(ARGV[2]) - (used - want)
+if room < 0 then room = 0 end
+return {math.min(room, want), redis.call('PTTL', KEYS[1])}
+"""
+
+
+@functools.cache
+def _lease_script(client):
+    return client.register_script(_LEASE_LUA)
 
 
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -110,6 +110,65 @@ async def test_frames_over_the_limit_get_a_rate_limited_error_frame(low_server, 
         await ws.close()
 
 
+def _another_device(server, org, user) -> str:
+    _, token, _ = register_device(Api(server, host_of(org)), user.username)
+    return token
+
+
+async def _authed(server, org, token):
+    ws = await open_socket(server, host_of(org))
+    await send(ws, {"type": "auth", "token": token})
+    assert (await recv(ws))["type"] == "ready"
+    return ws
+
+
+async def _ping_answers(sockets, count: int) -> list[str]:
+    """Send `count` pings round-robin over `sockets`, each awaited; the answers' types."""
+    answers = []
+    for i in range(count):
+        ws = sockets[i % len(sockets)]
+        await send(ws, {"type": "ping", "ref": i})
+        while (frame := await recv(ws)).get("ref") != i:
+            pass
+        answers.append(frame["type"] if frame["type"] == "pong" else frame["code"])
+    return answers
+
+
+async def test_frame_budget_is_leased_in_chunks_yet_spent_exactly_across_a_users_sockets(
+    low_server, org_a
+):
+    # 200/60 lets a process lease 4 hits at a time (siphera.ratelimit.ahit_named): within
+    # one process the user's two sockets still get exactly 200 frames, and someone else
+    # keeps their own budget.
+    with low_server(ws_frame_user="200/60") as server:
+        user, _, alice = _session(server, org_a)
+        _, _, bob = _session(server, org_a)
+        phone = await _authed(server, org_a, alice.token)
+        laptop = await _authed(server, org_a, _another_device(server, org_a, user))
+        answers = await _ping_answers([phone, laptop], 206)
+        assert answers == ["pong"] * 200 + ["rate_limited"] * 6
+        other = await _authed(server, org_a, bob.token)
+        assert await _ping_answers([other], 1) == ["pong"]
+        for ws in (phone, laptop, other):
+            await ws.close()
+
+
+async def test_two_servers_spend_one_frame_budget_never_more(low_server, tmp_path, org_a):
+    # Hits leased by one process and not spent are lost to the other for the window, so
+    # the user may be refused a lease's worth early (at most 4 here), never late.
+    with low_server(ws_frame_user="200/60") as first:
+        user, _, alice = _session(first, org_a)
+        env = limits_env(ws_frame_user="200/60")
+        with server_with_env(tmp_path / "second.log", **env) as second:
+            sockets = [await _authed(first, org_a, alice.token)]
+            sockets.append(await _authed(second, org_a, _another_device(second, org_a, user)))
+            answers = await _ping_answers(sockets, 210)
+            for ws in sockets:
+                await ws.close()
+    assert 196 <= answers.count("pong") <= 200
+    assert answers[-4:] == ["rate_limited"] * 4
+
+
 async def test_websocket_handshakes_per_ip_are_limited(low_server, quiet_org):
     with low_server(ws_connect_ip="2/60") as server:
         for _ in range(2):
