@@ -256,6 +256,24 @@ def server_cpu_seconds(proc: subprocess.Popen) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU time of this machine's PostgreSQL processes (server, backends, WAL writer...),
+    or None when none can be read (PostgreSQL elsewhere)."""
+    ticks, seen = 0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(b"postgres"):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        seen = True
+    return ticks / os.sysconf("SC_CLK_TCK") if seen else None
+
+
 def server_rss_mib(proc: subprocess.Popen) -> float:
     """Resident memory of the server and its worker processes."""
     total_kib = 0
@@ -359,11 +377,13 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
     send_tasks = [asyncio.create_task(sender(p)) for p in pairs]
     await asyncio.sleep(2)  # warm-up
     start_delivered, start = delivered, time.perf_counter()
-    start_cpu = server_cpu_seconds(proc)
+    start_cpu, start_pg = server_cpu_seconds(proc), postgres_cpu_seconds()
     await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - start
     measured = delivered - start_delivered
     cpu = server_cpu_seconds(proc) - start_cpu
+    end_pg = postgres_cpu_seconds()
+    pg = end_pg - start_pg if start_pg is not None and end_pg is not None else None
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
     await asyncio.gather(*recv_tasks, return_exceptions=True)
@@ -374,6 +394,9 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
         "seconds": round(elapsed, 1),
         "sent_total": sent,
         "server_cpu_ms_per_message": round(cpu * 1000 / measured, 2) if measured else None,
+        "postgres_cpu_ms_per_message": round(pg * 1000 / measured, 2)
+        if measured and pg is not None
+        else None,
     }
 
 
@@ -504,7 +527,8 @@ def main():
             print(
                 f"sustained 1:1 rate: {results['rate']['delivered_per_s']} messages/s "
                 f"delivered+acked ({args.pairs} pairs, window {args.window}; server CPU "
-                f"{results['rate']['server_cpu_ms_per_message']} ms per message)"
+                f"{results['rate']['server_cpu_ms_per_message']} ms per message, PostgreSQL"
+                f" {results['rate']['postgres_cpu_ms_per_message']} ms)"
             )
         if "latency" in scenarios:
             results["latency"] = []
