@@ -91,25 +91,6 @@ def test_two_servers_share_one_budget(low_server, tmp_path, org_a):
     assert answers == [200, 200, 200, 200, 429]
 
 
-async def test_frames_over_the_limit_get_a_rate_limited_error_frame(low_server, org_a):
-    with low_server(ws_frame_user="3/60") as server:
-        user, device_id, api = _session(server, org_a)
-        ws = await open_socket(server, host_of(org_a))
-        await send(ws, {"type": "auth", "token": api.token})
-        assert (await recv(ws))["type"] == "ready"
-        replies = []
-        for i in range(4):
-            await send(ws, {"type": "ping", "ref": i})
-            while True:
-                frame = await recv(ws)
-                if frame.get("ref") == i:
-                    replies.append(frame)
-                    break
-        assert [r["type"] for r in replies] == ["pong", "pong", "pong", "error"]
-        assert replies[3]["code"] == "rate_limited" and 0 < replies[3]["retry_after"] <= 60
-        await ws.close()
-
-
 def _another_device(server, org, user) -> str:
     _, token, _ = register_device(Api(server, host_of(org)), user.username)
     return token
@@ -132,6 +113,23 @@ async def _ping_answers(sockets, count: int) -> list[str]:
             pass
         answers.append(frame["type"] if frame["type"] == "pong" else frame["code"])
     return answers
+
+
+async def test_frames_over_the_limit_get_a_rate_limited_error_frame(low_server, org_a):
+    with low_server(ws_frame_user="3/60") as server:
+        _, _, api = _session(server, org_a)
+        ws = await _authed(server, org_a, api.token)
+        replies = []
+        for i in range(4):
+            await send(ws, {"type": "ping", "ref": i})
+            while True:
+                frame = await recv(ws)
+                if frame.get("ref") == i:
+                    replies.append(frame)
+                    break
+        assert [r["type"] for r in replies] == ["pong", "pong", "pong", "error"]
+        assert replies[3]["code"] == "rate_limited" and 0 < replies[3]["retry_after"] <= 60
+        await ws.close()
 
 
 async def test_frame_budget_is_leased_in_chunks_yet_spent_exactly_across_a_users_sockets(
