@@ -143,7 +143,13 @@ class QueuedMessage(models.Model):
     device = models.ForeignKey(
         Device, on_delete=models.CASCADE, related_name="queue", db_index=False
     )
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="queued")
+    # No database constraint on `message`: a queue row is only ever written by the statement
+    # (or transaction) that writes its message, and deleted with it by the ORM's cascade.
+    # The constraint's check locked the new message row at every commit, writing WAL for
+    # it: the costliest statement of a send after the insert itself (docs/architecture.md).
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="queued", db_constraint=False
+    )
     envelope_type = models.PositiveSmallIntegerField(null=True)
     envelope_body = models.BinaryField(null=True)
 
