@@ -442,11 +442,13 @@ async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dic
     await asyncio.sleep(2)
     measuring = True
     start = time.perf_counter()
-    start_cpu = server_cpu_seconds(proc)
+    start_cpu, start_pg = server_cpu_seconds(proc), postgres_cpu_seconds()
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = time.perf_counter() - start
     cpu = server_cpu_seconds(proc) - start_cpu
+    end_pg = postgres_cpu_seconds()
+    pg = end_pg - start_pg if start_pg is not None and end_pg is not None else None
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
     await asyncio.gather(*recv_tasks, return_exceptions=True)
@@ -468,6 +470,9 @@ async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dic
         "max_ms": round(ordered[-1] * 1000, 1),
         "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
         "server_cpu_ms_per_message": round(cpu * 1000 / len(ordered), 2),
+        "postgres_cpu_ms_per_message": round(pg * 1000 / len(ordered), 2)
+        if pg is not None
+        else None,
     }
 
 
@@ -542,7 +547,8 @@ def main():
                     f"latency at {rate:g} msg/s offered: p50 {lat.get('p50_ms')} ms,"
                     f" p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms "
                     f"(delivered {lat.get('delivered_per_s')}/s; server CPU"
-                    f" {lat.get('server_cpu_ms_per_message')} ms per message)"
+                    f" {lat.get('server_cpu_ms_per_message')} ms per message, PostgreSQL"
+                    f" {lat.get('postgres_cpu_ms_per_message')} ms)"
                 )
         if "idle" in scenarios:
             results["idle"] = asyncio.run(idle_test(port, idle_tokens, proc))

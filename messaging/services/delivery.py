@@ -90,20 +90,33 @@ def check_send_message(
                 extra={"device": {"user_id": envelope.user_id, "device_id": envelope.device_id}},
             )
 
+    if envelopes is not None:
+        given = [(e.user_id, e.device_id) for e in envelopes]
+        if len(set(given)) != len(given):
+            raise ApiError(400, "invalid_request", "Two envelopes address the same device.")
+    message = Message(
+        conversation_id=conversation_id,
+        seq=0,  # the conversation's next seq, taken in the statement that inserts it
+        sender=sender,
+        sender_device_id=sender_device_id,
+        client_id=client_id,
+        body=body,
+        thread=thread,
+        refers_to=refers_to,
+        mentions=[str(m) for m in mentions or ()],
+        attachments=[],
+        created_at=timezone.now(),
+    )
     try:
+        if not attachments and not connection.in_atomic_block:
+            # The common case in one statement, without a lock query or a transaction
+            # block: it stores the message only if every rule holds (_insert_message).
+            # Anything else (a retry, a mismatch, an error to explain) takes the locked
+            # path below, which finds the exact answer.
+            if _insert_message(message, envelopes):
+                return SendResult(message, created=True)
         with transaction.atomic():
-            return _send_locked(
-                conversation_id,
-                sender,
-                sender_device_id,
-                client_id,
-                body,
-                envelopes,
-                thread,
-                refers_to,
-                mentions or [],
-                attachments or [],
-            )
+            return _send_locked(message, envelopes, attachments or [])
     except IntegrityError:
         # A concurrent retry with the same client_id committed first: answer with it.
         existing = Message.objects.filter(
@@ -170,88 +183,152 @@ def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | No
     )
 
 
-def _send_locked(
-    conversation_id,
-    sender,
-    sender_device_id,
-    client_id,
-    body,
-    envelopes,
-    thread,
-    refers_to,
-    mentions,
-    attachment_ids,
-) -> SendResult:
+def _send_locked(message: Message, envelopes, attachment_ids) -> SendResult:
     # Lock order: the conversation row first. It serialises sends per conversation, so
     # `seq` order is commit order and queue ids follow it.
-    locked = _lock_conversation(conversation_id, sender, client_id)
-    if locked is not None and locked.existing_id is not None:
-        # A retry: the first answer again, even if the sender has left since.
-        return SendResult(Message.objects.get(pk=locked.existing_id), created=False)
-    if locked is None or not locked.is_member:
-        raise not_found("No such conversation.")
-    member_ids = locked.member_ids
-    _check_references(conversation_id, thread, refers_to, mentions, member_ids)
-    targets = {
-        key: device
-        for key, device in locked.devices.items()
-        if key != (str(sender.pk), sender_device_id)
-    }
-    rows = _queue_rows(targets, envelopes, member_ids)
-    if body is None and not rows:
-        raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Nothing to store or deliver.")
-    blobs = attachment_services.lock_for_message(conversation_id, attachment_ids, sender=sender)
-
-    message = Message(
-        conversation_id=conversation_id,
-        seq=0,  # the conversation's next seq, taken in the same statement as the insert
-        sender=sender,
-        sender_device_id=sender_device_id,
-        client_id=client_id,
-        body=body,
-        thread=thread,
-        refers_to=refers_to,
-        mentions=list(mentions),
-        attachments=attachment_services.frame_entries(blobs),
-        created_at=timezone.now(),
+    sender = message.sender
+    for _attempt in range(3):
+        locked = _lock_conversation(message.conversation_id, sender, message.client_id)
+        if locked is not None and locked.existing_id is not None:
+            # A retry: the first answer again, even if the sender has left since.
+            return SendResult(Message.objects.get(pk=locked.existing_id), created=False)
+        if locked is None or not locked.is_member:
+            raise not_found("No such conversation.")
+        member_ids = locked.member_ids
+        _check_references(
+            message.conversation_id,
+            message.thread,
+            message.refers_to,
+            message.mentions,
+            member_ids,
+        )
+        targets = {
+            key: device
+            for key, device in locked.devices.items()
+            if key != (str(sender.pk), message.sender_device_id)
+        }
+        _check_coverage(targets, envelopes, member_ids)
+        if message.body is None and not targets:
+            raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Nothing to store or deliver.")
+        blobs = attachment_services.lock_for_message(
+            message.conversation_id, attachment_ids, sender=sender
+        )
+        message.attachments = attachment_services.frame_entries(blobs)
+        if _insert_message(message, envelopes):
+            attachment_services.do_link_to_message(message, blobs)
+            return SendResult(message, created=True)
+        # A device was added or revoked since the lock query read them (devices do not
+        # take the conversation lock): read them again and check again.
+    raise ApiError(
+        409,
+        MessagingError.DEVICE_MISMATCH,
+        "The members' devices kept changing; fetch them and send again.",
+        extra={"missing": [], "extra": [], "stale": []},
     )
-    message.seq = _insert_message(message, rows)
-    attachment_services.do_link_to_message(message, blobs)
-    wake_devices_on_commit(targets.values())
-    return SendResult(message, created=True)
 
 
-def _insert_message(message: Message, rows: list[_QueueRow]) -> int:
-    """Take the conversation's next seq, insert the message and its queue rows: one
-    statement, one round trip (the send path's hot spot). Returns the seq."""
-    fields = [f for f in Message._meta.concrete_fields if f.attname != "seq"]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
+def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
+    """Store the message and queue it for its devices, in one statement (the send path's
+    hot spot), if every rule of a send holds; returns whether it stored it (and set
+    `message.seq`, and woke the devices on commit).
+
+    The rules, read in the statement's snapshot: the sender is a member; no message of
+    theirs has this client_id (a retry); `envelopes`, if given, name exactly the current
+    devices of the members but the sending one (else every such device is queued);
+    something is stored or delivered; `thread` and `refers_to` are messages of the
+    conversation, and `mentions` are members. They are the rules `_send_locked` explains
+    when one fails, so that this statement, run first without any lock, never accepts
+    what the locked path would refuse. The conversation row's update takes the lock that
+    orders sends (seq) and membership changes."""
+    fields = _insert_fields()
     values = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in fields]
-    sql = (
-        "WITH s AS (UPDATE messaging_conversation SET last_seq = last_seq + 1"
-        "           WHERE id = %s RETURNING last_seq),"
-        f" m AS (INSERT INTO messaging_message ({columns}, seq)"
-        f"       SELECT {placeholders}, s.last_seq FROM s RETURNING seq),"
-        " q AS (INSERT INTO messaging_queuedmessage"
-        "       (device_id, message_id, envelope_type, envelope_body)"
-        "       SELECT u.d, %s, u.t, u.b"
-        "       FROM unnest(%s::bigint[], %s::integer[], %s::bytea[]) AS u(d, t, b))"
-        " SELECT seq FROM m"
-    )
+    has_envelopes = envelopes is not None
+    envelopes = envelopes or ()
+    references = sorted({str(x) for x in (message.thread, message.refers_to) if x})
     params = [
         message.conversation_id,
+        message.sender_id,
+        message.client_id,
+        message.sender_device_id,
+        [e.user_id for e in envelopes],
+        [e.device_id for e in envelopes],
+        [e.type for e in envelopes],
+        [e.body for e in envelopes],
+        has_envelopes,
+        has_envelopes,
+        message.body is not None,
+        message.mentions,
+        message.mentions,
+        references,
+        references,
+        references,
         *values,
-        message.pk,
-        [row.device_pk for row in rows],
-        [row.envelope_type for row in rows],
-        [row.envelope_body for row in rows],
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        (seq,) = cursor.fetchone()
-    return seq
+        cursor.execute(_insert_sql(), params)
+        seq, user_ids, device_ids = cursor.fetchone()
+    if seq is None:
+        return False
+    message.seq = seq
+    wake_devices_on_commit([_Device(None, u, d) for u, d in zip(user_ids, device_ids, strict=True)])
+    return True
+
+
+@functools.cache
+def _insert_fields() -> list:
+    return [f for f in Message._meta.concrete_fields if f.attname != "seq"]
+
+
+@functools.cache
+def _insert_sql() -> str:
+    quote = connection.ops.quote_name
+    fields = _insert_fields()
+    columns = ", ".join(quote(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    # Parameters, in order: conversation, sender, client_id, sender device; the envelopes'
+    # user ids, device ids, types and bodies; has envelopes (twice); has a body; mentions
+    # (twice); references (three times); the message's columns.
+    return (
+        "WITH p AS (SELECT %s::uuid AS conversation, %s::uuid AS sender,"
+        "           %s::uuid AS client_id, %s::integer AS sender_device),"
+        " devices AS (SELECT d.id, d.user_id, d.device_id FROM p"
+        "   JOIN messaging_member m ON m.conversation_id = p.conversation"
+        "   JOIN accounts_device d ON d.user_id = m.user_id AND d.revoked_at IS NULL"
+        "   WHERE NOT (d.user_id = p.sender AND d.device_id = p.sender_device)),"
+        " given AS (SELECT * FROM unnest(%s::uuid[], %s::integer[], %s::integer[],"
+        "   %s::bytea[]) AS g(user_id, device_id, type, body)),"
+        " queued AS (SELECT d.id, d.user_id, d.device_id, g.type, g.body FROM devices d"
+        "   JOIN given g ON g.user_id = d.user_id AND g.device_id = d.device_id WHERE %s"
+        "   UNION ALL SELECT d.id, d.user_id, d.device_id, NULL, NULL FROM devices d"
+        "   WHERE NOT %s),"
+        " ok AS (SELECT"
+        "   EXISTS (SELECT 1 FROM messaging_member m, p WHERE m.conversation_id ="
+        "           p.conversation AND m.user_id = p.sender)"
+        "   AND NOT EXISTS (SELECT 1 FROM messaging_message x, p WHERE x.conversation_id ="
+        "           p.conversation AND x.sender_id = p.sender AND x.client_id = p.client_id)"
+        # envelopes cover exactly the devices (the client's list has no duplicates)
+        "   AND (SELECT count(*) FROM queued) = (SELECT count(*) FROM devices)"
+        "   AND (SELECT count(*) FROM queued) >= (SELECT count(*) FROM given)"
+        "   AND (%s OR EXISTS (SELECT 1 FROM queued))"
+        # (CASE: most messages mention and reference nothing, and skip both lookups)
+        "   AND CASE WHEN cardinality(%s::uuid[]) = 0 THEN true ELSE NOT EXISTS ("
+        "         SELECT unnest(%s::uuid[]) EXCEPT SELECT m.user_id"
+        "         FROM messaging_member m, p WHERE m.conversation_id = p.conversation) END"
+        "   AND CASE WHEN cardinality(%s::uuid[]) = 0 THEN true ELSE ("
+        "         SELECT count(*) FROM messaging_message x, p WHERE x.id = ANY(%s::uuid[])"
+        "         AND x.conversation_id = p.conversation) = cardinality(%s::uuid[]) END"
+        "   AS holds),"
+        " s AS (UPDATE messaging_conversation SET last_seq = last_seq + 1"
+        "       WHERE id = (SELECT conversation FROM p) AND (SELECT holds FROM ok)"
+        "       RETURNING last_seq),"
+        f" m AS (INSERT INTO messaging_message ({columns}, seq)"
+        f"       SELECT {placeholders}, s.last_seq FROM s RETURNING id, seq),"
+        " q AS (INSERT INTO messaging_queuedmessage"
+        "       (device_id, message_id, envelope_type, envelope_body)"
+        "       SELECT u.id, m.id, u.type, u.body FROM queued u, m)"
+        " SELECT (SELECT seq FROM m), ARRAY(SELECT user_id FROM queued),"
+        " ARRAY(SELECT device_id FROM queued)"
+    )
 
 
 def _check_references(conversation_id, thread, refers_to, mentions, member_ids) -> None:
@@ -279,14 +356,13 @@ def _check_references(conversation_id, thread, refers_to, mentions, member_ids) 
         )
 
 
-def _queue_rows(targets, envelopes, member_ids) -> list[_QueueRow]:
+def _check_coverage(targets, envelopes, member_ids) -> None:
+    """409 or 410 unless `envelopes` (if given) name exactly the `targets` devices."""
     if envelopes is None:
-        return [_QueueRow(device.pk, None, None) for device in targets.values()]
-    given = [(e.user_id, e.device_id) for e in envelopes]
-    if len(set(given)) != len(given):
-        raise ApiError(400, "invalid_request", "Two envelopes address the same device.")
-    missing = set(targets) - set(given)
-    extra = set(given) - set(targets)
+        return
+    given = {(e.user_id, e.device_id) for e in envelopes}
+    missing = set(targets) - given
+    extra = given - set(targets)
     stale = _revoked(extra, member_ids)
     if missing or extra - stale:
         raise ApiError(
@@ -306,7 +382,6 @@ def _queue_rows(targets, envelopes, member_ids) -> list[_QueueRow]:
             "Some envelopes address revoked devices.",
             extra={"stale": _device_list(stale)},
         )
-    return [_QueueRow(targets[(e.user_id, e.device_id)].pk, e.type, e.body) for e in envelopes]
 
 
 def _revoked(pairs, member_ids) -> set[tuple[str, int]]:

@@ -168,6 +168,43 @@ def test_threads_and_references_point_into_the_same_conversation(org_a, new_sess
     assert frames[reply.json()["id"]]["mentions"] == [str(alice.user.pk)]
 
 
+def test_a_send_is_refused_whole_for_a_foreign_reference_a_stranger_or_a_non_member(
+    org_a, new_session
+):
+    # A send is first tried as one statement that stores only if every rule holds; each
+    # refusal here must come back as the locked path's exact answer, with nothing stored.
+    alice, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    elsewhere = send_body(alice, start_conversation(alice, carol)["id"]).json()["id"]
+
+    foreign = send_body(alice, cid, thread=elsewhere)
+    assert foreign.status_code == 400
+    assert foreign.json()["error"]["code"] == "unknown_reference"
+    stranger = send_body(alice, cid, mentions=[str(bob.user.pk), str(carol.user.pk)])
+    assert stranger.status_code == 400
+    assert stranger.json()["not_members"] == [str(carol.user.pk)]
+    assert send_body(carol, cid).status_code == 404
+    assert _stored(org_a, cid) == 0 and _queued(org_a, bob) == 0
+
+    root = send_body(alice, cid).json()["id"]
+    both = send_body(alice, cid, thread=root, refers_to=root, mentions=[str(bob.user.pk)] * 2)
+    assert both.status_code == 201 and both.json()["seq"] == 2
+    assert _stored(org_a, cid) == 2 and _queued(org_a, bob) == 2
+
+
+def test_concurrent_sends_to_one_conversation_take_every_seq_once(org_a, new_session):
+    from concurrent.futures import ThreadPoolExecutor
+
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: send_body(alice, cid), range(40)))
+    assert [a.status_code for a in answers] == [201] * 40
+    assert sorted(a.json()["seq"] for a in answers) == list(range(1, 41))
+    frames = bob.api.get("/api/v1/messages", params={"limit": 100}).json()
+    assert [f["seq"] for f in frames] == list(range(1, 41))  # queue order is seq order
+
+
 async def test_a_socket_drains_its_backlog_in_order_then_queue_empty_then_live(
     server, org_a, new_session
 ):
