@@ -129,7 +129,6 @@ def check_send_message(
 
 # Plain tuples on the send path: building model instances cost more than the queries.
 class _Device(NamedTuple):
-    pk: int
     user_id: uuid.UUID
     device_id: int
 
@@ -147,7 +146,7 @@ class _Locked:
     is_member: bool
     existing_id: uuid.UUID | None  # an earlier message with this client_id
     member_ids: set[str]
-    devices: dict[tuple[str, int], _Device]  # current devices of all members
+    devices: set[tuple[str, int]]  # (user id, device id) of every member's current devices
 
 
 def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | None:
@@ -170,11 +169,7 @@ def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | No
         rows = cursor.fetchall()
     if not rows:
         return None
-    devices = {
-        (str(user_id), device_id): _Device(pk, user_id, device_id)
-        for user_id, pk, device_id, _, _ in rows
-        if pk is not None
-    }
+    devices = {(str(user_id), device_id) for user_id, pk, device_id, _, _ in rows if pk is not None}
     return _Locked(
         is_member=rows[0][3],
         existing_id=rows[0][4],
@@ -202,11 +197,7 @@ def _send_locked(message: Message, envelopes, attachment_ids) -> SendResult:
             message.mentions,
             member_ids,
         )
-        targets = {
-            key: device
-            for key, device in locked.devices.items()
-            if key != (str(sender.pk), message.sender_device_id)
-        }
+        targets = locked.devices - {(str(sender.pk), message.sender_device_id)}
         _check_coverage(targets, envelopes, member_ids)
         if message.body is None and not targets:
             raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Nothing to store or deliver.")
@@ -245,32 +236,28 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
     has_envelopes = envelopes is not None
     envelopes = envelopes or ()
     references = sorted({str(x) for x in (message.thread, message.refers_to) if x})
-    params = [
-        message.conversation_id,
-        message.sender_id,
-        message.client_id,
-        message.sender_device_id,
-        [e.user_id for e in envelopes],
-        [e.device_id for e in envelopes],
-        [e.type for e in envelopes],
-        [e.body for e in envelopes],
-        has_envelopes,
-        has_envelopes,
-        message.body is not None,
-        message.mentions,
-        message.mentions,
-        references,
-        references,
-        references,
-        *values,
-    ]
+    params = {
+        "conversation": message.conversation_id,
+        "sender": message.sender_id,
+        "client_id": message.client_id,
+        "sender_device": message.sender_device_id,
+        "env_users": [e.user_id for e in envelopes],
+        "env_devices": [e.device_id for e in envelopes],
+        "env_types": [e.type for e in envelopes],
+        "env_bodies": [e.body for e in envelopes],
+        "has_envelopes": has_envelopes,
+        "has_body": message.body is not None,
+        "mentions": message.mentions,
+        "references": references,
+        **{f"c{i}": value for i, value in enumerate(values)},
+    }
     with connection.cursor() as cursor:
         cursor.execute(_insert_sql(), params)
         seq, user_ids, device_ids = cursor.fetchone()
     if seq is None:
         return False
     message.seq = seq
-    wake_devices_on_commit([_Device(None, u, d) for u, d in zip(user_ids, device_ids, strict=True)])
+    wake_devices_on_commit([_Device(u, d) for u, d in zip(user_ids, device_ids, strict=True)])
     return True
 
 
@@ -284,23 +271,22 @@ def _insert_sql() -> str:
     quote = connection.ops.quote_name
     fields = _insert_fields()
     columns = ", ".join(quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    # Parameters, in order: conversation, sender, client_id, sender device; the envelopes'
-    # user ids, device ids, types and bodies; has envelopes (twice); has a body; mentions
-    # (twice); references (three times); the message's columns.
+    placeholders = ", ".join(f"%(c{i})s" for i in range(len(fields)))
     return (
-        "WITH p AS (SELECT %s::uuid AS conversation, %s::uuid AS sender,"
-        "           %s::uuid AS client_id, %s::integer AS sender_device),"
+        "WITH p AS (SELECT %(conversation)s::uuid AS conversation, %(sender)s::uuid AS sender,"
+        "           %(client_id)s::uuid AS client_id, %(sender_device)s::integer AS sender_device),"
         " devices AS (SELECT d.id, d.user_id, d.device_id FROM p"
         "   JOIN messaging_member m ON m.conversation_id = p.conversation"
         "   JOIN accounts_device d ON d.user_id = m.user_id AND d.revoked_at IS NULL"
         "   WHERE NOT (d.user_id = p.sender AND d.device_id = p.sender_device)),"
-        " given AS (SELECT * FROM unnest(%s::uuid[], %s::integer[], %s::integer[],"
-        "   %s::bytea[]) AS g(user_id, device_id, type, body)),"
+        " given AS (SELECT * FROM unnest(%(env_users)s::uuid[], %(env_devices)s::integer[],"
+        "   %(env_types)s::integer[], %(env_bodies)s::bytea[])"
+        "   AS g(user_id, device_id, type, body)),"
         " queued AS (SELECT d.id, d.user_id, d.device_id, g.type, g.body FROM devices d"
-        "   JOIN given g ON g.user_id = d.user_id AND g.device_id = d.device_id WHERE %s"
+        "   JOIN given g ON g.user_id = d.user_id AND g.device_id = d.device_id"
+        "   WHERE %(has_envelopes)s"
         "   UNION ALL SELECT d.id, d.user_id, d.device_id, NULL, NULL FROM devices d"
-        "   WHERE NOT %s),"
+        "   WHERE NOT %(has_envelopes)s),"
         " ok AS (SELECT"
         "   EXISTS (SELECT 1 FROM messaging_member m, p WHERE m.conversation_id ="
         "           p.conversation AND m.user_id = p.sender)"
@@ -309,14 +295,15 @@ def _insert_sql() -> str:
         # envelopes cover exactly the devices (the client's list has no duplicates)
         "   AND (SELECT count(*) FROM queued) = (SELECT count(*) FROM devices)"
         "   AND (SELECT count(*) FROM queued) >= (SELECT count(*) FROM given)"
-        "   AND (%s OR EXISTS (SELECT 1 FROM queued))"
+        "   AND (%(has_body)s OR EXISTS (SELECT 1 FROM queued))"
         # (CASE: most messages mention and reference nothing, and skip both lookups)
-        "   AND CASE WHEN cardinality(%s::uuid[]) = 0 THEN true ELSE NOT EXISTS ("
-        "         SELECT unnest(%s::uuid[]) EXCEPT SELECT m.user_id"
+        "   AND CASE WHEN cardinality(%(mentions)s::uuid[]) = 0 THEN true ELSE NOT EXISTS ("
+        "         SELECT unnest(%(mentions)s::uuid[]) EXCEPT SELECT m.user_id"
         "         FROM messaging_member m, p WHERE m.conversation_id = p.conversation) END"
-        "   AND CASE WHEN cardinality(%s::uuid[]) = 0 THEN true ELSE ("
-        "         SELECT count(*) FROM messaging_message x, p WHERE x.id = ANY(%s::uuid[])"
-        "         AND x.conversation_id = p.conversation) = cardinality(%s::uuid[]) END"
+        "   AND CASE WHEN cardinality(%(references)s::uuid[]) = 0 THEN true ELSE ("
+        "         SELECT count(*) FROM messaging_message x, p"
+        "         WHERE x.id = ANY(%(references)s::uuid[]) AND x.conversation_id = p.conversation"
+        "       ) = cardinality(%(references)s::uuid[]) END"
         "   AS holds),"
         " s AS (UPDATE messaging_conversation SET last_seq = last_seq + 1"
         "       WHERE id = (SELECT conversation FROM p) AND (SELECT holds FROM ok)"
