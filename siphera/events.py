@@ -71,8 +71,28 @@ def send_soon(groups: list[str], payload: dict) -> None:
             local.extend(tuple(members))
         else:
             remote.append(group)
-    future = asyncio.run_coroutine_threadsafe(_send_all(local, remote, payload), loop)
-    future.add_done_callback(_log_failure)
+    try:
+        loop.call_soon_threadsafe(_start_send, local, remote, payload)
+    except RuntimeError:
+        pass  # the loop closed (the process is stopping): its sockets are gone
+
+
+# Sends started by `send_soon` and not yet done (the loop keeps only weak references).
+_sending: set[asyncio.Task] = set()
+
+
+def _start_send(local: list, remote: list[str], payload: dict) -> None:
+    # On the loop's thread. Not run_coroutine_threadsafe: its thread-safe future and the
+    # chaining of it to the task cost more than the wake-up itself.
+    task = asyncio.ensure_future(_send_all(local, remote, payload))
+    _sending.add(task)
+    task.add_done_callback(_sent)
+
+
+def _sent(task: asyncio.Task) -> None:
+    _sending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("events.send_failed", exc_info=task.exception())
 
 
 async def _send_all(local: list, remote: list[str], payload: dict) -> None:
@@ -101,11 +121,6 @@ def leave_local(group: str, consumer) -> None:
         members.discard(consumer)
         if not members:
             _local_members.pop(group, None)
-
-
-def _log_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("events.send_failed", exc_info=future.exception())
 
 
 def notify_on_commit(group: str, payload: dict) -> None:
