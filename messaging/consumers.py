@@ -2,9 +2,17 @@
 
 Delivery: after `ready` the socket drains the device's queue from PostgreSQL oldest first,
 sends `queue.empty`, then keeps reading the queue whenever a `queue.wake` arrives. Live
-messages therefore never overtake the backlog (PITFALLS 15): there is one path, the queue.
+messages therefore never overtake the backlog (PITFALLS 15): the queue is the one store.
 At most MAX_IN_FLIGHT messages are sent and unacknowledged at a time; unacked messages stay
 queued and are sent again on the next connection.
+
+A wake-up from a send in this process carries the message frame and its queue id
+(messaging.services.delivery), and the socket sends it without reading the queue when
+nothing can be ahead of it: the socket is caught up (its last read was not cut short by
+the window) and the message's seq is the one after the last seq of its conversation this
+socket has sent. Sends to one conversation are serialised by its row lock, so that seq
+rule holds however the wake-ups of two sends race each other across threads or
+processes; any other wake-up, or a gap in the seqs, means a read of the queue.
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ class MessagingFrames:
     async def after_ready(self) -> None:
         await super().after_ready()
         self._in_flight: dict[str, int] = {}  # message id -> queue id, sent and unacked
+        # conversation -> the seq up to which every message of it queued for this device
+        # has been sent on this socket (read from the queue, handed over, or our own)
+        self._sent_seq: dict[str, int] = {}
+        self._handed: list[tuple[int, dict]] = []  # (queue id, frame) from wake-ups
+        self._read_needed = True
+        self._caught_up = False
         self._wake = asyncio.Event()
         self._wake.set()
         self._delivery_task = asyncio.create_task(self._deliver())
@@ -58,7 +72,11 @@ class MessagingFrames:
         # replaced an older one of the device (in another web process) may have gone to
         # the old socket (siphera.events.send_soon).
         loop = asyncio.get_running_loop()
-        self._rechecks = [loop.call_later(delay, self._wake.set) for delay in RECHECK_AFTER]
+        self._rechecks = [loop.call_later(delay, self._read_soon) for delay in RECHECK_AFTER]
+
+    def _read_soon(self) -> None:
+        self._read_needed = True
+        self._wake.set()
 
     async def disconnect(self, code):
         if self._delivery_task is not None:
@@ -76,30 +94,59 @@ class MessagingFrames:
                 if Perm.MESSAGING_USE not in self.codes:
                     # The role may not read messages (its acks would be refused and the
                     # window would jam): hold the queue until the codes change.
+                    self._handed.clear()
+                    self._read_needed = True
                     continue
                 room = MAX_IN_FLIGHT - len(self._in_flight)
-                if room <= 0:
-                    continue  # an ack will wake us
-                entries = await tenant_db(
-                    self.org,
-                    delivery.pending_for_device,
-                    self.device.pk,
-                    exclude_ids=list(self._in_flight.values()),
-                    limit=room,
-                )
-                for queue_id, frame in entries:
-                    self._in_flight[frame["id"]] = queue_id
-                    await self.send_frame(frame)
-                if len(entries) == room:
-                    self._wake.set()  # there may be more than fitted
-                elif not drained:
-                    drained = True
-                    await self.send_frame({"type": "queue.empty"})
+                if self._read_needed and room > 0:  # else an ack will wake us
+                    self._read_needed = False
+                    entries = await tenant_db(
+                        self.org,
+                        delivery.pending_for_device,
+                        self.device.pk,
+                        exclude_ids=list(self._in_flight.values()),
+                        limit=room,
+                    )
+                    for queue_id, frame in entries:
+                        await self._send_message(queue_id, frame)
+                    self._caught_up = len(entries) < room
+                    if not self._caught_up:
+                        self._read_soon()  # there may be more than fitted
+                    elif not drained:
+                        drained = True
+                        await self.send_frame({"type": "queue.empty"})
+                handed, self._handed = self._handed, []
+                for queue_id, frame in handed:
+                    await self._send_handed(queue_id, frame)
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("ws.delivery_failed")
             await self.close(code=1011)
+
+    async def _send_handed(self, queue_id: int, frame: dict) -> None:
+        """Send a message a wake-up handed over, or read the queue if it may not go yet."""
+        sent_seq = self._sent_seq.get(frame["conversation"])
+        if frame["id"] in self._in_flight or (sent_seq is not None and frame["seq"] <= sent_seq):
+            return  # a read sent it already
+        if (
+            self._caught_up
+            and not self._read_needed
+            and sent_seq == frame["seq"] - 1
+            and len(self._in_flight) < MAX_IN_FLIGHT
+        ):
+            await self._send_message(queue_id, frame)
+        else:
+            self._read_soon()  # something may be ahead of it, or the window is full
+
+    async def _send_message(self, queue_id: int, frame: dict) -> None:
+        self._in_flight[frame["id"]] = queue_id
+        conversation = frame["conversation"]
+        # A read returns every unsent message of a conversation below its highest seq
+        # (they committed before it, under the conversation's lock), so its seqs advance
+        # the mark as far as the highest; a handed-over message only when it is the next.
+        self._sent_seq[conversation] = max(frame["seq"], self._sent_seq.get(conversation, 0))
+        await self.send_frame(frame)
 
     # --- client frames ---------------------------------------------------------------
     @frame_perm(Perm.MESSAGING_USE)
@@ -112,7 +159,7 @@ class MessagingFrames:
         for message_id in ids:
             self._in_flight.pop(str(message_id), None)
         if was_full:
-            self._wake.set()  # the window had closed: send what waited behind it
+            self._read_soon()  # the window had closed: send what waited behind it
 
     @frame_perm(Perm.MESSAGING_USE)
     async def frame_receipt(self, frame):
@@ -177,6 +224,8 @@ class MessagingFrames:
                 error["ref"] = frame["ref"]
             await self.send_frame(error)
             return
+        if self._sent_seq.get(str(conversation)) == result.message.seq - 1:
+            self._sent_seq[str(conversation)] = result.message.seq  # nothing to send of it
         reply = {"type": "sent", **result.payload()}
         if "ref" in frame:
             reply["ref"] = frame["ref"]
@@ -187,12 +236,17 @@ class MessagingFrames:
         been held for want of `messaging.use`)."""
         super().codes_changed()
         if self._delivery_task is not None:
-            self._wake.set()
+            self._read_soon()
 
     # --- channel-layer events --------------------------------------------------------
     async def queue_wake(self, event):
-        if self._delivery_task is not None:
+        if self._delivery_task is None:
+            return  # not ready yet: the first read will find it
+        if "message" in event and len(self._handed) < MAX_IN_FLIGHT:
+            self._handed.append((event["queue_id"], event["message"]))
             self._wake.set()
+        else:
+            self._read_soon()
 
     async def receipt_relay(self, event):
         await self.send_frame({k: v for k, v in event.items() if k != "type"} | {"type": "receipt"})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -50,7 +52,9 @@ def _on_a_loop() -> bool:
     return True
 
 
-def send_soon(groups: list[str], payload: dict) -> None:
+def send_soon(
+    groups: list[str], payload: dict, *, local: Callable[[str], dict] | None = None
+) -> None:
     """Send to each group without waiting: for wake-ups, which carry no data, so neither
     their order nor their completion matters to the sender.
 
@@ -58,21 +62,26 @@ def send_soon(groups: list[str], payload: dict) -> None:
     thread goes back to work at once (waiting would hold a DB thread for four Redis round
     trips per group). A group with a member socket in this process (`join_local`) is
     handed to that socket directly, without Redis. Anywhere else (a request, a task, a
-    command) the sends go through the channel layer, in order, before returning."""
+    command) the sends go through the channel layer, in order, before returning.
+
+    `local(group)`, if given, is the payload for a socket of this process instead of
+    `payload` (a wake-up may hand such a socket the message it is about, see
+    messaging.consumers); it is called on this thread, and never for the channel layer."""
     loop = _loop.get()
     if loop is None or loop.is_closed():
         for group in groups:
             send_now(group, payload)
         return
-    local, remote = [], []
+    local_sends, remote = [], []
     for group in groups:
         members = _local_members.get(group)
         if members:
-            local.extend(tuple(members))
+            local_payload = payload if local is None else local(group)
+            local_sends.extend((consumer, local_payload) for consumer in tuple(members))
         else:
             remote.append(group)
     try:
-        loop.call_soon_threadsafe(_start_send, local, remote, payload)
+        loop.call_soon_threadsafe(_start_send, local_sends, remote, payload)
     except RuntimeError:
         pass  # the loop closed (the process is stopping): its sockets are gone
 
@@ -81,7 +90,7 @@ def send_soon(groups: list[str], payload: dict) -> None:
 _sending: set[asyncio.Task] = set()
 
 
-def _start_send(local: list, remote: list[str], payload: dict) -> None:
+def _start_send(local: list[tuple[Any, dict]], remote: list[str], payload: dict) -> None:
     # On the loop's thread. Not run_coroutine_threadsafe: its thread-safe future and the
     # chaining of it to the task cost more than the wake-up itself.
     task = asyncio.ensure_future(_send_all(local, remote, payload))
@@ -95,9 +104,9 @@ def _sent(task: asyncio.Task) -> None:
         log.error("events.send_failed", exc_info=task.exception())
 
 
-async def _send_all(local: list, remote: list[str], payload: dict) -> None:
-    for consumer in local:
-        await consumer.dispatch(payload)
+async def _send_all(local: list[tuple[Any, dict]], remote: list[str], payload: dict) -> None:
+    for consumer, local_payload in local:
+        await consumer.dispatch(local_payload)
     if remote:
         layer = get_channel_layer()
         await asyncio.gather(*(layer.group_send(group, payload) for group in remote))

@@ -2,7 +2,9 @@
 
 Durability comes from PostgreSQL: a message accepted with 2xx has a queue row for every
 addressed device, deleted only when that device acknowledges it. The channel layer only
-wakes sockets up (PITFALLS 6): a wake carries no message, the socket reads its queue.
+wakes sockets up (PITFALLS 6): a wake carries no message, the socket reads its queue. (A
+socket in the sending process may be handed the frame of a message it is woken for, which
+the queue still holds until the ack: `_wake_with_message_on_commit`.)
 """
 
 from __future__ import annotations
@@ -253,11 +255,19 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
     }
     with connection.cursor() as cursor:
         cursor.execute(_insert_sql(), params)
-        seq, user_ids, device_ids = cursor.fetchone()
+        seq, device_pks, user_ids, device_ids, queued_pks, queue_ids = cursor.fetchone()
     if seq is None:
         return False
     message.seq = seq
-    wake_devices_on_commit([_Device(u, d) for u, d in zip(user_ids, device_ids, strict=True)])
+    queue_id_of = dict(zip(queued_pks, queue_ids, strict=True))
+    envelope_of = {(e.user_id, e.device_id): e for e in envelopes}
+    _wake_with_message_on_commit(
+        message,
+        [
+            (_Device(u, d), queue_id_of[pk], envelope_of.get((str(u), d)))
+            for pk, u, d in zip(device_pks, user_ids, device_ids, strict=True)
+        ],
+    )
     return True
 
 
@@ -312,9 +322,10 @@ def _insert_sql() -> str:
         f"       SELECT {placeholders}, s.last_seq FROM s RETURNING id, seq),"
         " q AS (INSERT INTO messaging_queuedmessage"
         "       (device_id, message_id, envelope_type, envelope_body)"
-        "       SELECT u.id, m.id, u.type, u.body FROM queued u, m)"
-        " SELECT (SELECT seq FROM m), ARRAY(SELECT user_id FROM queued),"
-        " ARRAY(SELECT device_id FROM queued)"
+        "       SELECT u.id, m.id, u.type, u.body FROM queued u, m RETURNING id, device_id)"
+        " SELECT (SELECT seq FROM m), ARRAY(SELECT id FROM queued),"
+        " ARRAY(SELECT user_id FROM queued), ARRAY(SELECT device_id FROM queued),"
+        " ARRAY(SELECT device_id FROM q), ARRAY(SELECT id FROM q)"
     )
 
 
@@ -422,6 +433,31 @@ def wake_devices_on_commit(devices) -> None:
         transaction.on_commit(lambda: send_soon(groups, {"type": "queue.wake"}))
 
 
+def _wake_with_message_on_commit(message: Message, queued) -> None:
+    """After commit, wake each of `queued`'s (device, queue id, envelope or None) sockets.
+
+    A socket in this process is handed the `message` frame itself with its queue id, and
+    may send it without reading its queue when nothing can be ahead of it (the rule is in
+    messaging.consumers); it reads the queue otherwise. The queue row stays the message's
+    only store until the ack, and the channel layer still carries bare wake-ups only."""
+    if not queued:
+        return
+    schema = connection.schema_name
+    by_group = {device_group(d, schema): (queue_id, e) for d, queue_id, e in queued}
+    shared: list[dict] = []  # the frame without the envelope, built once when first needed
+
+    def local(group: str) -> dict:
+        if not shared:
+            shared.append(message_frame(message, None))
+        queue_id, envelope = by_group[group]
+        frame = dict(shared[0])
+        if envelope is not None:
+            frame["envelope"] = _envelope_frame(envelope.type, envelope.body)
+        return {"type": "queue.wake", "queue_id": queue_id, "message": frame}
+
+    transaction.on_commit(lambda: send_soon(list(by_group), {"type": "queue.wake"}, local=local))
+
+
 # --- reading and acknowledging a device's queue ---------------------------------------------
 
 
@@ -446,10 +482,14 @@ def message_frame(message, entry) -> dict:
         "envelope": None,
     }
     if entry is not None and entry.envelope_body is not None:
-        frame["envelope"] = {"type": entry.envelope_type, "body": b64(entry.envelope_body)}
+        frame["envelope"] = _envelope_frame(entry.envelope_type, entry.envelope_body)
     if message.kind == Message.EVENT:
         frame["event"] = message.event
     return frame
+
+
+def _envelope_frame(envelope_type: int, body) -> dict:
+    return {"type": envelope_type, "body": b64(body)}
 
 
 def pending_for_device(

@@ -364,3 +364,80 @@ def test_revoking_a_device_deletes_its_queue_and_leaves_the_others(org_a, new_se
 
     assert _queued(org_a, bob_tablet) == 0  # nothing will ever fetch it
     assert _queued(org_a, bob) == 3
+
+
+def _send_frame(cid, ref, **fields) -> dict:
+    return {"type": "send", "ref": ref, "conversation": cid, "client_id": str(uuid.uuid4())} | (
+        fields
+    )
+
+
+async def test_a_live_message_frame_is_the_frame_the_queue_holds(server, org_a, new_session):
+    # A socket of this process may get a live message handed over by the send itself
+    # instead of reading it from its queue; what it sends must be the same frame.
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    async with (
+        await authed_socket(server, alice, live=True) as sender,
+        await authed_socket(server, bob, live=True) as receiver,
+    ):
+        await send(sender, _send_frame(cid, "root", body=b64(b"root")))
+        root = (await recv_type(sender, "sent"))["id"]
+        live = [await recv_type(receiver, "message")]
+        for i in range(3):
+            await send(
+                sender,
+                _send_frame(
+                    cid,
+                    f"reply-{i}",
+                    body=b64(f"reply-{i}".encode()),
+                    envelopes=[envelope(bob, body=f"for-bob-{i}".encode(), type_=2)],
+                    thread=root,
+                    mentions=[str(bob.user.pk)],
+                ),
+            )
+            await recv_type(sender, "sent")
+            live.append(await recv_type(receiver, "message"))
+    queued = bob.api.get("/api/v1/messages").json()
+    assert [f["seq"] for f in live] == [1, 2, 3, 4]
+    assert live == [{"type": "message", **f} if "type" not in f else f for f in queued]
+    assert live[3]["envelope"] == {"type": 2, "body": b64(b"for-bob-2")}
+    assert live[3]["thread"] == root and live[3]["mentions"] == [str(bob.user.pk)]
+
+
+async def test_concurrent_senders_reach_a_device_in_seq_order_once_each(server, org_a, new_session):
+    bob = new_session(org_a)
+    senders = [new_session(org_a) for _ in range(3)]
+    group = start_conversation(senders[0], bob, *senders[1:], kind="group")["id"]
+    direct = start_conversation(senders[1], bob)["id"]
+    per_sender = 40
+
+    async def blast(session, cids):
+        async with await authed_socket(server, session, live=True) as ws:
+            for i in range(per_sender):  # no waiting for `sent` in between
+                await send(ws, _send_frame(cids[i % len(cids)], i, body=b64(b"x")))
+            for _ in range(per_sender):
+                await recv_type(ws, "sent", timeout=30)
+
+    async with await authed_socket(server, bob, live=True) as ws:
+        blasts = asyncio.gather(
+            blast(senders[0], [group]),
+            blast(senders[1], [group, direct]),
+            blast(senders[2], [group]),
+        )
+        seqs: dict[str, list[int]] = {group: [], direct: []}
+        unacked = []
+        while sum(map(len, seqs.values())) < 3 * per_sender:
+            frame = await recv_type(ws, "message", timeout=30)
+            seqs[frame["conversation"]].append(frame["seq"])
+            unacked.append(frame["id"])
+            if len(unacked) == 16:
+                await send(ws, {"type": "ack", "ids": unacked})
+                unacked = []
+        await blasts
+        await send(ws, {"type": "ack", "ids": unacked})
+        await send(ws, {"type": "ping"})
+        await recv_type(ws, "pong")
+    assert seqs[group] == list(range(1, 2 * per_sender + per_sender // 2 + 1))
+    assert seqs[direct] == list(range(1, per_sender // 2 + 1))
+    assert _queued(org_a, bob) == 0
