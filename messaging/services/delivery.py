@@ -110,11 +110,17 @@ def check_send_message(
         created_at=timezone.now(),
     )
     try:
-        if not attachments and not connection.in_atomic_block:
+        if (
+            not attachments
+            and not connection.in_atomic_block
+            and all(_is_canonical_uuid(e.user_id) for e in envelopes or ())
+        ):
             # The common case in one statement, without a lock query or a transaction
             # block: it stores the message only if every rule holds (_insert_message).
             # Anything else (a retry, a mismatch, an error to explain) takes the locked
-            # path below, which finds the exact answer.
+            # path below, which finds the exact answer. (An envelope's user_id compares
+            # as a string, and the statement reads it as a uuid: any other spelling
+            # names no device, which the locked path answers with a 409.)
             if _insert_message(message, envelopes):
                 return SendResult(message, created=True)
         with transaction.atomic():
@@ -127,6 +133,13 @@ def check_send_message(
         if existing is None:
             raise
         return SendResult(existing, created=False)
+
+
+def _is_canonical_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 # Plain tuples on the send path: building model instances cost more than the queries.

@@ -441,3 +441,24 @@ async def test_concurrent_senders_reach_a_device_in_seq_order_once_each(server, 
     assert seqs[group] == list(range(1, 2 * per_sender + per_sender // 2 + 1))
     assert seqs[direct] == list(range(1, per_sender // 2 + 1))
     assert _queued(org_a, bob) == 0
+
+
+def test_an_envelope_user_id_that_is_no_canonical_uuid_is_an_extra_device(org_a, new_session):
+    # user_id compares as the lowercase canonical string (docs/protocol.md): anything else
+    # names no device, so it is a 409 with nothing stored, never a 500.
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    for user_id in ("not-a-uuid", str(bob.user.pk).upper()):
+        response = alice.api.post(
+            f"/api/v1/conversations/{cid}/messages",
+            json={
+                "client_id": str(uuid.uuid4()),
+                "envelopes": [{**envelope(bob), "user_id": user_id}],
+            },
+        )
+        assert response.status_code == 409, response.text
+        assert response.json()["extra"] == [{"user_id": user_id, "device_id": bob.device_id}]
+        assert response.json()["missing"] == [
+            {"user_id": str(bob.user.pk), "device_id": bob.device_id}
+        ]
+    assert _stored(org_a, cid) == 0
