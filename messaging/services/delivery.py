@@ -558,26 +558,37 @@ def _message_row_shape() -> _MessageRowShape:
 
 def do_ack(device_pk: int, message_ids) -> int:
     """Delete acknowledged messages from the device's queue. Unknown ids are ignored.
+    Returns how many entries went."""
+    return do_ack_many([(device_pk, message_ids)])
+
+
+def do_ack_many(acks) -> int:
+    """Delete the acknowledged messages of several devices, `acks` being (device pk,
+    message ids) pairs, in one statement (the sockets of a web process batch theirs:
+    messaging.consumers). Unknown or malformed ids are ignored.
 
     The deletion commits without waiting for its WAL flush (synchronous_commit off for
     this one statement's transaction; PostgreSQL's WAL writer flushes it within a few
     hundred ms). A crash in that moment loses the ack, never a message: the message is
     delivered again, which delivery at least once allows (clients de-duplicate by id).
     Waiting for the flush made every ack queue behind the sends' commits."""
-    ids = []
-    for raw in message_ids:
-        try:
-            ids.append(uuid.UUID(str(raw)))
-        except ValueError:
-            continue
+    devices, ids = [], []
+    for device_pk, message_ids in acks:
+        for raw in message_ids:
+            try:
+                ids.append(uuid.UUID(str(raw)))
+            except ValueError:
+                continue
+            devices.append(device_pk)
     if not ids:
         return 0
     with connection.cursor() as cursor:
         cursor.execute(
-            "DELETE FROM messaging_queuedmessage"
-            " USING (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
-            " WHERE device_id = %s AND message_id = ANY(%s::uuid[])",
-            [device_pk, ids],
+            "DELETE FROM messaging_queuedmessage q"
+            " USING (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit,"
+            " unnest(%s::bigint[], %s::uuid[]) AS a(device_id, message_id)"
+            " WHERE q.device_id = a.device_id AND q.message_id = a.message_id",
+            [devices, ids],
         )
         return cursor.rowcount
 

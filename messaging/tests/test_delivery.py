@@ -462,3 +462,35 @@ def test_an_envelope_user_id_that_is_no_canonical_uuid_is_an_extra_device(org_a,
             {"user_id": str(bob.user.pk), "device_id": bob.device_id}
         ]
     assert _stored(org_a, cid) == 0
+
+
+async def test_acks_of_many_sockets_at_once_delete_each_devices_own_rows_only(
+    server, org_a, org_b, new_session
+):
+    # A web process deletes the acks that arrive together in one statement per org.
+    alice, carol = new_session(org_a), new_session(org_b)
+    bobs, dave = [new_session(org_a) for _ in range(4)], new_session(org_b)
+    recipients = [*bobs, dave]
+    ids = []
+    for sender, recipient in [(alice, bob) for bob in bobs] + [(carol, dave)]:
+        cid = start_conversation(sender, recipient)["id"]
+        ids.append([send_body(sender, cid).json()["id"] for _ in range(3)])
+
+    sockets = [await authed_socket(server, r) for r in recipients]
+    try:
+        for ws, expected in zip(sockets, ids, strict=True):
+            assert [(await recv_type(ws, "message"))["id"] for _ in range(3)] == expected
+        # Dave (org B) acks his own ids and the first bob's: only his own go.
+        acks = [None, ids[1], ids[2], ids[3], ids[4] + ids[0]]
+        await asyncio.gather(
+            *(send(ws, {"type": "ack", "ids": a}) for ws, a in zip(sockets, acks, strict=True) if a)
+        )
+        for ws in sockets:
+            await send(ws, {"type": "ping"})
+            await recv_type(ws, "pong")
+    finally:
+        for ws in sockets:
+            await ws.close()
+    assert _queued(org_a, bobs[0]) == 3
+    assert [_queued(org_a, bob) for bob in bobs[1:]] == [0, 0, 0]
+    assert _queued(org_b, dave) == 0
