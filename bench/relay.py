@@ -274,6 +274,18 @@ def postgres_cpu_seconds() -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK") if seen else None
 
 
+def cpu_reference_seconds() -> float:
+    """Seconds one core takes for a fixed pure-Python loop, the best of three: machines of
+    one kind here differ by more than twice in speed, so a figure is read with this one."""
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.process_time(), 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.process_time() - started)
+    return round(best, 2)
+
+
 def server_rss_mib(proc: subprocess.Popen) -> float:
     """Resident memory of the server and its worker processes."""
     total_kib = 0
@@ -520,9 +532,15 @@ def main():
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
         f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
         "python": platform.python_version(),
+        "cpu_reference_s": cpu_reference_seconds(),
         "workers": args.workers,
         "date": time.strftime("%Y-%m-%d"),
     }
+    print(
+        f"CPU reference: {results['cpu_reference_s']} s for 10 million loop steps"
+        " (lower is faster; compares this machine with the one of another run)",
+        file=sys.stderr,
+    )
     try:
         if "rate" in scenarios:
             clear_queues()
@@ -568,7 +586,7 @@ def main():
     latest = json.loads(out.read_text()) if out.exists() else {}
     if "result" not in latest.get("rate", {"result": None}):
         latest = {}  # the older one-run layout
-    setup = {k: results[k] for k in ("machine", "python", "workers", "date")}
+    setup = {k: results[k] for k in ("machine", "python", "cpu_reference_s", "workers", "date")}
     for scenario in scenarios:
         latest[scenario] = {**setup, "result": results[scenario]}
     out.write_text(json.dumps(latest, indent=2) + "\n")
