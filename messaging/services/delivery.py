@@ -15,7 +15,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from messaging.error_codes import MessagingError
@@ -246,8 +246,9 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
     when one fails, so that this statement, run first without any lock, never accepts
     what the locked path would refuse. The conversation row's update takes the lock that
     orders sends (seq) and membership changes."""
+    db = _this_threads_connection()
     fields = _insert_fields()
-    values = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in fields]
+    values = [f.get_db_prep_save(f.pre_save(message, True), db) for f in fields]
     has_envelopes = envelopes is not None
     envelopes = envelopes or ()
     references = sorted({str(x) for x in (message.thread, message.refers_to) if x})
@@ -266,7 +267,7 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
         "references": references,
         **{f"c{i}": value for i, value in enumerate(values)},
     }
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(_insert_sql(), params)
         seq, device_pks, user_ids, device_ids, queued_pks, queue_ids = cursor.fetchone()
     if seq is None:
@@ -282,6 +283,12 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
         ],
     )
     return True
+
+
+def _this_threads_connection():
+    # `connection` is a proxy that looks the thread's connection up again at every
+    # attribute access; the fields' converters make a dozen such accesses per message.
+    return connections[DEFAULT_DB_ALIAS]
 
 
 @functools.cache
@@ -515,7 +522,8 @@ def pending_for_device(
     straight into frames (the message columns and their converters come from the model)
     rather than an ORM query compiled, and model instances built, each time."""
     shape = _message_row_shape()
-    with connection.cursor() as cursor:
+    db = _this_threads_connection()
+    with db.cursor() as cursor:
         cursor.execute(
             f"SELECT q.id, q.envelope_type, q.envelope_body, {shape.columns}"
             " FROM messaging_queuedmessage q"
@@ -529,7 +537,7 @@ def pending_for_device(
     for queue_id, envelope_type, envelope_body, *values in rows:
         for i, field, field_converters in shape.converters:
             for convert in field_converters:
-                values[i] = convert(values[i], field, connection)
+                values[i] = convert(values[i], field, db)
         entry = _QueueRow(device_pk, envelope_type, envelope_body)
         pending.append((queue_id, message_frame(shape.row(*values), entry)))
     return pending
