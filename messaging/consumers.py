@@ -61,7 +61,8 @@ class _AckBatches:
     An `ack` frame still returns only once its rows are deleted, so its socket handles its
     next frame, and takes the ids out of its window, as if the ack had run alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self._waiting: dict[str, list[tuple[int, list, asyncio.Future]]] = {}
         self._flushing: dict[str, asyncio.Task] = {}
 
@@ -94,7 +95,15 @@ class _AckBatches:
             self._flushing.pop(org.schema_name, None)
 
 
-_acks = _AckBatches()
+_ack_batches: dict[int, _AckBatches] = {}  # by id of the event loop (one per process)
+
+
+def _acks() -> _AckBatches:
+    loop = asyncio.get_running_loop()
+    batches = _ack_batches.get(id(loop))
+    if batches is None or batches.loop is not loop:
+        batches = _ack_batches[id(loop)] = _AckBatches(loop)
+    return batches
 
 
 class MessagingFrames:
@@ -198,7 +207,7 @@ class MessagingFrames:
         ids = frame.get("ids")
         if not isinstance(ids, list) or len(ids) > 1000:
             raise FrameError("invalid_frame", "`ids` is a list of at most 1000 message ids.")
-        await _acks.ack(self.org, self.device.pk, ids)
+        await _acks().ack(self.org, self.device.pk, ids)
         was_full = len(self._in_flight) >= MAX_IN_FLIGHT
         for message_id in ids:
             self._in_flight.pop(str(message_id), None)
