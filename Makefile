@@ -42,7 +42,7 @@ test: venv services chromium
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	@for f in scripts/*.sh .ci/run; do bash -n "$$f" || exit 1; done
+	@for f in scripts/*.sh bench/*.sh .ci/run; do bash -n "$$f" || exit 1; done
 
 format: venv
 	$(VENV)/bin/ruff format .
