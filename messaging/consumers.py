@@ -76,21 +76,20 @@ class _AckBatches:
     async def _flush(self, org) -> None:
         try:
             while batch := self._waiting.pop(org.schema_name, None):
+                failure = None
                 try:
                     await tenant_db(
                         org, delivery.do_ack_many, [(device, ids) for device, ids, _ in batch]
                     )
                 except Exception as exc:
-                    outcome = exc
-                else:
-                    outcome = None
+                    failure = exc
                 for *_, future in batch:
                     if future.done():
                         continue  # its socket closed meanwhile
-                    if outcome is None:
+                    if failure is None:
                         future.set_result(None)
                     else:
-                        future.set_exception(outcome)
+                        future.set_exception(failure)
         finally:
             self._flushing.pop(org.schema_name, None)
 

@@ -448,9 +448,12 @@ def do_append_event(
 def wake_devices_on_commit(devices) -> None:
     """After commit, tell each device's socket (if any) to read its queue."""
     schema = connection.schema_name
-    groups = [device_group(d, schema) for d in devices]
+    _wake_groups_on_commit([device_group(d, schema) for d in devices])
+
+
+def _wake_groups_on_commit(groups: list[str], local=None) -> None:
     if groups:
-        transaction.on_commit(lambda: send_soon(groups, {"type": "queue.wake"}))
+        transaction.on_commit(lambda: send_soon(groups, {"type": "queue.wake"}, local=local))
 
 
 def _wake_with_message_on_commit(message: Message, queued) -> None:
@@ -460,8 +463,6 @@ def _wake_with_message_on_commit(message: Message, queued) -> None:
     may send it without reading its queue when nothing can be ahead of it (the rule is in
     messaging.consumers); it reads the queue otherwise. The queue row stays the message's
     only store until the ack, and the channel layer still carries bare wake-ups only."""
-    if not queued:
-        return
     schema = connection.schema_name
     by_group = {device_group(d, schema): (queue_id, e) for d, queue_id, e in queued}
     shared: list[dict] = []  # the frame without the envelope, built once when first needed
@@ -475,7 +476,7 @@ def _wake_with_message_on_commit(message: Message, queued) -> None:
             frame["envelope"] = _envelope_frame(envelope.type, envelope.body)
         return {"type": "queue.wake", "queue_id": queue_id, "message": frame}
 
-    transaction.on_commit(lambda: send_soon(list(by_group), {"type": "queue.wake"}, local=local))
+    _wake_groups_on_commit(list(by_group), local)
 
 
 # --- reading and acknowledging a device's queue ---------------------------------------------
