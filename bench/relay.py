@@ -15,7 +15,10 @@ validation and storage in PostgreSQL (message row, per-device queue row, seq) ->
 (direct when the recipient's socket is in the same web process, else over the channel
 layer; `--workers 2` exercises the latter) -> `message` frame to the recipient device ->
 `ack` (queue row deleted). The load generator runs on the same machine as the server and
-the databases. The rate test also reports the server's CPU time per delivered message.
+the databases. Each timed run also reports the CPU time per delivered message of the
+server, PostgreSQL and the load generator, and how busy the machine was (and how much of
+it the hypervisor took: "stolen"). Where PostgreSQL's autovacuum is off, each scenario
+starts with a VACUUM of the bench database, which autovacuum would have done.
 Per-user frame limits are raised for the run (each bench user sends far more than a
 person); the limiter still runs on every frame.
 """
@@ -184,11 +187,21 @@ def clear_queues() -> None:
         org = Org.objects.get(slug="bench")
     in_tenant(org, lambda: QueuedMessage.objects.all().delete())
     # Fresh planner statistics, as autovacuum keeps them on a live server: the bench
-    # creates its users, devices and conversations just before measuring.
+    # creates its users, devices and conversations just before measuring. Where
+    # autovacuum is off (CI machines), the dead rows of the scenario before are vacuumed
+    # away too, as it would have done.
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+        cursor.execute("ANALYZE" if autovacuum_on() else "VACUUM (ANALYZE)")
+
+
+def autovacuum_on() -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        return cursor.fetchone()[0] == "on"
 
 
 # --- server -----------------------------------------------------------------------------
@@ -274,6 +287,57 @@ def postgres_cpu_seconds() -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK") if seen else None
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, steal, all) clock ticks of this machine so far, from /proc/stat. Steal is
+    time the hypervisor gave this VM's cores to someone else."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    total = sum(fields[:8])
+    return total - idle - steal, steal, total
+
+
+class CpuMeter:
+    """CPU used during a timed run: the server's, PostgreSQL's and the load generator's
+    (this process) per message, and how busy the machine was."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.server = server_cpu_seconds(proc)
+        self.postgres = postgres_cpu_seconds()
+        self.load = time.process_time()
+        self.machine = machine_ticks()
+
+    def per_message(self, messages: int) -> dict:
+        server = server_cpu_seconds(self.proc) - self.server
+        end_pg = postgres_cpu_seconds()
+        load = time.process_time() - self.load
+        busy, steal, total = (b - a for a, b in zip(self.machine, machine_ticks(), strict=True))
+
+        def ms(seconds):
+            return round(seconds * 1000 / messages, 2) if messages and seconds is not None else None
+
+        return {
+            "server_cpu_ms_per_message": ms(server),
+            "postgres_cpu_ms_per_message": ms(
+                end_pg - self.postgres if self.postgres is not None and end_pg is not None else None
+            ),
+            "load_generator_cpu_ms_per_message": ms(load),
+            "machine_busy_percent": round(100 * busy / total, 1) if total else None,
+            "machine_steal_percent": round(100 * steal / total, 1) if total else None,
+        }
+
+    @staticmethod
+    def describe(figures: dict) -> str:
+        return (
+            f"server CPU {figures['server_cpu_ms_per_message']} ms per message, PostgreSQL"
+            f" {figures['postgres_cpu_ms_per_message']} ms, load generator"
+            f" {figures['load_generator_cpu_ms_per_message']} ms; machine"
+            f" {figures['machine_busy_percent']} % busy, {figures['machine_steal_percent']} %"
+            " stolen"
+        )
+
+
 def cpu_reference_seconds() -> float:
     """Seconds one core takes for a fixed pure-Python loop, the best of three: machines of
     one kind here differ by more than twice in speed, so a figure is read with this one."""
@@ -320,24 +384,33 @@ async def connect(port: int, token: str):
             return ws
 
 
-async def receiver_loop(ws, on_message, stop: asyncio.Event):
-    """Read frames, report messages, ack in batches (every 32 messages or 20 ms)."""
+async def receiver_loop(ws, on_message):
+    """Read frames, report messages, ack in batches (every 32 messages or 20 ms), until
+    cancelled or the socket closes."""
     pending: list[str] = []
-    last_flush = time.perf_counter()
-    while not stop.is_set():
-        try:
-            raw = await asyncio.wait_for(ws.recv(), 0.02)
-        except TimeoutError:
-            raw = None
-        if raw is not None:
+
+    async def ack():
+        nonlocal pending
+        ids, pending = pending, []
+        await ws.send(json.dumps({"type": "ack", "ids": ids}))
+
+    async def ack_late():
+        while True:
+            await asyncio.sleep(0.02)
+            if pending:
+                await ack()
+
+    timer = asyncio.create_task(ack_late())
+    try:
+        async for raw in ws:
             frame = json.loads(raw)
             if frame["type"] == "message":
                 on_message(frame)
                 pending.append(frame["id"])
-        now = time.perf_counter()
-        if pending and (len(pending) >= 32 or now - last_flush > 0.02):
-            await ws.send(json.dumps({"type": "ack", "ids": pending}))
-            pending, last_flush = [], now
+                if len(pending) >= 32:
+                    await ack()
+    finally:
+        timer.cancel()
 
 
 def send_frame(conversation: str, body: bytes) -> str:
@@ -384,20 +457,20 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
         await ws.close()
 
     receivers = [await connect(port, p["receiver"]["token"]) for p in pairs]
-    recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message, stop)) for ws in receivers]
+    recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message)) for ws in receivers]
     await asyncio.sleep(0.5)
     send_tasks = [asyncio.create_task(sender(p)) for p in pairs]
     await asyncio.sleep(2)  # warm-up
     start_delivered, start = delivered, time.perf_counter()
-    start_cpu, start_pg = server_cpu_seconds(proc), postgres_cpu_seconds()
+    meter = CpuMeter(proc)
     await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - start
     measured = delivered - start_delivered
-    cpu = server_cpu_seconds(proc) - start_cpu
-    end_pg = postgres_cpu_seconds()
-    pg = end_pg - start_pg if start_pg is not None and end_pg is not None else None
+    cpu = meter.per_message(measured)
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
+    for task in recv_tasks:
+        task.cancel()
     await asyncio.gather(*recv_tasks, return_exceptions=True)
     for ws in receivers:
         await ws.close()
@@ -405,10 +478,7 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
         "delivered_per_s": round(measured / elapsed, 1),
         "seconds": round(elapsed, 1),
         "sent_total": sent,
-        "server_cpu_ms_per_message": round(cpu * 1000 / measured, 2) if measured else None,
-        "postgres_cpu_ms_per_message": round(pg * 1000 / measured, 2)
-        if measured and pg is not None
-        else None,
+        **cpu,
     }
 
 
@@ -448,21 +518,21 @@ async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dic
         await ws.close()
 
     receivers = [await connect(port, p["receiver"]["token"]) for p in pairs]
-    recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message, stop)) for ws in receivers]
+    recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message)) for ws in receivers]
     await asyncio.sleep(0.5)
     send_tasks = [asyncio.create_task(sender(p, rate / len(pairs))) for p in pairs]
     await asyncio.sleep(2)
     measuring = True
     start = time.perf_counter()
-    start_cpu, start_pg = server_cpu_seconds(proc), postgres_cpu_seconds()
+    meter = CpuMeter(proc)
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = time.perf_counter() - start
-    cpu = server_cpu_seconds(proc) - start_cpu
-    end_pg = postgres_cpu_seconds()
-    pg = end_pg - start_pg if start_pg is not None and end_pg is not None else None
+    cpu = meter.per_message(len(latencies))
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
+    for task in recv_tasks:
+        task.cancel()
     await asyncio.gather(*recv_tasks, return_exceptions=True)
     for ws in receivers:
         await ws.close()
@@ -481,10 +551,7 @@ async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dic
         "p99_ms": pct(0.99),
         "max_ms": round(ordered[-1] * 1000, 1),
         "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
-        "server_cpu_ms_per_message": round(cpu * 1000 / len(ordered), 2),
-        "postgres_cpu_ms_per_message": round(pg * 1000 / len(ordered), 2)
-        if pg is not None
-        else None,
+        **cpu,
     }
 
 
@@ -534,6 +601,7 @@ def main():
         "python": platform.python_version(),
         "cpu_reference_s": cpu_reference_seconds(),
         "workers": args.workers,
+        "postgres_autovacuum": autovacuum_on(),
         "date": time.strftime("%Y-%m-%d"),
     }
     print(
@@ -549,9 +617,8 @@ def main():
             )
             print(
                 f"sustained 1:1 rate: {results['rate']['delivered_per_s']} messages/s "
-                f"delivered+acked ({args.pairs} pairs, window {args.window}; server CPU "
-                f"{results['rate']['server_cpu_ms_per_message']} ms per message, PostgreSQL"
-                f" {results['rate']['postgres_cpu_ms_per_message']} ms)"
+                f"delivered+acked ({args.pairs} pairs, window {args.window}; "
+                f"{CpuMeter.describe(results['rate'])})"
             )
         if "latency" in scenarios:
             results["latency"] = []
@@ -564,9 +631,8 @@ def main():
                 print(
                     f"latency at {rate:g} msg/s offered: p50 {lat.get('p50_ms')} ms,"
                     f" p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms "
-                    f"(delivered {lat.get('delivered_per_s')}/s; server CPU"
-                    f" {lat.get('server_cpu_ms_per_message')} ms per message, PostgreSQL"
-                    f" {lat.get('postgres_cpu_ms_per_message')} ms)"
+                    f"(delivered {lat.get('delivered_per_s')}/s"
+                    + (f"; {CpuMeter.describe(lat)})" if "p50_ms" in lat else ")")
                 )
         if "idle" in scenarios:
             results["idle"] = asyncio.run(idle_test(port, idle_tokens, proc))
@@ -586,7 +652,10 @@ def main():
     latest = json.loads(out.read_text()) if out.exists() else {}
     if "result" not in latest.get("rate", {"result": None}):
         latest = {}  # the older one-run layout
-    setup = {k: results[k] for k in ("machine", "python", "cpu_reference_s", "workers", "date")}
+    setup = {
+        k: results[k]
+        for k in ("machine", "python", "cpu_reference_s", "workers", "postgres_autovacuum", "date")
+    }
     for scenario in scenarios:
         latest[scenario] = {**setup, "result": results[scenario]}
     out.write_text(json.dumps(latest, indent=2) + "\n")
