@@ -292,6 +292,11 @@ class MessagingFrames:
 
     # --- channel-layer events --------------------------------------------------------
     async def queue_wake(self, event):
+        self.local_queue_wake(event)
+
+    def local_queue_wake(self, event):
+        """A wake-up, from the channel layer (bare) or from a send in this process (with
+        the message: siphera.events.send_soon)."""
         if self._delivery_task is None:
             return  # not ready yet: the first read will find it
         if "message" in event and len(self._handed) < MAX_IN_FLIGHT:

@@ -61,8 +61,9 @@ def send_soon(
     From a consumer's worker thread the sends are posted to the consumer's loop and the
     thread goes back to work at once (waiting would hold a DB thread for four Redis round
     trips per group). A group with a member socket in this process (`join_local`) is
-    handed to that socket directly, without Redis. Anywhere else (a request, a task, a
-    command) the sends go through the channel layer, in order, before returning.
+    handed to that socket directly, without Redis, by a call of its `local_event`.
+    Anywhere else (a request, a task, a command) the sends go through the channel layer,
+    in order, before returning.
 
     `local(group)`, if given, is the payload for a socket of this process instead of
     `payload` (a wake-up may hand such a socket the message it is about, see
@@ -91,11 +92,19 @@ _sending: set[asyncio.Task] = set()
 
 
 def _start_send(local: list[tuple[Any, dict]], remote: list[str], payload: dict) -> None:
-    # On the loop's thread. Not run_coroutine_threadsafe: its thread-safe future and the
-    # chaining of it to the task cost more than the wake-up itself.
-    task = asyncio.ensure_future(_send_all(local, remote, payload))
-    _sending.add(task)
-    task.add_done_callback(_sent)
+    # On the loop's thread. A socket of this process takes its event by a plain call
+    # (`local_event`, which must not block): a task per wake-up cost more than the
+    # wake-up. Only the channel layer's sends need one. Not run_coroutine_threadsafe: its
+    # thread-safe future and the chaining of it to the task cost more than the send.
+    for consumer, local_payload in local:
+        try:
+            consumer.local_event(local_payload)
+        except Exception:
+            log.exception("events.send_failed")
+    if remote:
+        task = asyncio.ensure_future(_send_remote(remote, payload))
+        _sending.add(task)
+        task.add_done_callback(_sent)
 
 
 def _sent(task: asyncio.Task) -> None:
@@ -104,12 +113,9 @@ def _sent(task: asyncio.Task) -> None:
         log.error("events.send_failed", exc_info=task.exception())
 
 
-async def _send_all(local: list[tuple[Any, dict]], remote: list[str], payload: dict) -> None:
-    for consumer, local_payload in local:
-        await consumer.dispatch(local_payload)
-    if remote:
-        layer = get_channel_layer()
-        await asyncio.gather(*(layer.group_send(group, payload) for group in remote))
+async def _send_remote(remote: list[str], payload: dict) -> None:
+    layer = get_channel_layer()
+    await asyncio.gather(*(layer.group_send(group, payload) for group in remote))
 
 
 # Sockets of this process by group, for `send_soon`. Only wake-ups use it: a socket that

@@ -69,6 +69,11 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    def local_event(self, event: dict) -> None:
+        """An event from this process (siphera.events.send_soon), on the loop's thread:
+        handled at once by the plain method `local_<type>`, which must not block."""
+        getattr(self, "local_" + get_handler_name(event))(event)
+
     async def receive(self, text_data=None, bytes_data=None):
         org = self.scope.get("tenant")
         org_var.set(org.slug if org else None)
