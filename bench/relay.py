@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -386,13 +387,16 @@ async def connect(port: int, token: str):
 
 async def receiver_loop(ws, on_message):
     """Read frames, report messages, ack in batches (every 32 messages or 20 ms), until
-    cancelled or the socket closes."""
+    the socket closes (`close_reading`)."""
+    from websockets.exceptions import ConnectionClosed
+
     pending: list[str] = []
 
     async def ack():
         nonlocal pending
         ids, pending = pending, []
-        await ws.send(json.dumps({"type": "ack", "ids": ids}))
+        with contextlib.suppress(ConnectionClosed):  # closing: the rest stays queued
+            await ws.send(json.dumps({"type": "ack", "ids": ids}))
 
     async def ack_late():
         while True:
@@ -411,6 +415,16 @@ async def receiver_loop(ws, on_message):
                     await ack()
     finally:
         timer.cancel()
+
+
+async def close_reading(sockets, readers) -> None:
+    """Close `sockets` while their `readers` still read them, then wait for the readers.
+
+    A socket whose reader stopped first never closes: once its client holds max_queue
+    unread frames it reads no more, so the server's close frame, behind the messages
+    still in flight, never arrives (the rate scenario hung so with 256 in flight)."""
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    await asyncio.gather(*readers, return_exceptions=True)
 
 
 def send_frame(conversation: str, body: bytes) -> str:
@@ -453,8 +467,7 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
         while not stop.is_set():
             await credits.acquire()
             await ws.send(send_frame(pair["conversation"], os.urandom(64)))
-        reader.cancel()
-        await ws.close()
+        await close_reading([ws], [reader])
 
     receivers = [await connect(port, p["receiver"]["token"]) for p in pairs]
     recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message)) for ws in receivers]
@@ -469,11 +482,7 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
     cpu = meter.per_message(measured)
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
-    for task in recv_tasks:
-        task.cancel()
-    await asyncio.gather(*recv_tasks, return_exceptions=True)
-    for ws in receivers:
-        await ws.close()
+    await close_reading(receivers, recv_tasks)
     return {
         "delivered_per_s": round(measured / elapsed, 1),
         "seconds": round(elapsed, 1),
@@ -514,8 +523,7 @@ async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dic
             body = tag + time.perf_counter_ns().to_bytes(8, "big") + os.urandom(48)
             await ws.send(send_frame(pair["conversation"], body))
             next_at += interval
-        reader.cancel()
-        await ws.close()
+        await close_reading([ws], [reader])
 
     receivers = [await connect(port, p["receiver"]["token"]) for p in pairs]
     recv_tasks = [asyncio.create_task(receiver_loop(ws, on_message)) for ws in receivers]
@@ -531,11 +539,7 @@ async def latency_test(port, pairs, *, rate: float, seconds: float, proc) -> dic
     cpu = meter.per_message(len(latencies))
     stop.set()
     await asyncio.gather(*send_tasks, return_exceptions=True)
-    for task in recv_tasks:
-        task.cancel()
-    await asyncio.gather(*recv_tasks, return_exceptions=True)
-    for ws in receivers:
-        await ws.close()
+    await close_reading(receivers, recv_tasks)
     if not latencies:
         return {"offered_per_s": rate, "error": "no messages delivered"}
     ordered = sorted(latencies)
