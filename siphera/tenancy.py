@@ -29,6 +29,7 @@ __all__ = [
     "group_name",
     "in_tenant",
     "org_for_host",
+    "public_db",
     "public_schema",
     "run_in_tenant",
     "schema_context",
@@ -97,6 +98,23 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if settings.TENANT_DB_VERIFY_SCHEMA:
             verify_schema(org)
         return fn(*args, **kwargs)
+
+    events.bind_loop()
+    return await _db_pool().run(call)
+
+
+async def public_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a sync DB function from async code in the `public` schema (the org directory),
+    on tenant_db's threads and their open connections.
+
+    For the WebSocket handshake's org lookup: channels' database_sync_to_async ran it on
+    one thread for every handshake of the process, and closed that thread's connection
+    after each (CONN_MAX_AGE = 0), so every socket cost PostgreSQL a new backend."""
+
+    def call() -> T:
+        _discard_broken_connection()
+        with public_schema():
+            return fn(*args, **kwargs)
 
     events.bind_loop()
     return await _db_pool().run(call)

@@ -14,14 +14,13 @@ import json
 import logging
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from siphera.logging import org_var
-from siphera.tenancy import org_for_host
+from siphera.tenancy import org_for_host, public_db
 
 log = logging.getLogger("siphera.ws")
 
@@ -43,7 +42,7 @@ class TenantWebSocketMiddleware:
             if name == b"host":
                 host = value.decode("latin-1")
                 break
-        tenant = await database_sync_to_async(org_for_host)(host)
+        tenant = await public_db(org_for_host, host)
         return await self.inner({**scope, "tenant": tenant}, receive, send)
 
 

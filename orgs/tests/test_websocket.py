@@ -285,3 +285,30 @@ async def test_two_orgs_busy_at_once_each_socket_sees_only_its_own_org(
         assert stored == 6 * sends
         other = next(c for other_slug, c in conversations.items() if other_slug != slug)
         assert not in_tenant(org, Message.objects.filter(conversation_id=other).exists)
+
+
+def _sessions_started() -> int:
+    """Sessions PostgreSQL has counted for this database (a backend's count reaches the
+    statistics by its exit at the latest)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+async def test_handshakes_do_not_each_open_a_database_connection(server, org_a, new_session):
+    # The org lookup of every handshake ran on a thread that closed its connection after
+    # each call, so every socket cost PostgreSQL a backend of its own (and a reconnect
+    # storm as many backends). It now runs on the consumers' DB threads, whose
+    # connections stay open: at most one per thread is new.
+    session = new_session(org_a)
+    handshakes = 60
+    before = _sessions_started()
+    for _ in range(handshakes):
+        ws = await authed_socket(server, session)
+        await ws.close()
+    await asyncio.sleep(1.0)  # backends that exited have reported their session
+    opened = _sessions_started() - before
+    assert opened < handshakes // 2, f"{opened} new PostgreSQL sessions for {handshakes} sockets"
