@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection
 
 from siphera.api_errors import ApiError, json_error
+from siphera.channel_layer import blocking_pool
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,8 @@ def _aclient() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
+        pool = blocking_pool(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        client = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
 
 

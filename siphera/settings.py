@@ -129,10 +129,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, Celery broker, cache, rate limits ---------------------------
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Per pool and process (the channel layer's, the rate limits'): a command beyond it waits
+# for a free connection, up to the timeout, instead of failing (siphera.channel_layer).
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 100)
+REDIS_POOL_TIMEOUT_SECONDS = env_int("REDIS_POOL_TIMEOUT_SECONDS", 20)
 CHANNEL_LAYER_PREFIX = env("CHANNEL_LAYER_PREFIX", "siphera")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis with a pool that waits for a free connection (siphera.channel_layer)
+        "BACKEND": "siphera.channel_layer.RedisChannelLayer",
         "CONFIG": {
             # socket_timeout=None: redis-py 8 otherwise times out the layer's blocking
             # read after 5 s idle and the socket dies with 1011 (PITFALLS 18).

@@ -312,3 +312,45 @@ async def test_handshakes_do_not_each_open_a_database_connection(server, org_a, 
     await asyncio.sleep(1.0)  # backends that exited have reported their session
     opened = _sessions_started() - before
     assert opened < handshakes // 2, f"{opened} new PostgreSQL sessions for {handshakes} sockets"
+
+
+def _device_tokens(org, count: int, per_user: int = 50) -> list[str]:
+    import os
+
+    from messaging.services.keys import DeviceKeys
+    from orgs.services import audit
+    from orgs.services.devices import do_register_device
+
+    actor = audit.Actor.system("test")
+    tokens = []
+    for start in range(0, count, per_user):
+        user = make_user(org)
+        for _ in range(min(per_user, count - start)):
+            bundle = DeviceKeys(
+                identity_key=os.urandom(32), signing_key=os.urandom(32), signed_prekey=None
+            )
+            _, token = in_tenant(
+                org, do_register_device, user, name="burst", bundle=bundle, actor=actor
+            )
+            tokens.append(token)
+    return tokens
+
+
+async def test_a_burst_of_handshakes_all_reach_ready(server, org_a):
+    # A reconnect storm: more sockets authenticating at once than a Redis connection pool
+    # holds (redis-py's asyncio pool raised "Too many connections" at the 101st command,
+    # and each handshake past it died). Commands now wait for a free connection.
+    tokens = _device_tokens(org_a, 300)
+
+    async def handshake(token):
+        ws = await open_socket(server, host_of(org_a))
+        await send(ws, {"type": "auth", "token": token})
+        frame = await recv_type(ws, "ready", timeout=60)
+        return ws, frame
+
+    results = await asyncio.gather(*(handshake(t) for t in tokens), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    sockets = [r[0] for r in results if not isinstance(r, BaseException)]
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    assert not failures, f"{len(failures)} of {len(tokens)} handshakes failed: {failures[0]!r}"
+    assert len(sockets) == len(tokens)
