@@ -9,7 +9,9 @@
 # is checked out in its own git worktree under ${TMPDIR:-/tmp} (removed afterwards); both
 # use this checkout's .venv and the same bench database (--keep-db), and
 # bench/results/relay-latest.json is left as it was. REV may be any git revision; use
-# WORKTREE for the working tree with its uncommitted changes.
+# WORKTREE for the working tree with its uncommitted changes. A run that fails is reported
+# with the end of its output and its server's log, the other runs go on, and ab.sh then
+# exits 1; every run's whole output stays in ${TMPDIR:-/tmp}/siphera-ab-logs.*.
 set -euo pipefail
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then usage; exit 0; fi
@@ -41,13 +43,25 @@ dir_a=$REPLY
 checkout "$rev_b"
 dir_b=$REPLY
 saved=$(mktemp)
+logs=$(mktemp -d "${TMPDIR:-/tmp}/siphera-ab-logs.XXXXXX")
+failed=0
 cp "$root/bench/results/relay-latest.json" "$saved"
 for round in $(seq 1 "$rounds"); do
     for pair in "A $rev_a $dir_a" "B $rev_b $dir_b"; do
         read -r label rev dir <<<"$pair"
         echo "== round $round, $label ($rev)"
-        (cd "$dir" && "$python" bench/relay.py --keep-db "$@" 2>/dev/null | grep -v '^{') || true
+        log="$logs/round$round-$label.log"
+        if (cd "$dir" && "$python" bench/relay.py --keep-db "$@" >"$log" 2>&1); then
+            grep -v -e '^{' -e '^  idle sockets open' "$log" || true
+        else
+            echo "ab.sh: this run failed; its output, and the tail of its server's log:" >&2
+            tail -n 15 "$log" >&2
+            tail -n 15 "$dir/var/bench-server.log" >&2 2>/dev/null || true
+            failed=1
+        fi
     done
 done
 cp "$saved" "$root/bench/results/relay-latest.json"
 rm -f "$saved"
+echo "ab.sh: each run's whole output is in $logs"
+exit "$failed"
