@@ -27,7 +27,7 @@ _loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.Co
 
 def bind_loop() -> None:
     """Note the running loop, so sync code this coroutine calls can post events to it
-    without blocking its thread (siphera.tenancy.tenant_db calls this)."""
+    without blocking its thread (siphera.tenancy._DbPool.run calls this)."""
     _loop.set(asyncio.get_running_loop())
 
 

@@ -90,7 +90,6 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
 
     def call() -> T:
-        _discard_broken_connection()
         # Worker threads belong to no request: leave the schema set after the call (the
         # next call sets its own), so a thread serving one org keeps its search_path.
         if connection.schema_name != org.schema_name:
@@ -99,7 +98,6 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             verify_schema(org)
         return fn(*args, **kwargs)
 
-    events.bind_loop()
     return await _db_pool().run(call)
 
 
@@ -112,11 +110,9 @@ async def public_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     after each (CONN_MAX_AGE = 0), so every socket cost PostgreSQL a new backend."""
 
     def call() -> T:
-        _discard_broken_connection()
         with public_schema():
             return fn(*args, **kwargs)
 
-    events.bind_loop()
     return await _db_pool().run(call)
 
 
@@ -129,7 +125,8 @@ class _DbPool:
     bookkeeping cost 50 µs of CPU per call under load, where a plain queue and
     `call_soon_threadsafe` cost 7 µs, and every frame makes one or two calls. The call runs
     in a copy of the caller's context (the org of the log lines, the loop bound by
-    siphera.events), as with sync_to_async.
+    siphera.events), as with sync_to_async, on the thread's connection once one that saw
+    an error has been checked and, if unusable, closed (PITFALLS 5).
     """
 
     def __init__(self, threads: int):
@@ -140,6 +137,7 @@ class _DbPool:
     async def run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        events.bind_loop()  # sync code of the call posts its wake-ups to this loop
         self._jobs.put((loop, future, contextvars.copy_context(), fn))
         return await future
 
@@ -147,6 +145,7 @@ class _DbPool:
         while True:
             loop, future, context, fn = self._jobs.get()
             try:
+                _discard_broken_connection()
                 outcome = (context.run(fn), None)
             except BaseException as exc:  # handed to the awaiting coroutine
                 outcome = (None, exc)
