@@ -68,6 +68,10 @@ class Conversation(models.Model):
     created_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     last_seq = models.BigIntegerField(default=0)
+    # The seq of the conversation's last event (membership changes among them). A send
+    # that read the members in a snapshot older than this event must read them again
+    # (messaging.services.delivery._insert_sql).
+    last_event_seq = models.BigIntegerField(default=0)
     retention_days = models.PositiveIntegerField(null=True)  # overrides the org policy
 
     class Meta:

@@ -245,7 +245,9 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
     conversation, and `mentions` are members. They are the rules `_send_locked` explains
     when one fails, so that this statement, run first without any lock, never accepts
     what the locked path would refuse. The conversation row's update takes the lock that
-    orders sends (seq) and membership changes."""
+    orders sends (seq) and membership changes, and stores nothing if an event committed
+    since the snapshot the rules were read in (a removed member would otherwise be queued a
+    message that comes after their removal): the locked path then reads them again."""
     db = _this_threads_connection()
     fields = _insert_fields()
     values = [f.get_db_prep_save(f.pre_save(message, True), db) for f in fields]
@@ -304,7 +306,9 @@ def _insert_sql() -> str:
     placeholders = ", ".join(f"%(c{i})s" for i in range(len(fields)))
     return (
         "WITH p AS (SELECT %(conversation)s::uuid AS conversation, %(sender)s::uuid AS sender,"
-        "           %(client_id)s::uuid AS client_id, %(sender_device)s::integer AS sender_device),"
+        "           %(client_id)s::uuid AS client_id, %(sender_device)s::integer AS sender_device,"
+        "           (SELECT c.last_event_seq FROM messaging_conversation c"
+        "            WHERE c.id = %(conversation)s::uuid) AS event_seq),"
         " devices AS (SELECT d.id, d.user_id, d.device_id FROM p"
         "   JOIN messaging_member m ON m.conversation_id = p.conversation"
         "   JOIN accounts_device d ON d.user_id = m.user_id AND d.revoked_at IS NULL"
@@ -337,6 +341,10 @@ def _insert_sql() -> str:
         "   AS holds),"
         " s AS (UPDATE messaging_conversation SET last_seq = last_seq + 1"
         "       WHERE id = (SELECT conversation FROM p) AND (SELECT holds FROM ok)"
+        # no event (a membership change) committed since this statement's snapshot, which
+        # read the members: if one did while it waited for the row, its members are stale
+        # (PostgreSQL checks this against the row as the lock found it)
+        "       AND last_event_seq = (SELECT event_seq FROM p)"
         "       RETURNING last_seq),"
         f" m AS (INSERT INTO messaging_message ({columns}, seq)"
         f"       SELECT {placeholders}, s.last_seq FROM s RETURNING id, seq),"
@@ -420,8 +428,9 @@ def do_append_event(
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE messaging_conversation SET last_seq = last_seq + 1 WHERE id = %s"
-                " RETURNING last_seq",
+                "UPDATE messaging_conversation"
+                " SET last_seq = last_seq + 1, last_event_seq = last_seq + 1"
+                " WHERE id = %s RETURNING last_seq",
                 [conversation.pk],
             )
             (seq,) = cursor.fetchone()

@@ -494,3 +494,81 @@ async def test_acks_of_many_sockets_at_once_delete_each_devices_own_rows_only(
     assert _queued(org_a, bobs[0]) == 3
     assert [_queued(org_a, bob) for bob in bobs[1:]] == [0, 0, 0]
     assert _queued(org_b, dave) == 0
+
+
+def _sends_waiting_for_a_lock() -> int:
+    with connection.cursor() as cursor:
+        # (inside a transaction, pg_stat_activity answers from its first snapshot)
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def _send_while_a_change_commits(org, sender, cid, change):
+    """Send a body from `sender` while `change` (a membership change) holds the
+    conversation's lock uncommitted; commit once the send waits for it. The send read the
+    members before the change committed. Returns the send's response."""
+    import threading
+    import time
+
+    from django.db import transaction
+
+    from messaging.models import Conversation
+
+    answer = {}
+
+    def run():
+        with transaction.atomic():
+            change(Conversation.objects.get(pk=cid))
+            thread = threading.Thread(
+                target=lambda: answer.setdefault("send", send_body(sender, cid, b"after"))
+            )
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not _sends_waiting_for_a_lock():
+                assert time.monotonic() < deadline, "the send never waited for the lock"
+                time.sleep(0.01)
+        thread.join(15)
+
+    in_tenant(org, run)
+    return answer["send"]
+
+
+def test_a_send_that_waited_for_a_removal_does_not_reach_the_removed_member(org_a, new_session):
+    from messaging.services.conversations import check_remove_member
+
+    alice, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob, carol, kind="group")["id"]
+    sent = _send_while_a_change_commits(
+        org_a,
+        alice,
+        cid,
+        lambda c: check_remove_member(c, carol.user.pk, acting_user=alice.user),
+    )
+    assert sent.status_code == 201 and sent.json()["seq"] == 2  # after the removal (seq 1)
+    assert _seqs_and_events(carol) == [(1, "member.removed")]
+    assert _seqs_and_events(bob) == [(1, "member.removed"), (2, None)]
+
+
+def test_a_send_that_waited_for_an_addition_reaches_the_new_member(org_a, new_session):
+    from messaging.services.conversations import check_add_members
+
+    alice, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob, kind="group")["id"]
+    sent = _send_while_a_change_commits(
+        org_a,
+        alice,
+        cid,
+        lambda c: check_add_members(c, [str(carol.user.pk)], acting_user=alice.user),
+    )
+    assert sent.status_code == 201 and sent.json()["seq"] == 2  # after the addition (seq 1)
+    assert _seqs_and_events(carol) == [(1, "member.added"), (2, None)]
+
+
+def _seqs_and_events(session) -> list[tuple[int, str | None]]:
+    response = session.api.get("/api/v1/messages", params={"limit": 100})
+    assert response.status_code == 200, response.text
+    return [(m["seq"], m.get("event", {}).get("action")) for m in response.json()]
