@@ -18,12 +18,10 @@ processes; any other wake-up, or a gap in the seqs, means a read of the queue.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 
-from rest_framework.exceptions import ValidationError
-
+from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import delivery, receipts
 from orgs.roles import Perm, frame_perm
 from siphera.api_errors import ApiError
@@ -41,16 +39,6 @@ def _uuid(value, field: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise FrameError("invalid_frame", f"`{field}` must be a UUID.") from None
-
-
-@functools.cache
-def _send_form():
-    # The REST endpoint's serializer, built once: its fields are deep-copied per instance,
-    # which cost more than the rest of the frame. run_validation keeps no state between
-    # calls, and frames are parsed on the event loop's thread only.
-    from messaging.api.conversation_serializers import MessageSendSerializer
-
-    return MessageSendSerializer()
 
 
 class _AckBatches:
@@ -254,12 +242,10 @@ class MessagingFrames:
     async def frame_send(self, frame):
         """Send a message over the socket (same rules as POST .../messages); answered with
         `sent` {ref, id, seq, ts} or an `error` frame carrying missing/extra/stale."""
-        form = _send_form()
         try:
-            data = form.run_validation(frame)
-        except ValidationError as exc:
-            field, errors = next(iter(exc.detail.items()))
-            raise FrameError("invalid_request", f"{field}: {errors[0]}") from None
+            fields = parse_send(frame)
+        except SendFormError as exc:
+            raise FrameError("invalid_request", str(exc)) from None
         conversation = _uuid(frame.get("conversation"), "conversation")
         try:
             result = await tenant_db(
@@ -268,7 +254,7 @@ class MessagingFrames:
                 conversation_id=conversation,
                 sender=self.device.user,
                 sender_device_id=self.device.device_id,
-                **form.kwargs_from(data),
+                **fields,
             )
         except ApiError as exc:
             error = {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}

@@ -1,6 +1,5 @@
 from rest_framework import serializers
 
-from messaging.services.delivery import Envelope
 from orgs.api.fields import Base64Field
 
 
@@ -39,6 +38,9 @@ class EnvelopeSerializer(serializers.Serializer):
 
 
 class MessageSendSerializer(serializers.Serializer):
+    """A send's fields, as the OpenAPI schema shows them. Only a description: the fields
+    are checked by messaging.api.send_form.parse_send, for REST and WebSocket alike."""
+
     client_id = serializers.UUIDField()
     body = Base64Field(required=False, allow_null=True)
     envelopes = EnvelopeSerializer(many=True, required=False, allow_null=True, max_length=10000)
@@ -48,30 +50,6 @@ class MessageSendSerializer(serializers.Serializer):
     attachments = serializers.ListField(
         child=serializers.UUIDField(), required=False, max_length=32
     )
-
-    def to_kwargs(self) -> dict:
-        return self.kwargs_from(self.validated_data)
-
-    @staticmethod
-    def kwargs_from(data: dict) -> dict:
-        """check_send_message's keyword arguments from validated data."""
-        envelopes = data.get("envelopes")
-        return {
-            "client_id": data["client_id"],
-            "body": data.get("body"),
-            "envelopes": None
-            if envelopes is None
-            else [
-                Envelope(
-                    user_id=e["user_id"], device_id=e["device_id"], type=e["type"], body=e["body"]
-                )
-                for e in envelopes
-            ],
-            "thread": data.get("thread"),
-            "refers_to": data.get("refers_to"),
-            "mentions": [str(m) for m in data.get("mentions", [])],
-            "attachments": [str(a) for a in data.get("attachments", [])],
-        }
 
 
 class MessageAcceptedSerializer(serializers.Serializer):

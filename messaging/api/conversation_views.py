@@ -2,10 +2,12 @@
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from messaging.api import conversation_serializers as s
+from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import conversations, delivery
 from orgs.api.permissions import require
 from orgs.roles import Perm
@@ -134,13 +136,15 @@ class MessagesView(APIView):
         tags=["messages"],
     )
     def post(self, request, conversation_id):
-        form = s.MessageSendSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
+        try:
+            fields = parse_send(request.data)
+        except SendFormError as exc:
+            raise ValidationError({exc.field: [exc.message]}) from None
         result = delivery.check_send_message(
             conversation_id=_uuid_or_404(conversation_id),
             sender=request.user,
             sender_device_id=request.auth.device_id,
-            **form.to_kwargs(),
+            **fields,
         )
         return Response(result.payload(), status=status.HTTP_201_CREATED)
 

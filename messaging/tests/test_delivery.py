@@ -156,6 +156,89 @@ def test_bad_message_input_gets_clear_400s(org_a, new_session):
     assert send_body(alice, uuid.uuid4()).status_code == 404
 
 
+ANY_ID = str(uuid.uuid4())  # nothing is stored, so every case may use it
+MALFORMED_SENDS = [
+    # (a send, the field its 400 names)
+    ({}, "client_id"),
+    ({"client_id": 7, "body": b64(b"x")}, "client_id"),
+    ({"client_id": ANY_ID, "body": "not base64!"}, "body"),
+    ({"client_id": ANY_ID, "body": b64(b"x"), "mentions": "everyone"}, "mentions"),
+    ({"client_id": ANY_ID, "body": b64(b"x"), "mentions": ["not-a-uuid"]}, "mentions[0]"),
+    (
+        {"client_id": ANY_ID, "body": b64(b"x"), "attachments": [str(uuid.uuid4())] * 33},
+        "attachments",
+    ),
+    ({"client_id": ANY_ID, "body": b64(b"x"), "thread": "t"}, "thread"),
+    ({"client_id": ANY_ID, "envelopes": {"user_id": "x"}}, "envelopes"),
+    ({"client_id": ANY_ID, "envelopes": ["x"]}, "envelopes[0]"),
+    (
+        {"client_id": ANY_ID, "envelopes": [{"user_id": "u", "device_id": 1, "type": 1}]},
+        "envelopes[0].body",
+    ),
+    (
+        {
+            "client_id": ANY_ID,
+            "envelopes": [{"user_id": "", "device_id": 1, "type": 1, "body": ""}],
+        },
+        "envelopes[0].user_id",
+    ),
+    (
+        {
+            "client_id": ANY_ID,
+            "envelopes": [{"user_id": "u", "device_id": 0, "type": 1, "body": ""}],
+        },
+        "envelopes[0].device_id",
+    ),
+    (
+        {
+            "client_id": ANY_ID,
+            "envelopes": [{"user_id": "u", "device_id": True, "type": 1, "body": ""}],
+        },
+        "envelopes[0].device_id",
+    ),
+    (
+        {
+            "client_id": ANY_ID,
+            "envelopes": [{"user_id": "u", "device_id": 1, "type": 256, "body": ""}],
+        },
+        "envelopes[0].type",
+    ),
+]
+
+
+def test_a_malformed_send_is_a_400_naming_the_field_and_stores_nothing(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    url = f"/api/v1/conversations/{cid}/messages"
+    for fields, field in MALFORMED_SENDS:
+        response = alice.api.post(url, json=fields)
+        assert response.status_code == 400, (fields, response.text)
+        error = response.json()
+        assert error["error"]["code"] == "invalid_request"
+        assert list(error["fields"]) == [field], (fields, error)
+        assert error["error"]["message"].startswith(f"{field}: ")
+    assert alice.api.post(url, json=["not", "an", "object"]).status_code == 400
+    assert _stored(org_a, cid) == 0 and _queued(org_a, bob) == 0
+
+
+async def test_a_malformed_send_frame_is_an_error_frame_naming_the_field(
+    server, org_a, new_session
+):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    async with await authed_socket(server, alice) as ws:
+        await recv_type(ws, "queue.empty")
+        for i, (fields, field) in enumerate(MALFORMED_SENDS):
+            await send(ws, {"type": "send", "ref": f"m{i}", "conversation": cid} | fields)
+            error = await recv_type(ws, "error")
+            assert error["code"] == "invalid_request", (fields, error)
+            assert error["message"].startswith(f"{field}: "), (fields, error)
+        # the socket still works
+        await send(ws, _send_frame(cid, "ok", body=b64(b"fine")))
+        assert (await recv_type(ws, "sent"))["seq"] == 1
+    assert _queued(org_a, bob) == 1
+
+
 def test_threads_and_references_point_into_the_same_conversation(org_a, new_session):
     alice, bob = new_session(org_a), new_session(org_a)
     cid = start_conversation(alice, bob)["id"]

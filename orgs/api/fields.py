@@ -22,11 +22,9 @@ class Base64Field(serializers.Field):
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
         try:
-            raw = base64.b64decode(data.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raw = from_b64(data)
+        except ValueError:
             self.fail("invalid")
         if self.max_bytes is not None and len(raw) > self.max_bytes:
             self.fail("too_long", max=self.max_bytes)
@@ -34,6 +32,16 @@ class Base64Field(serializers.Field):
 
     def to_representation(self, value):
         return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def from_b64(data) -> bytes:
+    """The bytes of a standard base64 string; ValueError for anything else."""
+    if not isinstance(data, str):
+        raise ValueError("not a string")
+    try:
+        return base64.b64decode(data.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def b64(value) -> str | None:
