@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 
+import orjson
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -136,7 +136,7 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            frame = json.loads(raw)
+            frame = orjson.loads(raw)
         except (ValueError, UnicodeDecodeError):
             await self.send_error("malformed_json", "The frame is not valid JSON.")
             return
@@ -164,7 +164,8 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
         await handler(frame)
 
     async def send_frame(self, frame: dict) -> None:
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        # orjson: a tenth of json.dumps's CPU, and every frame out is encoded here
+        await self.send(text_data=orjson.dumps(frame).decode())
 
     async def send_error(self, code: str, message: str, ref=None) -> None:
         frame = {"type": "error", "code": code, "message": message}
