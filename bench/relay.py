@@ -41,6 +41,8 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -396,7 +398,7 @@ async def receiver_loop(ws, on_message):
         nonlocal pending
         ids, pending = pending, []
         with contextlib.suppress(ConnectionClosed):  # closing: the rest stays queued
-            await ws.send(json.dumps({"type": "ack", "ids": ids}))
+            await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
 
     async def ack_late():
         while True:
@@ -407,7 +409,7 @@ async def receiver_loop(ws, on_message):
     timer = asyncio.create_task(ack_late())
     try:
         async for raw in ws:
-            frame = json.loads(raw)
+            frame = orjson.loads(raw)
             if frame["type"] == "message":
                 on_message(frame)
                 pending.append(frame["id"])
@@ -428,14 +430,14 @@ async def close_reading(sockets, readers) -> None:
 
 
 def send_frame(conversation: str, body: bytes) -> str:
-    return json.dumps(
+    return orjson.dumps(
         {
             "type": "send",
             "conversation": conversation,
             "client_id": str(uuid.uuid4()),
             "body": base64.b64encode(body).decode(),
         }
-    )
+    ).decode()
 
 
 async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
@@ -456,7 +458,7 @@ async def rate_test(port, pairs, *, window: int, seconds: float, proc) -> dict:
         async def read_replies():
             nonlocal sent
             async for raw in ws:
-                frame = json.loads(raw)
+                frame = orjson.loads(raw)
                 if frame["type"] == "sent":
                     sent += 1
                     credits.release()
