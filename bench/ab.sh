@@ -7,13 +7,14 @@
 # Runs on this VM vary a lot from one minute to the next (README, Benchmarks), so a change
 # is judged on alternating runs of both builds rather than on one run each. Each revision
 # is checked out in its own git worktree under ${TMPDIR:-/tmp} (removed afterwards); both
-# use this checkout's .venv and the same bench database (--keep-db), and
+# use this checkout's .venv, each its own bench database (siphera_bench_ab_a and _b, made
+# afresh in round 1 and kept for the later rounds, so builds may differ in migrations), and
 # bench/results/relay-latest.json is left as it was. REV may be any git revision; use
 # WORKTREE for the working tree with its uncommitted changes. A run that fails is reported
 # with the end of its output and its server's log, the other runs go on, and ab.sh then
 # exits 1; every run's whole output stays in ${TMPDIR:-/tmp}/siphera-ab-logs.*.
 set -euo pipefail
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then usage; exit 0; fi
 if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,7 +52,12 @@ for round in $(seq 1 "$rounds"); do
         read -r label rev dir <<<"$pair"
         echo "== round $round, $label ($rev)"
         log="$logs/round$round-$label.log"
-        if (cd "$dir" && "$python" bench/relay.py --keep-db "$@" >"$log" 2>&1); then
+        # Each build its own database, made afresh in round 1 and kept after: builds with
+        # different migrations cannot share one.
+        keep=(--keep-db)
+        [[ $round == 1 ]] && keep=()
+        db="siphera_bench_ab_${label,,}"
+        if (cd "$dir" && "$python" bench/relay.py --database "$db" "${keep[@]}" "$@" >"$log" 2>&1); then
             grep -v -e '^{' -e '^  idle sockets open' "$log" || true
         else
             echo "ab.sh: this run failed; its output, and the tail of its server's log:" >&2
