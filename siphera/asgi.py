@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP through Django (tenant middleware), WebSocket /ws/v1 through the
 tenant-resolving ASGI middleware and the client consumer."""
 
+import gc
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "siphera.settings")
@@ -23,3 +24,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything loaded so far (Django, the apps, the URL and model registries: about 100,000
+# objects) lives as long as the process. Frozen, the cyclic garbage collector no longer
+# walks it at each full collection, which had stopped the event loop, and every socket of
+# the process, for 106-123 ms at a time in the bench (16 ms once frozen).
+gc.freeze()
