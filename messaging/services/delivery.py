@@ -10,13 +10,22 @@ the queue still holds until the ack: `_wake_with_message_on_commit`.)
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.utils import timezone
+from psycopg.errors import DeadlockDetected
 
 from messaging.error_codes import MessagingError
 from messaging.models import Conversation, Member, Message, QueuedMessage
@@ -27,7 +36,10 @@ from orgs.services.devices import device_group
 from siphera.api_errors import ApiError, not_found
 from siphera.events import send_soon
 
+log = logging.getLogger("siphera.messaging")
+
 MAX_ENVELOPE_BYTES = 96 * 1024
+ACK_DEADLOCK_RETRIES = 3
 MAX_BODY_BYTES = 256 * 1024
 
 
@@ -602,7 +614,11 @@ def do_ack_many(acks) -> int:
     this one statement's transaction; PostgreSQL's WAL writer flushes it within a few
     hundred ms). A crash in that moment loses the ack, never a message: the message is
     delivered again, which delivery at least once allows (clients de-duplicate by id).
-    Waiting for the flush made every ack queue behind the sends' commits."""
+    Waiting for the flush made every ack queue behind the sends' commits.
+
+    A deadlock with another statement deleting the same rows is retried (up to
+    ACK_DEADLOCK_RETRIES times): the bench saw one between a batch of acks and a bulk
+    delete of the queue."""
     devices, ids = [], []
     for device_pk, message_ids in acks:
         for raw in message_ids:
@@ -613,6 +629,23 @@ def do_ack_many(acks) -> int:
             devices.append(device_pk)
     if not ids:
         return 0
+    retries = 0
+    while True:
+        try:
+            return _delete_acked(devices, ids)
+        except OperationalError as exc:
+            # Another statement deleting some of the same rows in another order (a
+            # retention purge, a revoked device's queue): PostgreSQL aborts one of the two.
+            # Deleting again is harmless (rows gone are ignored), and a failed batch would
+            # fail the ack of every socket in it.
+            retries += 1
+            deadlock = isinstance(exc.__cause__, DeadlockDetected)
+            if not deadlock or retries > ACK_DEADLOCK_RETRIES or connection.in_atomic_block:
+                raise
+            log.warning("ack.deadlock_retried", extra={"retry": retries})
+
+
+def _delete_acked(devices: list[int], ids: list[uuid.UUID]) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             # Each pair is looked up on its own (the LATERAL subquery, kept apart by OFFSET

@@ -579,7 +579,7 @@ async def test_acks_of_many_sockets_at_once_delete_each_devices_own_rows_only(
     assert _queued(org_b, dave) == 0
 
 
-def _sends_waiting_for_a_lock() -> int:
+def _backends_waiting_for_a_lock() -> int:
     with connection.cursor() as cursor:
         # (inside a transaction, pg_stat_activity answers from its first snapshot)
         cursor.execute("SELECT pg_stat_clear_snapshot()")
@@ -611,7 +611,7 @@ def _send_while_a_change_commits(org, sender, cid, change):
             )
             thread.start()
             deadline = time.monotonic() + 10
-            while not _sends_waiting_for_a_lock():
+            while not _backends_waiting_for_a_lock():
                 assert time.monotonic() < deadline, "the send never waited for the lock"
                 time.sleep(0.01)
         thread.join(15)
@@ -655,3 +655,50 @@ def _seqs_and_events(session) -> list[tuple[int, str | None]]:
     response = session.api.get("/api/v1/messages", params={"limit": 100})
     assert response.status_code == 200, response.text
     return [(m["seq"], m.get("event", {}).get("action")) for m in response.json()]
+
+
+def test_an_ack_that_deadlocks_with_another_delete_is_retried(org_a, new_session):
+    """A batch of acks and another statement deleting the same queue rows in the other
+    order: PostgreSQL aborts the ack (it waited first), and the ack is deleted again
+    rather than failing every socket of its batch."""
+    import threading
+    import time
+
+    from django.db import transaction
+
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob)["id"]
+    first, second = (send_body(alice, cid).json()["id"] for _ in range(2))
+    device_pk = in_tenant(
+        org_a,
+        lambda: QueuedMessage.objects.filter(message_id=first).values_list("device_id", flat=True)[
+            0
+        ],
+    )
+    outcome = {}
+
+    def ack_both():
+        try:
+            outcome["deleted"] = in_tenant(
+                org_a, delivery.do_ack_many, [(device_pk, [first, second])]
+            )
+        except Exception as exc:  # the test's verdict, below
+            outcome["error"] = exc
+
+    def other_delete_in_the_other_order():
+        queue = QueuedMessage.objects.filter(device_id=device_pk)
+        with transaction.atomic():
+            queue.filter(message_id=second).delete()  # holds the second row
+            acker = threading.Thread(target=ack_both)
+            acker.start()  # deletes the first row, then waits for the second
+            deadline = time.monotonic() + 10
+            while not _backends_waiting_for_a_lock():
+                assert time.monotonic() < deadline, "the ack never waited"
+                time.sleep(0.01)
+            queue.filter(message_id=first).delete()  # waits for the ack: a deadlock
+        acker.join(15)
+
+    in_tenant(org_a, other_delete_in_the_other_order)
+    assert "error" not in outcome, outcome
+    assert outcome["deleted"] == 0  # the other delete, committed first, took both
+    assert _queued(org_a, bob) == 0
