@@ -18,6 +18,7 @@ class MessagingError(StrEnum):
     EMPTY_ATTACHMENT = "empty_attachment"  # 400: no bytes
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: not application/octet-stream
     INVALID_ATTACHMENT = "invalid_attachment"  # 400: not the sender's, or bound elsewhere
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # 503: the blob store failed; try again
     # retention and legal holds
     INVALID_RETENTION = "invalid_retention"  # 400: days out of range
     RETENTION_EXCEEDS_POLICY = "retention_exceeds_policy"  # 403: longer than the org allows

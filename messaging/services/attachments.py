@@ -38,6 +38,8 @@ log = logging.getLogger("siphera.attachments")
 
 CONTENT_TYPE = "application/octet-stream"
 CHUNK_BYTES = 256 * 1024
+# Retry-After of a 503 when the blob store fails.
+STORAGE_RETRY_AFTER_SECONDS = 30
 MAX_PER_MESSAGE = 32
 
 
@@ -148,6 +150,11 @@ def check_upload(
     except _TooLarge:
         _discard(attachment)
         raise too_large(limit) from None
+    except Exception:
+        # The blob store (disk, S3 bucket) failed: the client may try again later.
+        log.exception("attachment storage failed", extra={"attachment": str(attachment.pk)})
+        _discard(attachment)
+        raise storage_unavailable() from None
     except BaseException:
         _discard(attachment)
         raise
@@ -167,12 +174,29 @@ def check_upload(
     return attachment
 
 
+def storage_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        MessagingError.STORAGE_UNAVAILABLE,
+        "Attachment storage is unavailable; nothing was stored. Try again later.",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def _discard(attachment: Attachment) -> None:
-    """Remove a failed upload: the (partial) blob, then its row."""
+    """Remove a failed upload: the (partial) blob, then its row. If the blob cannot be
+    deleted (the store is down), the row stays, incomplete and invisible, and the purge of
+    never-sent uploads deletes both later: a blob is never left without its row."""
     try:
         storage().delete(attachment.storage_name)
-    finally:
-        Attachment.objects.filter(pk=attachment.pk).delete()
+    except Exception:
+        log.warning(
+            "partial attachment blob not deleted; the unsent-upload purge will retry",
+            extra={"attachment": str(attachment.pk)},
+            exc_info=True,
+        )
+        return
+    Attachment.objects.filter(pk=attachment.pk).delete()
 
 
 def upload_payload(attachment: Attachment) -> dict:
@@ -204,12 +228,16 @@ def access_attachment(user: User, attachment_id) -> Attachment:
 
 def open_blob(attachment: Attachment):
     """The stored bytes as a file object (read in chunks by the response); 404 if the blob
-    is missing from storage (logged: it should not happen)."""
+    is missing from storage (logged: it should not happen), 503 if the store fails (S3
+    checks the object when it is opened, before the response has begun)."""
     try:
         return storage().open(attachment.storage_name, "rb")
     except FileNotFoundError:
         log.warning("attachment blob missing", extra={"attachment": str(attachment.pk)})
         raise not_found("No such attachment.") from None
+    except Exception:
+        log.exception("attachment storage failed", extra={"attachment": str(attachment.pk)})
+        raise storage_unavailable() from None
 
 
 # --- binding to messages (inside the send transaction) ------------------------------------
