@@ -151,10 +151,9 @@ def check_upload(
         _discard(attachment)
         raise too_large(limit) from None
     except Exception:
-        # The blob store (disk, S3 bucket) failed: the client may try again later.
-        log.exception("attachment storage failed", extra={"attachment": str(attachment.pk)})
+        error = storage_unavailable(attachment)
         _discard(attachment)
-        raise storage_unavailable() from None
+        raise error from None
     except BaseException:
         _discard(attachment)
         raise
@@ -174,7 +173,10 @@ def check_upload(
     return attachment
 
 
-def storage_unavailable() -> ApiError:
+def storage_unavailable(attachment: Attachment) -> ApiError:
+    """The 503 for a failure of the blob store (disk, S3 bucket) with `attachment`; logs
+    the exception being handled. The client may try again later."""
+    log.exception("attachment storage failed", extra={"attachment": str(attachment.pk)})
     return ApiError(
         503,
         MessagingError.STORAGE_UNAVAILABLE,
@@ -236,8 +238,7 @@ def open_blob(attachment: Attachment):
         log.warning("attachment blob missing", extra={"attachment": str(attachment.pk)})
         raise not_found("No such attachment.") from None
     except Exception:
-        log.exception("attachment storage failed", extra={"attachment": str(attachment.pk)})
-        raise storage_unavailable() from None
+        raise storage_unavailable(attachment) from None
 
 
 # --- binding to messages (inside the send transaction) ------------------------------------

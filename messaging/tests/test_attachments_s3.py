@@ -8,7 +8,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import boto3
@@ -22,7 +21,7 @@ from messaging.models import Attachment, Member, Message
 from messaging.services import retention
 from orgs.services import audit
 from siphera.tenancy import in_tenant
-from tests.fixtures import Api, _free_port, host_of, server_with_env
+from tests.fixtures import Api, _free_port, _wait_http, host_of, server_with_env
 
 from .helpers import send_body, start_conversation
 
@@ -46,16 +45,8 @@ def s3_endpoint(tmp_path_factory):
         )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        client = _client(endpoint)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"moto server did not start:\n{log_path.read_text()}")
-                time.sleep(0.2)
+        _wait_http(f"{endpoint}/moto-api/", proc, log_path)
+        _client(endpoint).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
         proc.terminate()
