@@ -29,6 +29,9 @@ class Perm(StrEnum):
     COMPLIANCE_MANAGE = "compliance.manage"  # retention policy, legal holds
     MESSAGING_USE = "messaging.use"  # conversations, messages, keys, receipts, typing
     GROUPS_CREATE = "groups.create"  # start group conversations
+    CALLS_USE = "calls.use"  # place and answer calls, join group calls, TURN credentials
+    CALLS_VIEW = "calls.view"  # the org's call records (metadata only), every user's
+    CALLS_MANAGE = "calls.manage"  # moderate group calls: list and remove participants
 
 
 PERM_LABELS: dict[Perm, str] = {
@@ -49,6 +52,9 @@ PERM_LABELS: dict[Perm, str] = {
     Perm.COMPLIANCE_MANAGE: "Manage retention and legal holds",
     Perm.MESSAGING_USE: "Send and receive messages",
     Perm.GROUPS_CREATE: "Start group conversations",
+    Perm.CALLS_USE: "Place and answer voice and video calls",
+    Perm.CALLS_VIEW: "See the organisation's call records",
+    Perm.CALLS_MANAGE: "Moderate group calls (list and remove participants)",
 }
 
 OWNER = "owner"
@@ -58,7 +64,13 @@ _ALL = frozenset(Perm)
 # manages guests also holds every code a guest has (nobody changes a user holding a code
 # they lack).
 _MEMBER = frozenset(
-    {Perm.MESSAGING_USE, Perm.GROUPS_CREATE, Perm.DIRECTORY_VIEW, Perm.DIRECTORY_CONTACTS}
+    {
+        Perm.MESSAGING_USE,
+        Perm.GROUPS_CREATE,
+        Perm.DIRECTORY_VIEW,
+        Perm.DIRECTORY_CONTACTS,
+        Perm.CALLS_USE,
+    }
 )
 _PORTAL = _MEMBER | {Perm.PORTAL_ACCESS}
 
@@ -76,7 +88,13 @@ BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
     },
     "billing_admin": _PORTAL | {Perm.BILLING_MANAGE},
     "compliance_officer": _PORTAL
-    | {Perm.USERS_VIEW, Perm.AUDIT_VIEW, Perm.AUDIT_EXPORT, Perm.COMPLIANCE_MANAGE},
+    | {
+        Perm.USERS_VIEW,
+        Perm.AUDIT_VIEW,
+        Perm.AUDIT_EXPORT,
+        Perm.COMPLIANCE_MANAGE,
+        Perm.CALLS_VIEW,
+    },
     "security_desk": _PORTAL
     | {
         Perm.USERS_VIEW,
@@ -87,7 +105,7 @@ BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
     },
     "member": _MEMBER,
     # Guests talk to the people they were put in touch with, and see no one else.
-    "guest": frozenset({Perm.MESSAGING_USE, Perm.DIRECTORY_CONTACTS}),
+    "guest": frozenset({Perm.MESSAGING_USE, Perm.DIRECTORY_CONTACTS, Perm.CALLS_USE}),
 }
 
 BUILTIN_LABELS: dict[str, str] = {

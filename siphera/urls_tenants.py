@@ -7,6 +7,7 @@ api_v1 = [
     path("", include("orgs.api.urls")),
     path("", include("messaging.api.urls")),
     path("", include("messaging.api.conversation_urls")),
+    path("", include("calls.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
