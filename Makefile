@@ -1,5 +1,6 @@
 # Siphera developer commands. `make run` and `make test` work on a fresh machine: they
 # create .venv, ensure PostgreSQL and Redis run (starting or installing them), then act.
+# `make test` also installs Chromium (browser test) and coturn (TURN tests) when missing.
 # Settings come from the environment (README: Configuration), e.g.
 #   make run PORT=8001 DATABASE_URL=postgres://postgres@127.0.0.1:5432/siphera_dev
 
@@ -10,12 +11,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint format bench clean services stop-local venv chromium
+.PHONY: help run test lint format bench clean services stop-local venv chromium coturn
 
 help:
 	@echo "make run         set up, migrate, seed the demo org, run web + worker + beat"
 	@echo "make test        set up, then run the whole test suite (pytest)"
-	@echo "make lint        ruff check + ruff format --check, bash -n on scripts"
+	@echo "make lint        ruff, import layers (lint-imports), bash -n on scripts"
 	@echo "make format      ruff format + ruff check --fix"
 	@echo "make bench       run bench/*.py: relay rate, latency, 10k idle sockets (~5 min)"
 	@echo "make clean       remove caches, collected static files and logs (keeps .venv, data)"
@@ -30,18 +31,22 @@ services:
 chromium:
 	@scripts/ensure_chromium.sh
 
+coturn:
+	@scripts/ensure_coturn.sh
+
 run: venv services
 	@exec scripts/run.sh
 
 # PYTEST_ARGS passes options through, e.g. make test PYTEST_ARGS="-k websocket -x".
 # pytest's own exit code is reported by make ("Error 5" when no test ran) and fails the run.
-test: venv services chromium
+test: venv services chromium coturn
 	@echo "==> Running the test suite (real PostgreSQL, Redis, uvicorn and Celery worker)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	@for f in scripts/*.sh bench/*.sh .ci/run; do bash -n "$$f" || exit 1; done
 
 format: venv

@@ -125,9 +125,9 @@ def prepare_org(device_count: int, pair_count: int):
     from django.core.management import call_command
 
     from messaging.services import conversations, keys
+    from messaging.services.devices import do_register_device
     from orgs.models import Org
     from orgs.services import audit
-    from orgs.services.devices import do_register_device
     from orgs.services.orgs import check_create_org
     from orgs.services.users import check_create_user
     from siphera.tenancy import in_tenant, public_schema

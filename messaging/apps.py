@@ -6,3 +6,14 @@ class MessagingConfig(AppConfig):
 
     name = "messaging"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from messaging.consumers import MessagingSocket
+        from messaging.services.conversations import share_a_conversation
+        from messaging.services.devices import on_device_revoked
+        from orgs import hooks
+        from siphera import sockets
+
+        sockets.register(MessagingSocket)
+        hooks.device_revoked.register(on_device_revoked)
+        hooks.are_contacts.register(share_a_conversation)

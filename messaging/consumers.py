@@ -1,4 +1,5 @@
-"""Messaging frames of the client WebSocket, mixed into orgs.consumers.ClientConsumer.
+"""Messaging's part of the client WebSocket (siphera.consumer), registered in
+MessagingConfig.ready(): the `send`, `ack`, `receipt` and `typing` frames and delivery.
 
 Delivery: after `ready` the socket drains the device's queue from PostgreSQL oldest first,
 sends `queue.empty`, then keeps reading the queue whenever a `queue.wake` arrives. Live
@@ -23,7 +24,8 @@ import uuid
 
 from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import delivery, receipts
-from orgs.roles import Perm, frame_perm
+from orgs.roles import Perm
+from siphera import sockets
 from siphera.api_errors import ApiError
 from siphera.tenancy import tenant_db
 from siphera.ws import FrameError
@@ -93,11 +95,13 @@ def _acks() -> _AckBatches:
     return batches
 
 
-class MessagingFrames:
+class MessagingSocket(sockets.Extension):
+    """A device's delivery on one socket: its queue drain, window and live hand-overs."""
+
+    name = "messaging"
     _delivery_task: asyncio.Task | None = None
 
-    async def after_ready(self) -> None:
-        await super().after_ready()
+    async def ready(self) -> None:
         self._in_flight: dict[str, int] = {}  # message id -> queue id, sent and unacked
         # conversation -> the seq up to which every message of it queued for this device
         # has been sent on this socket (read from the queue, handed over, or our own)
@@ -118,12 +122,11 @@ class MessagingFrames:
         self._read_needed = True
         self._wake.set()
 
-    async def disconnect(self, code):
+    async def closed(self) -> None:
         if self._delivery_task is not None:
             self._delivery_task.cancel()
             for handle in self._rechecks:
                 handle.cancel()
-        await super().disconnect(code)
 
     async def _deliver(self) -> None:
         drained = False
@@ -131,7 +134,7 @@ class MessagingFrames:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if Perm.MESSAGING_USE not in self.codes:
+                if Perm.MESSAGING_USE not in self.socket.codes:
                     # The role may not read messages (its acks would be refused and the
                     # window would jam): hold the queue until the codes change.
                     self._handed.clear()
@@ -162,7 +165,7 @@ class MessagingFrames:
             pass  # the socket closed (an OSError: uvicorn's ClientDisconnected mid-send)
         except Exception:
             log.exception("ws.delivery_failed")
-            await self.close(code=1011)
+            await self.socket.close(code=1011)
 
     async def _send_handed(self, queue_id: int, frame: dict) -> None:
         """Send a message a wake-up handed over, or read the queue if it may not go yet."""
@@ -189,8 +192,8 @@ class MessagingFrames:
         await self.send_frame(frame)
 
     # --- client frames ---------------------------------------------------------------
-    @frame_perm(Perm.MESSAGING_USE)
-    async def frame_ack(self, frame):
+    @sockets.frame("ack", perm=Perm.MESSAGING_USE)
+    async def ack(self, frame):
         ids = frame.get("ids")
         if not isinstance(ids, list) or len(ids) > 1000:
             raise FrameError("invalid_frame", "`ids` is a list of at most 1000 message ids.")
@@ -201,8 +204,8 @@ class MessagingFrames:
         if was_full:
             self._read_soon()  # the window had closed: send what waited behind it
 
-    @frame_perm(Perm.MESSAGING_USE)
-    async def frame_receipt(self, frame):
+    @sockets.frame("receipt", perm=Perm.MESSAGING_USE)
+    async def receipt(self, frame):
         seq = frame.get("up_to_seq")
         if not isinstance(seq, int) or seq < 0:
             raise FrameError("invalid_frame", "`up_to_seq` is a non-negative integer.")
@@ -223,8 +226,8 @@ class MessagingFrames:
     async def _read_receipts_enabled(self) -> bool:
         return await tenant_db(self.org, receipts.read_receipts_enabled)
 
-    @frame_perm(Perm.MESSAGING_USE)
-    async def frame_typing(self, frame):
+    @sockets.frame("typing", perm=Perm.MESSAGING_USE)
+    async def typing(self, frame):
         conversation = _uuid(frame.get("conversation"), "conversation")
         try:
             await tenant_db(
@@ -238,8 +241,8 @@ class MessagingFrames:
         except ApiError as exc:
             raise FrameError(exc.code, exc.message) from None
 
-    @frame_perm(Perm.MESSAGING_USE)
-    async def frame_send(self, frame):
+    @sockets.frame("send", perm=Perm.MESSAGING_USE)
+    async def send(self, frame):
         """Send a message over the socket (same rules as POST .../messages); answered with
         `sent` {ref, id, seq, ts} or an `error` frame carrying missing/extra/stale."""
         try:
@@ -272,14 +275,15 @@ class MessagingFrames:
     def codes_changed(self) -> None:
         """The socket's permission codes were reloaded: read the queue again (it may have
         been held for want of `messaging.use`)."""
-        super().codes_changed()
         if self._delivery_task is not None:
             self._read_soon()
 
     # --- channel-layer events --------------------------------------------------------
+    @sockets.event("queue.wake")
     async def queue_wake(self, event):
         self.local_queue_wake(event)
 
+    @sockets.local_event("queue.wake")
     def local_queue_wake(self, event):
         """A wake-up, from the channel layer (bare) or from a send in this process (with
         the message: siphera.events.send_soon)."""
@@ -291,12 +295,15 @@ class MessagingFrames:
         else:
             self._read_soon()
 
+    @sockets.event("receipt.relay")
     async def receipt_relay(self, event):
         await self.send_frame({k: v for k, v in event.items() if k != "type"} | {"type": "receipt"})
 
+    @sockets.event("typing.relay")
     async def typing_relay(self, event):
         await self.send_frame({k: v for k, v in event.items() if k != "type"} | {"type": "typing"})
 
+    @sockets.event("keys.low")
     async def keys_low(self, event):
         """A claim left this device with few one-time prekeys (messaging.services.keys)."""
         await self.send_frame(

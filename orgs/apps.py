@@ -16,3 +16,7 @@ class OrgsConfig(AppConfig):
             ratelimit.limits()
         except ValueError as exc:
             raise ImproperlyConfigured(str(exc)) from exc
+
+        from orgs import consumers
+
+        consumers.register()  # the socket's authenticator and identity's frames

@@ -1,8 +1,8 @@
 """Registry of everything protected by a permission code, read from the declarations
 themselves: DRF views' permission classes (orgs.api.permissions), portal views'
-`portal_perm` / `portal_public` (admin_portal.decorators) and WebSocket frame handlers'
-`frame_perm` (orgs.roles). Nothing is listed by hand, so a new endpoint, page or frame
-joins the permission matrix test (orgs/tests/test_permission_matrix.py) by being declared.
+`portal_perm` / `portal_public` (admin_portal.decorators) and the WebSocket frames of the
+socket registry (siphera.sockets). Nothing is listed by hand, so a new endpoint, page or
+frame joins the permission matrix test (orgs/tests/test_permission_matrix.py) by being declared.
 
 Fail closed: something that declares nothing is listed as UNDECLARED (and refused at run
 time); the matrix test fails while any route is UNDECLARED.
@@ -10,7 +10,6 @@ time); the matrix test fails while any route is UNDECLARED.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -123,18 +122,11 @@ def portal_views() -> list[Endpoint]:
 
 
 def frames() -> list[Endpoint]:
-    """Every client frame type of the WebSocket with the code it requires; a handler
-    without a declaration is listed as requiring None (the test refuses that)."""
-    from orgs.consumers import ClientConsumer
+    """Every client frame type of the WebSocket with the code it requires, read from the
+    socket's registry (siphera.sockets), which every app fills with its frames."""
+    from siphera import sockets
 
-    out = []
-    for name, handler in inspect.getmembers(ClientConsumer, inspect.iscoroutinefunction):
-        if not name.startswith("frame_"):
-            continue
-        frame_type = name[len("frame_") :].replace("_", ".")
-        requires = getattr(handler, "required_perm", None)
-        declared = hasattr(handler, "required_perm")
-        out.append(
-            Endpoint(frame_type, "", (requires or AUTHENTICATED) if declared else UNDECLARED, name)
-        )
-    return out
+    return [
+        Endpoint(spec.type, "", spec.perm or AUTHENTICATED, f"{spec.app}:{spec.type}")
+        for spec in sockets.frames().values()
+    ]

@@ -158,15 +158,3 @@ def codes_for(user) -> frozenset[Perm]:
 def has_perm(user, perm: Perm) -> bool:
     """Whether an active user's role grants `perm`."""
     return perm in codes_for(user)
-
-
-def frame_perm(perm: Perm | None):
-    """Declare the code a WebSocket frame handler needs (None: any authenticated socket).
-    The client consumer refuses undeclared handlers, and the permission registry
-    (orgs.perm_registry) reads the declarations for the permission matrix test."""
-
-    def mark(handler):
-        handler.required_perm = perm
-        return handler
-
-    return mark

@@ -13,7 +13,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from orgs.consumers import ClientConsumer  # noqa: E402
+from siphera.consumer import ClientConsumer  # noqa: E402
 from siphera.ws import TenantWebSocketMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import connection
 from django.http.request import split_domain_port, validate_host
-from django_tenants.utils import get_public_schema_name, schema_context, tenant_context
+from django_tenants.utils import (
+    get_public_schema_name,
+    get_tenant_domain_model,
+    schema_context,
+    tenant_context,
+)
 
 from siphera import events
 
@@ -53,7 +58,7 @@ def org_for_host(host: str):
     The same lookup serves HTTP (middleware) and WebSocket (ASGI middleware): the host must
     pass ALLOWED_HOSTS and be registered as one of the org's domains. Runs in `public`.
     """
-    from orgs.models import Domain
+    Domain = get_tenant_domain_model()  # orgs.Domain: the core names no app
 
     domain = normalize_host(host)
     if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):

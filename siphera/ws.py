@@ -56,9 +56,9 @@ class FrameError(Exception):
 
 
 class JsonFrameConsumer(AsyncWebsocketConsumer):
-    """Parses JSON frames, enforces the frame size limit, and dispatches each frame to
-    `frame_<type>` (dots become underscores). Unknown or malformed frames get an `error`
-    frame with a code; they never close the socket."""
+    """Parses JSON frames, enforces the frame size limit, and hands each frame to
+    `dispatch_frame` (siphera.consumer.ClientConsumer). Malformed frames and frames a
+    handler refuses get an `error` frame with a code; they never close the socket."""
 
     max_frame_bytes = settings.WS_MAX_FRAME_BYTES
 
@@ -120,11 +120,6 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    def local_event(self, event: dict) -> None:
-        """An event from this process (siphera.events.send_soon), on the loop's thread:
-        handled at once by the plain method `local_<type>`, which must not block."""
-        getattr(self, "local_" + get_handler_name(event))(event)
-
     async def receive(self, text_data=None, bytes_data=None):
         org = self.scope.get("tenant")
         org_var.set(org.slug if org else None)
@@ -148,20 +143,16 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
             await self.dispatch_frame(frame)
         except FrameError as exc:
             await self.send_error(exc.code, exc.message, ref=ref)
-
-    def codes_changed(self) -> None:
-        """Hook run when the socket's permission codes were reloaded; app mixins extend it
-        and call super()."""
-
-    async def after_ready(self) -> None:
-        """Hook run once the socket is authenticated; app mixins extend it (messaging
-        starts draining the device queue here) and call super()."""
+        except Exception:
+            # A bug or a failing dependency must not kill the socket without cleanup
+            # (PITFALLS 27): the client hears of it, and the socket goes on.
+            log.exception("ws.frame_failed", extra={"frame_type": frame["type"]})
+            await self.send_error(
+                "internal_error", "The server could not handle this frame.", ref=ref
+            )
 
     async def dispatch_frame(self, frame: dict) -> None:
-        handler = getattr(self, "frame_" + frame["type"].replace(".", "_"), None)
-        if handler is None:
-            raise FrameError("unknown_frame_type", f"Unknown frame type {frame['type']!r}.")
-        await handler(frame)
+        raise NotImplementedError
 
     async def send_frame(self, frame: dict) -> None:
         # orjson: a tenth of json.dumps's CPU, and every frame out is encoded here

@@ -7,13 +7,45 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from messaging.api import serializers as s
-from messaging.services import keys
-from orgs.api.permissions import require
+from messaging.services import devices, keys
+from orgs.api import views as identity_views
+from orgs.api.authentication import grant_from_header
+from orgs.api.permissions import AUTHENTICATED, PUBLIC, require, require_by_method
+from orgs.api.serializers import DeviceCreatedSerializer
 from orgs.roles import Perm
+from orgs.services import audit
 from siphera.api_errors import not_found
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}}')
 MESSAGING = [IsAuthenticated, require(Perm.MESSAGING_USE)]
+
+
+class DevicesView(identity_views.DevicesView):
+    """The caller's devices (GET, identity's view), and registering a device with its
+    public keys (POST), which authenticates with a login grant checked by the service,
+    not a device token."""
+
+    permission_classes = [require_by_method(GET=AUTHENTICATED, POST=PUBLIC)]
+
+    @extend_schema(
+        request=s.DeviceRegistrationSerializer,
+        responses={201: DeviceCreatedSerializer, 401: ERROR, 422: ERROR},
+        tags=["devices"],
+        description="Send `Authorization: Grant <login grant>` (single use).",
+    )
+    def post(self, request):
+        grant = grant_from_header(request)
+        form = s.DeviceRegistrationSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        device, token = devices.check_register_device(
+            grant=grant,
+            name=form.validated_data["name"],
+            bundle=form.to_bundle(),
+            actor=audit.Actor.from_request(request, user=None),
+        )
+        return Response(
+            {"device_id": device.device_id, "token": token}, status=status.HTTP_201_CREATED
+        )
 
 
 class KeysView(APIView):

@@ -139,6 +139,8 @@ def _aimed_at_org_a(world, outsider) -> list[tuple[str, str, str, dict]]:
 # Endpoints that name nothing of another org: they act on the caller's own device or org.
 # What org B sees through them is checked in the test (its lists hold nothing of org A).
 OWN_ORG_ONLY = {
+    ("devices", "GET"),  # the caller's own devices
+    ("devices", "POST"),  # registration with a login grant of this org
     ("keys", "PUT"),
     ("keys-count", "GET"),
     ("conversations", "GET"),
@@ -201,6 +203,7 @@ def test_org_as_token_is_no_token_at_org_bs_host_on_every_endpoint(
     before = _state_of(org_a, org_a_world)
     on_b = Api(server, host_of(org_b), org_a_world["alice"].token)
     requests = [(n, m, p, k) for n, m, p, k in _aimed_at_org_a(org_a_world, outsider)] + [
+        ("devices", "GET", "/api/v1/devices", {}),
         ("keys", "PUT", "/api/v1/keys", {"json": {"one_time_prekeys": []}}),
         ("keys-count", "GET", "/api/v1/keys/count", {}),
         ("conversations", "GET", "/api/v1/conversations", {}),
@@ -218,6 +221,8 @@ def test_org_as_token_is_no_token_at_org_bs_host_on_every_endpoint(
         ("compliance-holds", "GET", "/api/v1/compliance/holds", {}),
     ]
     covered = {(name, method) for name, method, _, _ in requests}
+    # Registration takes a login grant, not a bearer token: checked on its own below.
+    covered.add(("devices", "POST"))
     assert covered == {(n, m) for n, methods in MESSAGING_ROUTES.items() for m in methods}
 
     for _, method, path, kwargs in requests:
@@ -226,6 +231,14 @@ def test_org_as_token_is_no_token_at_org_bs_host_on_every_endpoint(
         # The same answer as for a token that never was, whatever the endpoint.
         assert response.json()["error"]["code"] == "invalid_token", (method, path)
         assert response.headers["www-authenticate"].startswith("Bearer"), path
+
+    # Org A's device token is no login grant at org B (nor anywhere): nothing registered.
+    registration = on_b.post(
+        "/api/v1/devices",
+        json=org_a_world["alice"].keys.registration("stolen"),
+        headers={"Authorization": f"Grant {org_a_world['alice'].token}"},
+    )
+    assert registration.status_code == 401, registration.text
 
     assert _state_of(org_a, org_a_world) == before
     assert outsider.api.get("/api/v1/conversations").json() == []

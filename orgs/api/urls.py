@@ -5,7 +5,6 @@ from orgs.api import admin_views, mfa_views, views
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="auth-login"),
     path("me", views.MeView.as_view(), name="me"),
-    path("devices", views.DevicesView.as_view(), name="devices"),
     path("devices/<int:device_id>", views.DeviceDetailView.as_view(), name="device-detail"),
     path("users", admin_views.UsersView.as_view(), name="users"),
     path("users/<str:user_id>", views.UserDetailView.as_view(), name="user-detail"),

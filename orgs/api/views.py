@@ -6,10 +6,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orgs.api import serializers as s
-from orgs.api.authentication import grant_from_header
 from orgs.api.permissions import (
     AUTHENTICATED,
-    PUBLIC,
     Public,
     require,
     require_any,
@@ -43,34 +41,15 @@ class LoginView(APIView):
 
 
 class DevicesView(APIView):
-    # Registration authenticates with a login grant (checked by the service), not a
-    # device token; listing shows the caller's own devices.
-    permission_classes = [require_by_method(GET=AUTHENTICATED, POST=PUBLIC)]
+    """The caller's own devices. Registration (POST, with the device's keys) is the key
+    directory's: messaging.api.views.DevicesView adds it and is the view routed."""
+
+    permission_classes = [require_by_method(GET=AUTHENTICATED)]
 
     @extend_schema(responses={200: s.DeviceSerializer(many=True)}, tags=["devices"])
     def get(self, request):
         rows = devices.user_devices(request.user)
         return Response(s.DeviceSerializer(rows, many=True).data)
-
-    @extend_schema(
-        request=s.DeviceRegistrationSerializer,
-        responses={201: s.DeviceCreatedSerializer, 401: ERROR, 422: ERROR},
-        tags=["devices"],
-        description="Send `Authorization: Grant <login grant>` (single use).",
-    )
-    def post(self, request):
-        grant = grant_from_header(request)
-        form = s.DeviceRegistrationSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        device, token = devices.check_register_device(
-            grant=grant,
-            name=form.validated_data["name"],
-            bundle=form.to_bundle(),
-            actor=audit.Actor.from_request(request, user=None),
-        )
-        return Response(
-            {"device_id": device.device_id, "token": token}, status=status.HTTP_201_CREATED
-        )
 
 
 class DeviceDetailView(APIView):

@@ -6,33 +6,23 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from messaging.services import keys
+from orgs import hooks
 from orgs.accounts.models import Device, User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, tokens
-from orgs.services.auth import consume_grant
 from siphera.api_errors import not_found
 from siphera.events import notify_on_commit
 from siphera.tenancy import group_name
 
 
-def check_register_device(
-    *, grant: str, name: str, bundle: keys.DeviceKeys, actor: audit.Actor
+def do_create_device(
+    user: User, *, name: str, identity_key: bytes, signing_key: bytes, actor: audit.Actor
 ) -> tuple[Device, str]:
-    """Exchange a login grant for a new device with its public keys.
+    """Create a device of `user` with its identity and signing keys (audited
+    `device.registered`). Its prekeys are the key directory's business: devices register
+    through messaging.services.devices, which calls this in its transaction.
 
-    All or nothing: the grant is consumed only if the keys verify and the device is stored.
-    Returns the device and its bearer token (shown once; only its hash is kept).
-    """
-    keys.verify_bundle(bundle)  # 422 bad_signature before anything is touched
-    with transaction.atomic():
-        user = consume_grant(grant)
-        return do_register_device(user, name=name, bundle=bundle, actor=actor)
-
-
-def do_register_device(
-    user: User, *, name: str, bundle: keys.DeviceKeys, actor: audit.Actor
-) -> tuple[Device, str]:
+    Returns the device and its bearer token (shown once; only its hash is kept)."""
     with transaction.atomic():
         # Lock the user row so concurrent registrations get distinct device ids; ids are
         # never reused (revoked devices keep theirs).
@@ -43,11 +33,10 @@ def do_register_device(
             user=user,
             device_id=highest + 1,
             name=name,
-            identity_key=bundle.identity_key,
-            signing_key=bundle.signing_key,
+            identity_key=identity_key,
+            signing_key=signing_key,
             token_hash=token_hash,
         )
-        keys.do_store_keys(device, bundle)
         audit.record(
             AuditEvent.DEVICE_REGISTERED,
             actor=actor.with_user(user),
@@ -67,15 +56,14 @@ def access_device(user: User, device_id) -> Device:
 
 
 def do_revoke_device(device: Device, *, actor: audit.Actor) -> None:
-    """Revoke a device: its token stops working, its keys and its message queue are
-    deleted, and its live socket is told (`device.revoked`) and closed with 4403 once this
-    commits."""
+    """Revoke a device: its token stops working, the apps drop what they hold for it
+    (orgs.hooks.device_revoked: its keys, its message queue, its calls), and its live
+    socket is told (`device.revoked`) and closed with 4403 once this commits."""
     with transaction.atomic():
         device.revoked_at = timezone.now()
         device.token_hash = None
         device.save(update_fields=["revoked_at", "token_hash"])
-        keys.do_delete_keys(device)
-        _drop_queue(device)
+        hooks.device_revoked(device)
         audit.record(
             AuditEvent.DEVICE_REVOKED,
             actor=actor,
@@ -99,8 +87,7 @@ def do_revoke_user_devices(
             device.revoked_at = timezone.now()
             device.token_hash = None
             device.save(update_fields=["revoked_at", "token_hash"])
-            keys.do_delete_keys(device)
-            _drop_queue(device)
+            hooks.device_revoked(device)
             audit.record(
                 AuditEvent.DEVICE_REVOKED,
                 actor=actor,
@@ -112,13 +99,6 @@ def do_revoke_user_devices(
                 notify_on_commit(device_group(device), {"type": "device.revoked"})
             count += 1
     return count
-
-
-def _drop_queue(device: Device) -> None:
-    # messaging imports this module (device_group), so its service is imported here.
-    from messaging.services.delivery import do_drop_queue
-
-    do_drop_queue(device)
 
 
 def device_group(device: Device, schema: str | None = None) -> str:

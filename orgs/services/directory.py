@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Q, QuerySet
 
+from orgs import hooks
 from orgs.accounts.models import Device, User
 from orgs.roles import Perm, codes_for
 from siphera.api_errors import not_found
@@ -49,15 +50,15 @@ def access_directory_user(viewer: User, user_id) -> User:
     for an unknown id, so nothing confirms that a hidden user exists).
 
     `directory.view` sees everyone in the org; `directory.contacts` alone (guests) sees
-    only themselves and the people they share a conversation with.
+    only themselves and the people they are in touch with (orgs.hooks.are_contacts:
+    messaging says, they share a conversation).
     """
-    from messaging.services.conversations import share_a_conversation
     from orgs.services.users import access_user
 
     user = access_user(user_id)
     codes = codes_for(viewer)
     if Perm.DIRECTORY_VIEW in codes or user.pk == viewer.pk:
         return user
-    if Perm.DIRECTORY_CONTACTS in codes and share_a_conversation(viewer, user):
+    if Perm.DIRECTORY_CONTACTS in codes and hooks.are_contacts.any(viewer, user):
         return user
     raise not_found("No such user.")

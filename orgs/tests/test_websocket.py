@@ -317,9 +317,9 @@ async def test_handshakes_do_not_each_open_a_database_connection(server, org_a, 
 def _device_tokens(org, count: int, per_user: int = 50) -> list[str]:
     import os
 
+    from messaging.services.devices import do_register_device
     from messaging.services.keys import DeviceKeys
     from orgs.services import audit
-    from orgs.services.devices import do_register_device
 
     actor = audit.Actor.system("test")
     tokens = []

@@ -2,10 +2,9 @@
 frame type, error-frame code and close code in the code is documented, and the frame
 table names no handler that does not exist.
 
-Read from the code, not from a list kept here: the `frame_<name>` methods of
-orgs.consumers.ClientConsumer (dots in frame types are underscores in method names:
-`call.invite` <-> `frame_call_invite`), the `CLOSE_*` constants of siphera/ws.py and
-orgs/consumers.py, and the frames and error codes the consumer modules build.
+Read from the code, not from a list kept here: the frame types of the socket's registry
+(siphera.sockets, filled by every app), the `CLOSE_*` constants of the socket modules, and
+the frames and error codes the modules of the registered extensions build.
 Needs no server.
 """
 
@@ -19,13 +18,18 @@ from pathlib import Path
 import pytest
 
 import messaging.consumers
-import orgs.consumers
+import siphera.consumer
 import siphera.ws
-from orgs.consumers import ClientConsumer
+from siphera import sockets
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
-CONSUMER_MODULES = (siphera.ws, orgs.consumers, messaging.consumers)
+CONSUMER_MODULES = tuple(
+    dict.fromkeys(
+        [siphera.ws, siphera.consumer]
+        + [inspect.getmodule(cls) for cls in sockets.registry.extensions]
+    )
+)
 
 
 def _doc() -> str:
@@ -60,17 +64,9 @@ def _table_rows(section: str) -> dict[str, str]:
     return rows
 
 
-def _frame_handlers() -> dict[str, object]:
-    """method name -> handler, for every `frame_<name>` the client consumer dispatches to."""
-    return {
-        name: getattr(ClientConsumer, name)
-        for name in dir(ClientConsumer)
-        if name.startswith("frame_") and callable(getattr(ClientConsumer, name))
-    }
-
-
-def _method_for(frame_type: str) -> str:
-    return "frame_" + frame_type.replace(".", "_")  # as ClientConsumer.dispatch_frame does
+def _frame_handlers() -> dict[str, sockets.FrameSpec]:
+    """frame type -> its registration, for every client frame the socket dispatches."""
+    return dict(sockets.frames())
 
 
 def _trees():
@@ -128,7 +124,7 @@ def _error_codes() -> set[str]:
 
 def _close_codes() -> dict[str, int]:
     codes = {}
-    for module in (siphera.ws, orgs.consumers):
+    for module in CONSUMER_MODULES:
         for name, value in vars(module).items():
             if name.startswith("CLOSE_") and isinstance(value, int):
                 codes[name] = value
@@ -137,7 +133,8 @@ def _close_codes() -> dict[str, int]:
 
 def test_the_harvest_finds_what_it_should():
     """Guards the test itself: an empty harvest would pass everything below."""
-    assert {"frame_auth", "frame_ping", "frame_ack", "frame_send"} <= set(_frame_handlers())
+    assert {"auth", "ping", "ack", "send", "devices"} <= set(_frame_handlers())
+    assert messaging.consumers in CONSUMER_MODULES
     assert {"ready", "queue.empty", "error", "device.revoked"} <= _server_frame_types()
     assert "session.takeover" not in _server_frame_types()  # a channel-layer event
     assert {"malformed_json", "unknown_frame_type", "rate_limited"} <= _error_codes()
@@ -146,32 +143,23 @@ def test_the_harvest_finds_what_it_should():
 
 def test_every_client_frame_handler_is_in_the_client_frame_table():
     documented = _table_rows(_section("5.4 Client → server frames"))
-    missing = [
-        name
-        for name in _frame_handlers()
-        if not any(_method_for(frame_type) == name for frame_type in documented)
-    ]
+    missing = [frame_type for frame_type in _frame_handlers() if frame_type not in documented]
     assert not missing, f"handlers not documented in docs/protocol.md §5.4: {missing}"
 
 
 def test_the_client_frame_table_lists_only_real_handlers():
     documented = _table_rows(_section("5.4 Client → server frames"))
-    ghosts = [t for t in documented if _method_for(t) not in _frame_handlers()]
+    ghosts = [t for t in documented if t not in _frame_handlers()]
     assert not ghosts, f"docs/protocol.md §5.4 lists frames nothing handles: {ghosts}"
 
 
-@pytest.mark.parametrize("method", sorted(_frame_handlers()))
-def test_the_client_frame_table_names_each_frames_permission(method):
-    handler = _frame_handlers()[method]
-    row = next(
-        row
-        for frame_type, row in _table_rows(_section("5.4 Client → server frames")).items()
-        if _method_for(frame_type) == method
-    )
-    perm = getattr(handler, "required_perm", "undeclared")
+@pytest.mark.parametrize("frame_type", sorted(_frame_handlers()))
+def test_the_client_frame_table_names_each_frames_permission(frame_type):
+    perm = _frame_handlers()[frame_type].perm
+    row = _table_rows(_section("5.4 Client → server frames"))[frame_type]
     cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
     expected = "none" if perm is None else f"`{perm}`"
-    assert cells[2] == expected, f"{method}: permission column {cells[2]!r}, code says {perm!r}"
+    assert cells[2] == expected, f"{frame_type}: permission column {cells[2]!r}, code says {perm!r}"
 
 
 def test_every_server_frame_type_is_in_the_server_frame_table():
