@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`, after the virtualenv and services are ensured: migrate, seed the demo org,
 # then run web (uvicorn), worker and beat (Celery) in the foreground until Ctrl-C/SIGTERM,
-# and stop everything it started then, or as soon as one of the three exits.
+# and stop everything it started then, or as soon as one of them exits. With
+# RUN_COTURN=true it also runs a loopback-only coturn (TURN) that web hands credentials for.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -32,6 +33,28 @@ with socket.socket(family) as s:
         sys.exit(f"ERROR: cannot listen on {host}:{port} ({exc.strerror}).")
 PY
     die "Port $PORT is taken: stop what uses it, or run on another: make run PORT=8001"
+fi
+
+# A TURN server on 127.0.0.1 for calls between clients on this machine (docs/operations.md,
+# "TURN"). Web signs credentials with TURN_SECRETS (made up for this run when unset) and,
+# unless TURN_URLS says otherwise, hands out this server's URLs.
+COTURN_CONF=""
+if [[ ${RUN_COTURN:-false} =~ ^(1|true|yes|on)$ ]]; then
+    "$ROOT/scripts/ensure_coturn.sh"
+    COTURN_PORT="${COTURN_PORT:-3478}"
+    [[ $COTURN_PORT =~ ^[0-9]+$ ]] || die "COTURN_PORT must be a port number, not '$COTURN_PORT'."
+    "$PY" -c "import socket; socket.socket().bind(('127.0.0.1', $COTURN_PORT)); \
+socket.socket(type=socket.SOCK_DGRAM).bind(('127.0.0.1', $COTURN_PORT))" 2>/dev/null ||
+        die "Port $COTURN_PORT (TCP or UDP) is taken: stop what uses it (a system coturn?)," \
+            "or run coturn on another: make run RUN_COTURN=true COTURN_PORT=3479"
+    if [[ -z ${TURN_SECRETS:-} ]]; then
+        TURN_SECRETS="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        note "TURN_SECRETS is not set: coturn and web share a secret made for this run"
+    fi
+    TURN_URLS="${TURN_URLS:-turn:127.0.0.1:$COTURN_PORT?transport=udp,turn:127.0.0.1:$COTURN_PORT?transport=tcp}"
+    export TURN_SECRETS TURN_URLS
+    COTURN_CONF="$VAR_DIR/coturn-$COTURN_PORT/turnserver.conf"
+    COTURN_PORT=$COTURN_PORT "$ROOT/scripts/ensure_coturn.sh" --config "$COTURN_CONF"
 fi
 
 say "Migrating the public schema (shared apps: orgs and domains)"
@@ -87,6 +110,10 @@ trap 'stop_all; exit 130' INT
 trap 'stop_all; exit 143' TERM HUP
 trap 'stop_all' EXIT
 
+if [[ -n $COTURN_CONF ]]; then
+    say "Starting coturn on 127.0.0.1:$COTURN_PORT (config $COTURN_CONF)"
+    start coturn turnserver -c "$COTURN_CONF"
+fi
 say "Starting web, worker and beat (Ctrl-C stops all three)"
 start web "$PY" -m siphera.serve --host "$HOST" --port "$PORT"
 start worker "$PY" -m celery -A siphera worker -Q "$QUEUE" --loglevel INFO \
@@ -104,6 +131,8 @@ until "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/he
     sleep 0.3
 done
 [[ $HOST == 127.0.0.1 || $HOST == 0.0.0.0 || $HOST == localhost ]] && shown=127.0.0.1 || shown=$HOST
+turn_shown="${TURN_URLS:-not configured (make run RUN_COTURN=true runs a local coturn)}"
+[[ -n $COTURN_CONF ]] && turn_shown="coturn on 127.0.0.1:$COTURN_PORT; web hands out $TURN_URLS"
 cat >&2 <<BANNER
 
   Siphera is running.
@@ -111,6 +140,7 @@ cat >&2 <<BANNER
     API:      http://demo.localhost:$PORT/api/v1/docs/
     Health:   http://$shown:$PORT/health   Ready: http://$shown:$PORT/ready
     Log in as admin (owner), alice, bob or carol with password: $DEMO_PASSWORD
+    TURN:     $turn_shown
   Ctrl-C stops web, worker and beat.
 
 BANNER

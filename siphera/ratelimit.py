@@ -43,6 +43,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "invitation.ip": (30, 300),  # opening/accepting invitation links, per client IP
     "ws.connect.ip": (120, 60),  # WebSocket handshakes, per client IP
     "ws.frame.user": (1800, 60),  # every frame after auth, per user (all their sockets)
+    "calls.turn.user": (60, 60),  # TURN credentials (GET /api/v1/calls/turn), per user
 }
 
 

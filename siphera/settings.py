@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -375,3 +376,22 @@ CELERY_BEAT_SCHEDULE["rotate-totp-secrets"] = {
     "task": "orgs.tasks.dispatch_rotate_totp_secrets",
     "schedule": 24 * 3600,
 }
+
+# --- Calls: TURN relay credentials (calls/services/turn.py; docs/operations.md, "TURN") --
+# URLs clients get with each credential (`turn:turn.example.com:3478?transport=udp`,
+# `turns:turn.example.com:5349?transport=tcp`, `stun:...`). Empty: TURN is not configured
+# and GET /api/v1/calls/turn answers 503 `turn_not_configured`.
+TURN_URLS = env_list("TURN_URLS")
+# coturn's `static-auth-secret`s (`use-auth-secret`), newest first: the newest signs. Never
+# logged.
+TURN_SECRETS = env_list("TURN_SECRETS")
+# How long a credential may open a new allocation (coturn does not end one already made).
+TURN_TTL_SECONDS = env_int("TURN_TTL_SECONDS", 3600)
+# A half-configured TURN would hand out credentials no server accepts: refuse to start.
+if bool(TURN_URLS) != bool(TURN_SECRETS):
+    raise ImproperlyConfigured("TURN_URLS and TURN_SECRETS must be set together, or neither.")
+for _url in TURN_URLS:
+    if _url.partition(":")[0] not in {"turn", "turns", "stun", "stuns"}:
+        raise ImproperlyConfigured(f"TURN_URLS: {_url!r} is not a turn:, turns: or stun: URL.")
+if not 60 <= TURN_TTL_SECONDS <= 86400:
+    raise ImproperlyConfigured("TURN_TTL_SECONDS must be between 60 and 86400.")

@@ -26,4 +26,10 @@ _NAMED_LIMITS = ("http.ip", "api.user", "portal.user", "invitation.ip", "ws.conn
 RATE_LIMITS_TEST = ",".join(f"{name}=1000000/60" for name in (*_NAMED_LIMITS, "ws.frame.user"))
 os.environ.setdefault("RATE_LIMITS", RATE_LIMITS_TEST)
 
+# Every test server hands out TURN credentials (the permission matrix calls every
+# endpoint); the tests that need a TURN server to accept them start coturn themselves, and
+# the one about an unconfigured TURN starts a server with both emptied.
+os.environ.setdefault("TURN_URLS", "turn:127.0.0.1:3478?transport=udp")
+os.environ.setdefault("TURN_SECRETS", f"turn-secret-{_RUN}")
+
 from siphera.settings import *  # noqa: E402, F403

@@ -1,5 +1,9 @@
 """REST endpoints of calls under /api/v1/ (TURN credentials, call records, group rooms)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from calls.api import turn_views
+
+urlpatterns: list = [
+    path("calls/turn", turn_views.TurnCredentialsView.as_view(), name="calls-turn"),
+]
