@@ -100,3 +100,25 @@ class CallParticipant(models.Model):
             models.UniqueConstraint(fields=["call", "user"], name="call_participant_once")
         ]
         indexes = [models.Index(fields=["user", "call"])]
+
+
+class RoomSession(models.Model):
+    """One connection of a device to a group call's SFU room, as LiveKit's webhooks report
+    it (calls.services.room_events).
+
+    Keyed by LiveKit's participant sid, which names one connection and is never reused:
+    a redelivered or late webhook finds its row, so applying events is idempotent and
+    does not depend on their order. A user's CallParticipant row is derived from their
+    sessions (first join; left once no device is still in the room).
+    """
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="room_sessions")
+    sid = models.CharField(max_length=100)  # LiveKit's participant sid ("PA_...")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    device_id = models.PositiveIntegerField()
+    joined_at = models.DateTimeField()
+    left_at = models.DateTimeField(null=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["call", "sid"], name="room_session_once")]
+        indexes = [models.Index(fields=["call", "user"], name="room_session_user")]

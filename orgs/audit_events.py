@@ -37,3 +37,4 @@ class AuditEvent(StrEnum):
     RETENTION_PURGED = "retention.purged"
     LEGAL_HOLD_PLACED = "legal_hold.placed"
     LEGAL_HOLD_RELEASED = "legal_hold.released"
+    CALL_PARTICIPANT_REMOVED = "call.participant_removed"

@@ -360,6 +360,24 @@ RETENTION_DEFAULT_DAYS = env_int("RETENTION_DEFAULT_DAYS", 30)
 # Messages deleted per transaction by the purge (progress is logged per batch).
 RETENTION_PURGE_BATCH = env_int("RETENTION_PURGE_BATCH", 500)
 
+# --- Group calls on LiveKit (calls/services/livekit.py; docs/operations.md, "LiveKit") ----
+# The URL clients connect to (ws:// or wss://). Empty, or no key/secret: group-call
+# endpoints answer 503 `livekit_not_configured`.
+LIVEKIT_URL = env("LIVEKIT_URL")
+# The room service as this server reaches it (http(s)://); default: LIVEKIT_URL with
+# ws -> http, wss -> https.
+LIVEKIT_API_URL = env("LIVEKIT_API_URL") or (
+    "http" + LIVEKIT_URL[2:] if LIVEKIT_URL.startswith("ws") else LIVEKIT_URL
+)
+# The key pair LiveKit knows (its `keys:`); signs room tokens and checks its webhooks.
+LIVEKIT_API_KEY = env("LIVEKIT_API_KEY")
+LIVEKIT_API_SECRET = env("LIVEKIT_API_SECRET")
+# Lifetime of a room token: the time a client has to connect with it (LiveKit refreshes
+# the token of a connected participant itself).
+LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600)
+if not 10 <= LIVEKIT_TOKEN_TTL_SECONDS <= 86400:
+    raise ImproperlyConfigured("LIVEKIT_TOKEN_TTL_SECONDS must be between 10 and 86400.")
+
 # --- Enterprise controls: rate limits, key rotation (orgs; docs/rate-limits.md) ----------
 # Named rate limits, "name=count/seconds,..." over the defaults in siphera/ratelimit.py
 # (every name and default is in docs/rate-limits.md). Empty: the defaults.

@@ -2,8 +2,26 @@
 
 from django.urls import path
 
-from calls.api import turn_views
+from calls.api import room_views, turn_views
 
 urlpatterns: list = [
     path("calls/turn", turn_views.TurnCredentialsView.as_view(), name="calls-turn"),
+    # Group calls on the SFU (LiveKit)
+    path("calls/rooms", room_views.RoomsView.as_view(), name="calls-rooms"),
+    path(
+        "calls/rooms/<str:call_id>/token",
+        room_views.RoomTokenView.as_view(),
+        name="calls-room-token",
+    ),
+    path(
+        "calls/rooms/<str:call_id>/participants",
+        room_views.RoomParticipantsView.as_view(),
+        name="calls-room-participants",
+    ),
+    path(
+        "calls/rooms/<str:call_id>/participants/<str:identity>",
+        room_views.RoomParticipantDetailView.as_view(),
+        name="calls-room-participant",
+    ),
+    path("calls/livekit/webhook", room_views.LiveKitWebhookView.as_view(), name="livekit-webhook"),
 ]

@@ -135,11 +135,13 @@ def test_only_sign_in_pages_of_the_portal_are_public():
 
 
 def test_every_api_view_states_who_may_call_it():
-    # Public API endpoints are login, device registration (grant) and the API docs.
+    # Public API endpoints are login, device registration (grant), the API docs and
+    # LiveKit's webhook (signed with the LiveKit API key, checked by the view).
     public = {(e.method, e.route) for e in perm_registry.api_endpoints() if e.requires == PUBLIC}
     assert public == {
         ("POST", "api/v1/auth/login"),
         ("POST", "api/v1/devices"),
+        ("POST", "api/v1/calls/livekit/webhook"),
         ("GET", "api/v1/schema/"),
         ("GET", "api/v1/docs/"),
         ("GET", "api/v1/redoc/"),
