@@ -5,3 +5,13 @@ class CallsConfig(AppConfig):
     """Tenant app: call signaling, call records, TURN credentials, group-call rooms."""
 
     name = "calls"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from calls.consumers import CallsSocket
+        from calls.services import signaling
+        from orgs import hooks
+        from siphera import sockets
+
+        sockets.register(CallsSocket)
+        hooks.device_revoked.register(signaling.on_device_revoked)

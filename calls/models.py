@@ -99,7 +99,15 @@ class CallParticipant(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["call", "user"], name="call_participant_once")
         ]
-        indexes = [models.Index(fields=["user", "call"])]
+        indexes = [
+            models.Index(fields=["user", "call"]),
+            # A socket's connect asks whether its device dropped out of a call.
+            models.Index(
+                fields=["user", "device_id"],
+                condition=models.Q(disconnected_at__isnull=False),
+                name="call_participant_away",
+            ),
+        ]
 
 
 class RoomSession(models.Model):

@@ -38,3 +38,5 @@ class AuditEvent(StrEnum):
     LEGAL_HOLD_PLACED = "legal_hold.placed"
     LEGAL_HOLD_RELEASED = "legal_hold.released"
     CALL_PARTICIPANT_REMOVED = "call.participant_removed"
+    CALL_RECORDS_VIEWED = "call.records_viewed"
+    CALL_RECORDS_PURGED = "call.records_purged"

@@ -61,6 +61,7 @@ class ClientConsumer(JsonFrameConsumer):
     identity: SocketIdentity | None = None
     codes: frozenset = frozenset()
     org = None
+    replaced = False  # closed because a newer socket of the same device took over
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -259,5 +260,6 @@ class ClientConsumer(JsonFrameConsumer):
 
     async def session_takeover(self, event):
         if event["channel"] != self.channel_name:
+            self.replaced = True
             self._leave_local()  # wake-ups for this device now go to the new socket
             await self.close(code=CLOSE_REPLACED)

@@ -360,6 +360,29 @@ RETENTION_DEFAULT_DAYS = env_int("RETENTION_DEFAULT_DAYS", 30)
 # Messages deleted per transaction by the purge (progress is logged per batch).
 RETENTION_PURGE_BATCH = env_int("RETENTION_PURGE_BATCH", 500)
 
+# --- 1:1 calls (calls/services/signaling.py; docs/protocol.md, "Calls") ------------------
+# An unanswered call ends as missed after this long (`call.ended` reason `timeout`).
+CALL_RING_TIMEOUT_SECONDS = env_int("CALL_RING_TIMEOUT_SECONDS", 45)
+# A party whose socket dropped keeps the call this long; reconnecting within it keeps the
+# call, otherwise it ends (`call.ended` reason `failed`).
+CALL_RECONNECT_GRACE_SECONDS = env_int("CALL_RECONNECT_GRACE_SECONDS", 20)
+# Largest SDP (offer or answer) relayed, in bytes of UTF-8.
+CALL_SDP_MAX_BYTES = env_int("CALL_SDP_MAX_BYTES", 64 * 1024)
+# How often beat ends calls whose timers were lost (a worker gone with its timers).
+CALL_SWEEP_EVERY_SECONDS = env_int("CALL_SWEEP_EVERY_SECONDS", 60)
+for _name in ("CALL_RING_TIMEOUT_SECONDS", "CALL_RECONNECT_GRACE_SECONDS", "CALL_SDP_MAX_BYTES"):
+    if not 1 <= globals()[_name] <= 24 * 3600 * 1024:
+        raise ImproperlyConfigured(f"{_name} must be a positive number.")
+CELERY_BEAT_SCHEDULE["sweep-calls"] = {
+    "task": "calls.tasks.dispatch_sweep_calls",
+    "schedule": CALL_SWEEP_EVERY_SECONDS,
+}
+# Call records are kept as long as messages (the org's retention), on the same beat.
+CELERY_BEAT_SCHEDULE["purge-call-records"] = {
+    "task": "calls.tasks.dispatch_purge_call_records",
+    "schedule": CELERY_BEAT_SCHEDULE["retention-purge"]["schedule"],
+}
+
 # --- Group calls on LiveKit (calls/services/livekit.py; docs/operations.md, "LiveKit") ----
 # The URL clients connect to (ws:// or wss://). Empty, or no key/secret: group-call
 # endpoints answer 503 `livekit_not_configured`.

@@ -2,9 +2,11 @@
 
 from django.urls import path
 
-from calls.api import room_views, turn_views
+from calls.api import record_views, room_views, turn_views
 
 urlpatterns: list = [
+    path("calls", record_views.CallsView.as_view(), name="calls"),
+    path("org/calls", record_views.OrgCallsView.as_view(), name="org-calls"),
     path("calls/turn", turn_views.TurnCredentialsView.as_view(), name="calls-turn"),
     # Group calls on the SFU (LiveKit)
     path("calls/rooms", room_views.RoomsView.as_view(), name="calls-rooms"),

@@ -313,7 +313,7 @@ def check_release_hold(hold: LegalHold, *, actor: audit.Actor) -> LegalHold:
     return hold
 
 
-def _active_holds() -> tuple[list[str], list[str]]:
+def active_holds() -> tuple[list[str], list[str]]:
     """(held user ids, held conversation ids) of the active holds."""
     users, conversations = set(), set()
     for user_id, conversation_id in LegalHold.objects.filter(released_at__isnull=True).values_list(
@@ -415,7 +415,7 @@ def do_purge(
     while True:
         with transaction.atomic():
             _lock_holds()
-            held_users, held_conversations = _active_holds()
+            held_users, held_conversations = active_holds()
             report.held_users, report.held_conversations = len(held_users), len(held_conversations)
             ids = list(
                 _expired_messages(
@@ -442,7 +442,7 @@ def do_purge(
     while True:
         with transaction.atomic():
             _lock_holds()
-            held_users, _ = _active_holds()
+            held_users, _ = active_holds()
             names = attachments.take_stale_unbound(
                 now=now,
                 ttl_seconds=settings.ATTACHMENT_UNBOUND_TTL_SECONDS,

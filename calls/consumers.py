@@ -1,0 +1,127 @@
+"""Calls' part of the client WebSocket (siphera.consumer), registered in CallsConfig.ready():
+the `call.*` frames of 1:1 signaling (calls.services.signaling) and the relay of the
+frames other devices' actions send to this one.
+
+A socket that closes while its device is in a call starts the reconnect grace
+(`on_device_disconnected`); a socket of that device that becomes ready within it keeps
+the call (`on_device_connected`). A socket replaced by a newer one of the same device
+(4409) is not a drop."""
+
+from __future__ import annotations
+
+from calls.services import signaling
+from orgs.roles import Perm
+from siphera import sockets
+from siphera.api_errors import ApiError
+from siphera.tenancy import tenant_db
+from siphera.ws import FrameError
+
+
+class CallsSocket(sockets.Extension):
+    name = "calls"
+
+    def __init__(self, socket) -> None:
+        super().__init__(socket)
+        # Whether this socket may hold a call: it signaled one, heard of one, or picked
+        # one up on connect. A socket that never did closes without a query.
+        self.in_calls = False
+
+    async def ready(self) -> None:
+        resumed = await tenant_db(
+            self.org, signaling.on_device_connected, self.device.user_id, self.device.device_id
+        )
+        self.in_calls = resumed > 0
+
+    async def closed(self) -> None:
+        if self.in_calls and not self.socket.replaced:
+            await tenant_db(
+                self.org,
+                signaling.on_device_disconnected,
+                self.device.user_id,
+                self.device.device_id,
+            )
+
+    async def _run(self, fn, frame: dict, **fields):
+        self.in_calls = True
+        try:
+            return await tenant_db(
+                self.org,
+                fn,
+                user=self.device.user,
+                device_id=self.device.device_id,
+                call_id=frame.get("call_id"),
+                **fields,
+            )
+        except ApiError as exc:
+            raise FrameError(exc.code, exc.message) from None
+
+    def _reply(self, reply: dict, frame: dict) -> dict:
+        if isinstance(frame.get("ref"), (str, int)):
+            reply["ref"] = frame["ref"]
+        return reply
+
+    # --- client frames ---------------------------------------------------------------
+    @sockets.frame("call.invite", perm=Perm.CALLS_USE)
+    async def invite(self, frame):
+        """Ring a user's devices (or the other member of a direct conversation)."""
+        outcome = await self._run(
+            _invite,
+            frame,
+            to=frame.get("to"),
+            media=frame.get("media"),
+            sdp=frame.get("sdp"),
+        )
+        call_id = str(outcome.call.pk)
+        if outcome.ringing:
+            reply = {"type": "call.invited", "call_id": call_id}
+        else:
+            reply = {"type": "call.ended", "call_id": call_id, "reason": outcome.reason}
+            if outcome.replaced_by is not None:
+                reply["replaced_by"] = str(outcome.replaced_by)
+        await self.send_frame(self._reply(reply, frame))
+
+    @sockets.frame("call.ringing", perm=Perm.CALLS_USE)
+    async def ringing(self, frame):
+        await self._run(signaling.check_ringing, frame)
+
+    @sockets.frame("call.accept", perm=Perm.CALLS_USE)
+    async def accept(self, frame):
+        await self._run(signaling.check_accept, frame, sdp=frame.get("sdp"))
+
+    @sockets.frame("call.reject", perm=Perm.CALLS_USE)
+    async def reject(self, frame):
+        await self._run(signaling.check_reject, frame, reason=frame.get("reason"))
+
+    @sockets.frame("call.ice", perm=Perm.CALLS_USE)
+    async def ice(self, frame):
+        await self._run(signaling.check_ice, frame, candidate=frame.get("candidate"))
+
+    @sockets.frame("call.hangup", perm=Perm.CALLS_USE)
+    async def hangup(self, frame):
+        await self._run(signaling.check_hangup, frame)
+
+    # --- channel-layer events --------------------------------------------------------
+    @sockets.event("call.frame")
+    async def call_frame(self, event):
+        """A frame for this device from another device's action (or a timer)."""
+        if event.get("except_device") == self.device.device_id:
+            return
+        self.in_calls = True
+        await self.send_frame(event["frame"])
+
+
+def _invite(*, user, device_id, call_id, to, media, sdp):
+    try:
+        from orgs.services import presence
+    except ImportError:
+        presence = None
+
+    return signaling.check_invite(
+        caller=user,
+        device_id=device_id,
+        call_id=call_id,
+        to=to,
+        media=media,
+        sdp=sdp,
+        dnd_active=getattr(presence, "dnd_active", None),
+    )
