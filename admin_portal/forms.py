@@ -138,6 +138,7 @@ class PolicyForm(forms.Form):
     )
     sso_login = forms.BooleanField(required=False, label="Allow single sign-on")
     read_receipts = forms.BooleanField(required=False, label="Relay read receipts")
+    presence_hidden = forms.BooleanField(required=False, label="Hide presence")
 
 
 class AuditFilterForm(forms.Form):

@@ -20,3 +20,7 @@ class OrgsConfig(AppConfig):
         from orgs import consumers
 
         consumers.register()  # the socket's authenticator and identity's frames
+
+        from orgs import presence_socket
+
+        presence_socket.register()  # presence frames (orgs.services.presence)

@@ -17,3 +17,10 @@ are_contacts = Hook(
     "fn(viewer, user) -> bool: whether `viewer` is in touch with `user` (guests see only "
     "such people in the directory). Messaging: they share a conversation.",
 )
+
+in_call = Hook(
+    "in_call",
+    "fn(user_id) -> bool: whether the user is in a call now (runs in the org's schema). "
+    "Calls registers it; presence shows such a user `in_call`, and calls "
+    "orgs.services.presence.notify_changed(user_id) when a call starts or ends.",
+)

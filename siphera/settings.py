@@ -219,6 +219,13 @@ WS_AUTH_TIMEOUT_SECONDS = float(env("WS_AUTH_TIMEOUT_SECONDS", "5"))
 # in one web process (siphera.tenancy.tenant_db).
 WS_DB_THREADS = env_int("WS_DB_THREADS", 16)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
+# Presence (orgs.services.presence): a web process renews its heartbeat in Redis every
+# min(5 s, a third of this); its sockets stop counting as connected this long after its
+# last one (a crashed process's users turn offline). Also paces the push of ended
+# dnd/away statuses (within 5 s).
+PRESENCE_TTL_SECONDS = env_int("PRESENCE_TTL_SECONDS", 60)
+if not 3 <= PRESENCE_TTL_SECONDS <= 3600:
+    raise ImproperlyConfigured("PRESENCE_TTL_SECONDS must be between 3 and 3600.")
 
 # --- Key directory ------------------------------------------------------------------------
 # One-time and PQ prekeys held per device and kind (PITFALLS 16: a looping client must not

@@ -175,12 +175,32 @@ class OrgPolicy(models.Model):
     sso_login = models.BooleanField(default=False)
     # Whether read markers are relayed to the other members of a conversation.
     read_receipts = models.BooleanField(default=True)
+    # When on, nobody is told anyone else's presence (orgs.services.presence).
+    presence_hidden = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=models.Q(id=1), name="org_policy_singleton")
         ]
+
+
+class PresenceStatus(models.Model):
+    """A status the user set on themselves: do not disturb or away, until `until` (null:
+    until they clear it). No row, or one whose `until` has passed: no status.
+
+    Changed only through orgs.services.presence; what is connected lives in Redis."""
+
+    DND = "dnd"
+    AWAY = "away"
+    CHOICES = [(DND, "Do not disturb"), (AWAY, "Away")]
+
+    user = models.OneToOneField(
+        User, on_delete=models.CASCADE, primary_key=True, related_name="presence_status"
+    )
+    status = models.CharField(max_length=10, choices=CHOICES)
+    until = models.DateTimeField(null=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
 
 class TotpFactor(models.Model):

@@ -79,6 +79,9 @@ class PolicySerializer(serializers.Serializer):
     password_login = serializers.BooleanField(help_text="Owners may always use a password.")
     sso_login = serializers.BooleanField()
     read_receipts = serializers.BooleanField()
+    presence_hidden = serializers.BooleanField(
+        help_text="Nobody sees anyone else's presence (own status still settable)."
+    )
 
 
 class AuditEntrySerializer(serializers.Serializer):

@@ -1,10 +1,11 @@
 from django.urls import path
 
-from orgs.api import admin_views, mfa_views, views
+from orgs.api import admin_views, mfa_views, presence_views, views
 
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="auth-login"),
     path("me", views.MeView.as_view(), name="me"),
+    path("me/presence", presence_views.MyPresenceView.as_view(), name="me-presence"),
     path("devices/<int:device_id>", views.DeviceDetailView.as_view(), name="device-detail"),
     path("users", admin_views.UsersView.as_view(), name="users"),
     path("users/<str:user_id>", views.UserDetailView.as_view(), name="user-detail"),

@@ -1,5 +1,5 @@
 """The org's policies (`accounts.OrgPolicy`, one row per org): MFA, portal session
-lifetime, allowed login methods, read receipts.
+lifetime, allowed login methods, read receipts, hidden presence.
 
 Every change is audited `org.policy_changed`, one entry per field with before/after, in
 the same transaction. Readers call the small functions below rather than the model.
@@ -20,7 +20,14 @@ from siphera.api_errors import ApiError
 
 SESSION_MINUTES_MIN = 5
 SESSION_MINUTES_MAX = 30 * 24 * 60  # 30 days
-FIELDS = ("mfa_policy", "session_lifetime_minutes", "password_login", "sso_login", "read_receipts")
+FIELDS = (
+    "mfa_policy",
+    "session_lifetime_minutes",
+    "password_login",
+    "sso_login",
+    "read_receipts",
+    "presence_hidden",
+)
 
 __all__ = [
     "FIELDS",
@@ -74,7 +81,7 @@ def _clean(changes: dict[str, Any]) -> dict[str, Any]:
                 "(or null for the server default).",
             )
         clean["session_lifetime_minutes"] = minutes
-    for name in ("password_login", "sso_login", "read_receipts"):
+    for name in ("password_login", "sso_login", "read_receipts", "presence_hidden"):
         if name in changes:
             if not isinstance(changes[name], bool):
                 raise ApiError(400, "invalid_policy", f"{name} is true or false.")

@@ -152,6 +152,8 @@ def test_every_api_view_states_who_may_call_it():
     }
     assert own == {
         ("GET", "api/v1/me"),
+        ("GET", "api/v1/me/presence"),
+        ("PUT", "api/v1/me/presence"),
         ("GET", "api/v1/devices"),
         ("DELETE", "api/v1/devices/<int:device_id>"),
         ("GET", "api/v1/mfa"),
