@@ -15,3 +15,4 @@ class CallsConfig(AppConfig):
 
         sockets.register(CallsSocket)
         hooks.device_revoked.register(signaling.on_device_revoked)
+        hooks.in_call.register(signaling.in_a_call)

@@ -65,7 +65,7 @@ class CallsSocket(sockets.Extension):
     async def invite(self, frame):
         """Ring a user's devices (or the other member of a direct conversation)."""
         outcome = await self._run(
-            _invite,
+            signaling.check_invite,
             frame,
             to=frame.get("to"),
             media=frame.get("media"),
@@ -108,20 +108,3 @@ class CallsSocket(sockets.Extension):
             return
         self.in_calls = True
         await self.send_frame(event["frame"])
-
-
-def _invite(*, user, device_id, call_id, to, media, sdp):
-    try:
-        from orgs.services import presence
-    except ImportError:
-        presence = None
-
-    return signaling.check_invite(
-        caller=user,
-        device_id=device_id,
-        call_id=call_id,
-        to=to,
-        media=media,
-        sdp=sdp,
-        dnd_active=getattr(presence, "dnd_active", None),
-    )

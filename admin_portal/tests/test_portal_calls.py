@@ -16,7 +16,7 @@ def _completed_call(org, caller, callee) -> str:
 
     def run():
         signaling.check_invite(
-            caller=caller,
+            user=caller,
             device_id=1,
             call_id=call_id,
             to={"user_id": str(callee.pk)},

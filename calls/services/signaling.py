@@ -36,6 +36,7 @@ from messaging.models import Conversation
 from messaging.services.conversations import access_conversation
 from orgs.accounts.models import User
 from orgs.roles import Perm, has_perm
+from orgs.services import presence
 from orgs.services.directory import access_directory_user
 from siphera.api_errors import ApiError, not_found
 from siphera.events import notify_on_commit, send_now
@@ -195,10 +196,9 @@ def in_a_call(user_id) -> bool:
     ).exists()
 
 
-def check_invite(
-    *, caller: User, device_id: int, call_id, to, media, sdp, dnd_active=None
-) -> InviteOutcome:
-    """Start ringing `to` (every device of the callee) with the caller's SDP offer.
+def check_invite(*, user: User, device_id: int, call_id, to, media, sdp) -> InviteOutcome:
+    """`user`'s device `device_id` starts ringing `to` (every device of the callee) with
+    its SDP offer.
 
     Answers at once, without ringing, when the callee is in an answered call (`busy`), is
     calling the caller right now (`glare`: the callee's call wins, named in
@@ -208,6 +208,7 @@ def check_invite(
     if media not in MEDIA:
         raise ApiError(400, CallError.INVALID_CALL, "`media` is 'audio' or 'video'.")
     sdp = _sdp(sdp)
+    caller = user
     callee, conversation = _callee_of(caller, to)
     with transaction.atomic():
         _lock_users(caller.pk, callee.pk)
@@ -244,7 +245,7 @@ def check_invite(
         if in_a_call(callee.pk):
             _finish(call, Call.BUSY, "busy", now=now, notify=False)
             return InviteOutcome(call, False, "busy")
-        if dnd_active is not None and dnd_active(callee):
+        if presence.dnd_active(callee):
             _finish(call, Call.MISSED, "dnd", now=now, notify=False)
             return InviteOutcome(call, False, "dnd")
         incoming = {
@@ -563,14 +564,6 @@ def _schedule(task_name: str, *args, countdown: float) -> None:
 
 def _presence_changed(*user_ids) -> None:
     """In-a-call changed for these users: presence tells their watchers after commit."""
-    try:
-        from orgs.services import presence
-    except ImportError:
-        return
-
-    notify = getattr(presence, "notify_changed", None)
-    if notify is None:
-        return
     for user_id in user_ids:
         if user_id is not None:
-            transaction.on_commit(lambda user_id=user_id: notify(user_id))
+            presence.notify_changed(user_id)

@@ -25,7 +25,7 @@ def _call(org, caller, callee, *, answer: bool) -> str:
 
     def run():
         signaling.check_invite(
-            caller=caller.user,
+            user=caller.user,
             device_id=caller.device_id,
             call_id=call_id,
             to={"user_id": str(callee.user.pk)},

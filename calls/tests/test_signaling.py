@@ -391,3 +391,49 @@ async def test_another_orgs_user_cannot_act_on_a_call(server, org_a, org_b, peop
     assert record(org_a, call_id)[0].state == "ringing"
     for ws in (a, b, o):
         await ws.close()
+
+
+async def test_do_not_disturb_sends_the_call_to_missed_without_ringing(server, org_a, people):
+    alice, bob, bob_phone = people
+    a = await authed_socket(server, alice, live=True)
+    b = await authed_socket(server, bob, live=True)
+    dnd = bob.api.put("/api/v1/me/presence", json={"status": "dnd"})
+    assert dnd.status_code == 200, dnd.text
+    call_id = await invite(a, bob, ref="d")
+    ended = await recv_type(a, "call.ended")
+    assert (ended["call_id"], ended["reason"], ended["ref"]) == (call_id, "dnd", "d")
+    assert not [f for f in await silent(b) if f.get("call_id") == call_id]
+    call, _ = record(org_a, call_id)
+    assert (call.outcome, call.end_reason) == ("missed", "dnd")
+
+    # Do-not-disturb off: the next call rings.
+    assert bob.api.put("/api/v1/me/presence", json={"status": None}).status_code == 200
+    again = await invite(a, bob)
+    assert (await recv_type(b, "call.incoming"))["call_id"] == again
+    await a.close()
+    await b.close()
+
+
+async def test_watchers_see_in_call_while_the_call_is_answered(server, org_a, people, new_session):
+    alice, bob, _ = people
+    watcher = new_session(org_a)
+    w = await authed_socket(server, watcher, live=True)
+    a = await authed_socket(server, alice, live=True)
+    b = await authed_socket(server, bob, live=True)
+    await send(w, {"type": "presence.subscribe", "user_ids": [str(alice.user.pk)]})
+    subscribed = await recv_type(w, "presence.subscribed")
+    assert subscribed["presence"][0]["state"] == "online"
+
+    call_id = await invite(a, bob)
+    await recv_type(b, "call.incoming")
+    await send(b, {"type": "call.accept", "call_id": call_id, "sdp": ANSWER})
+    await recv_type(a, "call.accept")
+    states = []
+    while "in_call" not in states:
+        states.append((await recv_type(w, "presence", timeout=10))["state"])
+    await send(a, {"type": "call.hangup", "call_id": call_id})
+    while states[-1] != "online":
+        states.append((await recv_type(w, "presence", timeout=10))["state"])
+    assert states[-2:] == ["in_call", "online"]
+    for ws in (w, a, b):
+        await ws.close()
