@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 
 from siphera_client.api import ApiError, SocketClosed
 from siphera_client.client import Client
@@ -127,6 +128,69 @@ async def cmd_listen(args) -> None:
         _print({"listened": received})
 
 
+async def _user_id(api, target: str) -> str:
+    """A user id as given, or the id of the user with this username (that lookup is
+    `GET /api/v1/users?q=`, which needs `users.view`)."""
+    try:
+        return str(uuid.UUID(target))
+    except ValueError:
+        pass
+    try:
+        users = await api.find_users(target)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        raise SystemExit(
+            f"error: finding {target!r} by username needs the users.view permission; "
+            "pass their user id instead (`whoami` on their device prints it)."
+        ) from None
+    for user in users:
+        if user["username"].casefold() == target.casefold():
+            return user["user_id"]
+    raise SystemExit(f"error: no user named {target!r}.")
+
+
+async def cmd_call(args) -> int:
+    from siphera_client.calls import Phone
+
+    async with _open(args) as client:
+        user_id = await _user_id(client.api, args.target)
+        async with await Phone.open(client.api) as phone:
+            report = await phone.call(
+                user_id,
+                seconds=args.seconds,
+                relay_only=args.relay_only,
+                tone_hz=args.tone_hz,
+                ring_timeout=args.ring_timeout,
+                on_event=_print,
+            )
+    _print({"call": report.as_dict()})
+    return 0 if report.outcome == "completed" else 3
+
+
+async def cmd_answer(args) -> int:
+    from siphera_client.calls import CallFailed, Phone
+
+    async with _open(args) as client:
+        async with await Phone.open(client.api) as phone:
+            _print({"waiting": {"user_id": client.user_id, "device_id": client.device_id}})
+            try:
+                report = await phone.answer(
+                    seconds=args.seconds,
+                    relay_only=args.relay_only,
+                    tone_hz=args.tone_hz,
+                    wait=args.wait,
+                    on_event=_print,
+                )
+            except CallFailed as exc:
+                if exc.code != "no_incoming_call":
+                    raise
+                _print({"call": None, "outcome": exc.code})
+                return 3
+    _print({"call": report.as_dict()})
+    return 0 if report.outcome == "completed" else 3
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m siphera_client",
@@ -178,6 +242,26 @@ def parser() -> argparse.ArgumentParser:
     listen.add_argument("--no-read-receipts", action="store_true")
     listen.add_argument("--no-top-up", action="store_true", help="do not upload keys")
     listen.set_defaults(func=cmd_listen)
+
+    call = sub.add_parser(
+        "call", help="place a 1:1 voice call (needs aiortc): send a tone, count what comes back"
+    )
+    call.add_argument("target", metavar="USER", help="a user id, or a username (users.view)")
+    call.add_argument("--ring-timeout", type=float, default=60.0, help="give up after (s)")
+    answer = sub.add_parser("answer", help="wait for a 1:1 voice call and answer it (needs aiortc)")
+    answer.add_argument("--wait", type=float, default=60.0, help="wait this long for a call (s)")
+    for command, hz in ((call, 440.0), (answer, 660.0)):
+        command.add_argument(
+            "--seconds", type=float, default=5.0, help="talk this long once connected"
+        )
+        command.add_argument(
+            "--relay-only", action="store_true", help="media only through TURN (ICE policy relay)"
+        )
+        command.add_argument(
+            "--tone-hz", type=float, default=hz, help=f"tone to send (default {hz:g}; 0: silence)"
+        )
+    call.set_defaults(func=cmd_call)
+    answer.set_defaults(func=cmd_answer)
     return p
 
 
@@ -188,15 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from siphera_client.calls import CallFailed, CallsUnavailable
+
     try:
-        asyncio.run(args.func(args))
-    except ApiError as exc:
+        return asyncio.run(args.func(args)) or 0
+    except (ApiError, CallFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, CryptoError, SocketClosed) as exc:
+    except (StoreError, CryptoError, SocketClosed, CallsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

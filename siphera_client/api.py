@@ -161,6 +161,16 @@ class Api:
     async def ack(self, ids: list[str]) -> None:
         await self._call("POST", "/api/v1/messages/ack", json={"ids": ids})
 
+    # --- users and calls -------------------------------------------------------------------
+    async def find_users(self, query: str) -> list[dict]:
+        """`GET /api/v1/users?q=` (needs `users.view`: admins): users matching `query`."""
+        return await self._call("GET", "/api/v1/users", params={"q": query})
+
+    async def turn_credentials(self) -> dict:
+        """`GET /api/v1/calls/turn`: `{"urls", "username", "credential", "ttl"}`; 503
+        `turn_not_configured` when the server has no TURN."""
+        return await self._call("GET", "/api/v1/calls/turn")
+
 
 class SocketClosed(Exception):
     def __init__(self, code: int | None):

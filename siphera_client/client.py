@@ -40,6 +40,16 @@ log = logging.getLogger("siphera_client")
 SIGNED_PREKEY_ROTATE_SECONDS = 7 * 24 * 3600
 SEEN_IDS_KEPT = 2000  # message ids remembered, so a redelivery is acked, not re-decrypted
 MAX_KEYS_PER_UPLOAD = 100  # the server's per-request limit
+CALL_FRAMES_KEPT = 200  # call frames kept for a siphera_client.calls.Phone that may never read
+
+
+def is_call_frame(frame: dict) -> bool:
+    """Frames for siphera_client.calls: `call.*`, and errors answering a frame a Phone
+    sent (their `ref` is `call:<what>:<call id>`)."""
+    kind = frame.get("type", "")
+    return kind.startswith("call.") or (
+        kind == "error" and str(frame.get("ref", "")).startswith("call:")
+    )
 
 
 @dataclass
@@ -85,6 +95,8 @@ class Client:
         self.socket: Socket | None = None
         self.inbox: asyncio.Queue[Received | None] = asyncio.Queue()
         self.notices: asyncio.Queue[dict] = asyncio.Queue()  # receipt / typing frames
+        # call.* frames for a siphera_client.calls.Phone (the newest CALL_FRAMES_KEPT)
+        self.call_frames: asyncio.Queue[dict] = asyncio.Queue()
         self.drained = asyncio.Event()  # set at `queue.empty`
         self.stats = Stats()
         self._processor: asyncio.Task | None = None
@@ -549,6 +561,8 @@ class Client:
                         await self.top_up_keys()
                 elif kind in ("receipt", "typing"):
                     await self.notices.put(frame)
+                elif is_call_frame(frame):
+                    self._file_call_frame(frame)
                 elif kind == "device.revoked":
                     log.warning("this device was revoked")
                 elif kind == "error":
@@ -557,12 +571,18 @@ class Client:
                     await self._flush_receipts()
         except SocketClosed as exc:
             log.info("socket closed (%s)", exc.code)
+            self._file_call_frame({"type": "socket.closed", "code": exc.code})
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("receive loop failed")
         finally:
             await self.inbox.put(None)
+
+    def _file_call_frame(self, frame: dict) -> None:
+        if self.call_frames.qsize() >= CALL_FRAMES_KEPT:  # nobody reads them: keep the newest
+            self.call_frames.get_nowait()
+        self.call_frames.put_nowait(frame)
 
     async def receive(self, count: int, timeout: float = 30.0) -> list[Received]:
         """The next `count` messages (decrypted, acknowledged). Raises TimeoutError."""

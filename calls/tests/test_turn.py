@@ -2,32 +2,29 @@
 real coturn (`turnserver`, Debian's package, which `make test` installs).
 
 Each coturn here runs on a free loopback port with a config written by
-scripts/ensure_coturn.sh --config (the one `make run RUN_COTURN=true` uses); aioice's TURN
-client (what aiortc uses) allocates a relay with the credentials Siphera hands out and
-sends a datagram through it to a UDP echo peer and back.
+scripts/ensure_coturn.sh --config (calls/tests/coturn.py, shared with the aiortc call test);
+aioice's TURN client (what aiortc uses) allocates a relay with the credentials Siphera
+hands out and sends a datagram through it to a UDP echo peer and back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
-import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
+from calls.tests.coturn import Coturn, coturn
 from orgs.services import audit
 from orgs.services import roles as role_service
 from siphera.settings_test import RATE_LIMITS_TEST
@@ -37,67 +34,6 @@ from tests.fixtures import ROOT, Api, child_env, host_of, make_user, server_with
 NEW_SECRET = "turn-new-" + "n" * 24
 OLD_SECRET = "turn-old-" + "o" * 24
 TTL = 600
-
-
-# --- a real coturn --------------------------------------------------------------------------
-
-
-@dataclass
-class Coturn:
-    port: int
-    log_path: Path
-
-    def urls(self) -> str:
-        return f"turn:127.0.0.1:{self.port}?transport=udp,turn:127.0.0.1:{self.port}?transport=tcp"
-
-
-def _free_udp_and_tcp_port() -> int:
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(type=socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-
-
-@contextlib.contextmanager
-def coturn(directory: Path, *secrets: str) -> Iterator[Coturn]:
-    """turnserver on 127.0.0.1 accepting credentials signed with any of `secrets`."""
-    turnserver = shutil.which("turnserver")
-    assert turnserver, "coturn is not installed: run scripts/ensure_coturn.sh (make test does)"
-    port = _free_udp_and_tcp_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "turnserver.conf"
-    subprocess.run(
-        [str(ROOT / "scripts" / "ensure_coturn.sh"), "--config", str(config)],
-        env={**child_env(), "TURN_SECRETS": ",".join(secrets), "COTURN_PORT": str(port)},
-        check=True,
-        capture_output=True,
-    )
-    log_path = directory / "coturn.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [turnserver, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # up once it accepts TCP on its port (UDP is bound before TCP)
-            assert proc.poll() is None, f"turnserver exited:\n{log_path.read_text()[-3000:]}"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.monotonic() < deadline, f"turnserver not up:\n{log_path.read_text()}"
-            time.sleep(0.1)
-        yield Coturn(port=port, log_path=log_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --- a TURN client ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from calls.tests.coturn import turn_deployment  # noqa: F401  (a fixture: coturn + server)
 from siphera_client.client import Client
 from tests.fixtures import PASSWORD, host_of
 
