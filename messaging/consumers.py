@@ -27,6 +27,7 @@ from messaging.services import delivery, receipts
 from orgs.roles import Perm
 from siphera import sockets
 from siphera.api_errors import ApiError
+from siphera.params import BIGINT_MAX, in_range
 from siphera.tenancy import tenant_db
 from siphera.ws import FrameError
 
@@ -207,8 +208,8 @@ class MessagingSocket(sockets.Extension):
     @sockets.frame("receipt", perm=Perm.MESSAGING_USE)
     async def receipt(self, frame):
         seq = frame.get("up_to_seq")
-        if not isinstance(seq, int) or seq < 0:
-            raise FrameError("invalid_frame", "`up_to_seq` is a non-negative integer.")
+        if not in_range(seq, 0, BIGINT_MAX):
+            raise FrameError("invalid_frame", "`up_to_seq` is an integer from 0 to 2^63 - 1.")
         conversation = _uuid(frame.get("conversation"), "conversation")
         try:
             await tenant_db(

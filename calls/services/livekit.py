@@ -87,7 +87,7 @@ def identity(user_id, device_id: int) -> str:
 def parse_identity(value: str) -> tuple[uuid.UUID, int] | None:
     """(user id, device id) of an identity made by `identity`, else None."""
     raw_user, colon, raw_device = value.partition(":")
-    if not colon or not raw_device.isdigit() or len(raw_device) > 9:
+    if not colon or not raw_device.isascii() or not raw_device.isdigit() or len(raw_device) > 9:
         return None
     try:
         return uuid.UUID(raw_user), int(raw_device)

@@ -25,6 +25,7 @@ from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
 from siphera.api_errors import ApiError
+from siphera.params import parse_int
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -50,10 +51,14 @@ def parse_page(params) -> tuple[datetime | None, int]:
             raise ApiError(
                 400, CallError.INVALID_CALL, "`before` is an ISO 8601 time with its offset."
             )
-    limit = params.get("limit", str(DEFAULT_PAGE))
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
-        raise ApiError(400, CallError.INVALID_CALL, f"`limit` is 1 to {MAX_PAGE}.")
-    return parsed, int(limit)
+    limit = parse_int(
+        params.get("limit", str(DEFAULT_PAGE)),
+        name="limit",
+        lo=1,
+        hi=MAX_PAGE,
+        code=CallError.INVALID_CALL,
+    )
+    return parsed, limit
 
 
 def _iso(value: datetime | None) -> str | None:

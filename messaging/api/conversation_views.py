@@ -11,7 +11,7 @@ from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import conversations, delivery
 from orgs.api.permissions import require
 from orgs.roles import Perm
-from siphera.api_errors import ApiError
+from siphera.params import BIGINT_MAX, parse_int
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
 MessagingPerm = require(Perm.MESSAGING_USE)
@@ -21,10 +21,7 @@ def _int_param(request, name: str, default: int, *, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"`{name}` must be an integer.") from None
+    value = parse_int(raw, name=name, lo=-BIGINT_MAX, hi=BIGINT_MAX)
     return max(lo, min(hi, value))
 
 

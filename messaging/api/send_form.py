@@ -12,6 +12,7 @@ import uuid
 
 from messaging.services.delivery import Envelope
 from orgs.api.fields import from_b64
+from siphera.params import INT_MAX
 
 MAX_ENVELOPES = 10000
 MAX_MENTIONS = 1000
@@ -110,7 +111,7 @@ def _envelopes(values) -> list[Envelope] | None:
         envelopes.append(
             Envelope(
                 user_id=user_id,
-                device_id=_int(item["device_id"], f"{at}.device_id", 1),
+                device_id=_int(item["device_id"], f"{at}.device_id", 1, INT_MAX),
                 type=_int(item["type"], f"{at}.type", 0, 255),
                 body=_b64(item["body"], f"{at}.body"),
             )

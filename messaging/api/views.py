@@ -95,7 +95,7 @@ class KeyBundlesView(APIView):
     def get(self, request, user_id: str):
         device_id = request.query_params.get("device_id")
         if device_id is not None:
-            if not device_id.isdigit():
+            if not (device_id.isascii() and device_id.isdigit() and len(device_id) < 10):
                 raise not_found("No such device.")
             device_id = int(device_id)
         user, bundles = keys.check_claim_bundles(

@@ -17,6 +17,7 @@ from orgs.api.views import ERROR
 from orgs.roles import PERM_LABELS, Perm
 from orgs.services import audit, audit_export, audit_query, directory, policy, users
 from orgs.services import roles as role_service
+from siphera.params import parse_int
 
 
 def invitation_url(request, token: str) -> str:
@@ -228,7 +229,7 @@ class AuditLogView(APIView):
         page = audit_query.list_entries(
             filters,
             before=audit_query.parse_before(request.query_params.get("before")),
-            limit=int(limit) if limit.isdigit() else 50,
+            limit=parse_int(limit, name="limit", lo=1, hi=200),
         )
         return Response({"entries": page.entries, "next_before": page.next_before})
 

@@ -14,6 +14,7 @@ from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, audit_export
 from siphera.api_errors import ApiError
+from siphera.params import BIGINT_MAX, parse_int
 
 PAGE_SIZE_MAX = 200
 
@@ -98,7 +99,4 @@ def event_families() -> list[str]:
 def parse_before(value) -> int | None:
     if value in (None, ""):
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, "invalid_request", "before is an entry id.") from None
+    return parse_int(value, name="before", lo=1, hi=BIGINT_MAX)
