@@ -1,10 +1,12 @@
-"""1:1 call signaling over /ws/v1 with real sockets, a real server (two, where it says so)
-and a real Celery worker for the timers: every case ends in the right frames on every
-device and the right call record."""
+"""1:1 call signaling over /ws/v1 with real sockets, real servers and a real Celery worker
+for the timers: every case ends in the right frames on every device and the right call
+record, each run twice: with everyone on one web process, and with the caller's side on
+one and the callee's on another (`where`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -60,6 +62,32 @@ def second_device(server, session, name="phone") -> _Session:
     return _Session(session.org, session.user, device_id, token, keys, api.as_device(token))
 
 
+@pytest.fixture(scope="module")
+def other_server(server, tmp_path_factory):
+    """A second web process on the same database and Redis."""
+    with server_with_env(tmp_path_factory.mktemp("second") / "server.log") as second:
+        yield second
+
+
+@pytest.fixture(params=["one process", "two processes"])
+def where(request, server):
+    """(the caller's server, the callee's server)."""
+    if request.param == "one process":
+        return server, server
+    return server, request.getfixturevalue("other_server")
+
+
+@contextlib.contextmanager
+def servers_with_env(where_param: str, tmp_path, **env):
+    """Like `where`, for servers started with special settings."""
+    with server_with_env(tmp_path / "a.log", **env) as first:
+        if where_param == "one process":
+            yield first, first
+            return
+        with server_with_env(tmp_path / "b.log", **env) as second:
+            yield first, second
+
+
 @pytest.fixture
 def people(server, org_a, new_session):
     """alice (one device) and bob (two devices: laptop and phone), members of org A."""
@@ -70,12 +98,13 @@ def people(server, org_a, new_session):
 
 
 async def test_every_callee_device_rings_the_first_to_accept_wins_and_ice_and_hangup_relay(
-    server, org_a, people
+    where, org_a, people
 ):
+    caller_server, callee_server = where
     alice, bob, bob_phone = people
-    a = await authed_socket(server, alice, live=True)
-    b1 = await authed_socket(server, bob, live=True)
-    b2 = await authed_socket(server, bob_phone, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b1 = await authed_socket(callee_server, bob, live=True)
+    b2 = await authed_socket(caller_server, bob_phone, live=True)
     call_id = await invite(a, bob, media="video")
     invited = await recv_type(a, "call.invited")
     assert invited == {"type": "call.invited", "call_id": call_id, "ref": "inv"}
@@ -126,12 +155,13 @@ async def test_every_callee_device_rings_the_first_to_accept_wins_and_ice_and_ha
 
 
 async def test_a_reject_ends_the_call_for_the_caller_and_stops_every_other_device(
-    server, org_a, people
+    where, org_a, people
 ):
+    caller_server, callee_server = where
     alice, bob, bob_phone = people
-    a = await authed_socket(server, alice, live=True)
-    b1 = await authed_socket(server, bob, live=True)
-    b2 = await authed_socket(server, bob_phone, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b1 = await authed_socket(callee_server, bob, live=True)
+    b2 = await authed_socket(caller_server, bob_phone, live=True)
     call_id = await invite(a, bob)
     await recv_type(b1, "call.incoming")
     await recv_type(b2, "call.incoming")
@@ -145,12 +175,13 @@ async def test_a_reject_ends_the_call_for_the_caller_and_stops_every_other_devic
         await ws.close()
 
 
-async def test_a_callee_in_an_answered_call_is_busy(server, org_a, people, new_session):
+async def test_a_callee_in_an_answered_call_is_busy(where, org_a, people, new_session):
+    caller_server, callee_server = where
     alice, bob, _ = people
     carol = new_session(org_a)
-    a = await authed_socket(server, alice, live=True)
-    b = await authed_socket(server, bob, live=True)
-    c = await authed_socket(server, carol, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b = await authed_socket(callee_server, bob, live=True)
+    c = await authed_socket(caller_server, carol, live=True)
     first = await invite(a, bob)
     await recv_type(b, "call.incoming")
     await send(b, {"type": "call.accept", "call_id": first, "sdp": ANSWER})
@@ -167,10 +198,11 @@ async def test_a_callee_in_an_answered_call_is_busy(server, org_a, people, new_s
         await ws.close()
 
 
-async def test_glare_settles_on_one_call(server, org_a, people):
+async def test_glare_settles_on_one_call(where, org_a, people):
+    caller_server, callee_server = where
     alice, bob, _ = people
-    a = await authed_socket(server, alice, live=True)
-    b = await authed_socket(server, bob, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b = await authed_socket(callee_server, bob, live=True)
     a_call, b_call = str(uuid.uuid4()), str(uuid.uuid4())
     await asyncio.gather(invite(a, bob, call_id=a_call), invite(b, alice, call_id=b_call))
     answers = {}
@@ -197,15 +229,19 @@ async def test_glare_settles_on_one_call(server, org_a, people):
     await b.close()
 
 
+@pytest.mark.parametrize("where_param", ["one process", "two processes"])
 async def test_an_unanswered_call_times_out_as_missed_on_every_device(
-    org_a, new_session, celery_worker, tmp_path
+    org_a, celery_worker, tmp_path, where_param
 ):
-    with server_with_env(tmp_path / "ring.log", CALL_RING_TIMEOUT_SECONDS="2") as server:
-        alice, bob = new_session_on(server, org_a), new_session_on(server, org_a)
-        bob_phone = second_device(server, bob)
-        a = await authed_socket(server, alice, live=True)
-        b1 = await authed_socket(server, bob, live=True)
-        b2 = await authed_socket(server, bob_phone, live=True)
+    with servers_with_env(where_param, tmp_path, CALL_RING_TIMEOUT_SECONDS="2") as (
+        caller_server,
+        callee_server,
+    ):
+        alice, bob = new_session_on(caller_server, org_a), new_session_on(callee_server, org_a)
+        bob_phone = second_device(callee_server, bob)
+        a = await authed_socket(caller_server, alice, live=True)
+        b1 = await authed_socket(callee_server, bob, live=True)
+        b2 = await authed_socket(caller_server, bob_phone, live=True)
         call_id = await invite(a, bob)
         await recv_type(b1, "call.incoming")
         for ws in (a, b1, b2):
@@ -228,13 +264,17 @@ def new_session_on(server, org, role="member") -> _Session:
     return _Session(org, user, device_id, token, keys, api.as_device(token))
 
 
+@pytest.mark.parametrize("where_param", ["one process", "two processes"])
 async def test_a_dropped_socket_ends_its_call_after_the_grace_and_a_reconnect_keeps_it(
-    org_a, celery_worker, tmp_path
+    org_a, celery_worker, tmp_path, where_param
 ):
-    with server_with_env(tmp_path / "grace.log", CALL_RECONNECT_GRACE_SECONDS="2") as server:
-        alice, bob = new_session_on(server, org_a), new_session_on(server, org_a)
-        a = await authed_socket(server, alice, live=True)
-        b = await authed_socket(server, bob, live=True)
+    with servers_with_env(where_param, tmp_path, CALL_RECONNECT_GRACE_SECONDS="2") as (
+        caller_server,
+        callee_server,
+    ):
+        alice, bob = new_session_on(caller_server, org_a), new_session_on(callee_server, org_a)
+        a = await authed_socket(caller_server, alice, live=True)
+        b = await authed_socket(callee_server, bob, live=True)
         kept = await invite(a, bob)
         await recv_type(b, "call.incoming")
         await send(b, {"type": "call.accept", "call_id": kept, "sdp": ANSWER})
@@ -242,7 +282,7 @@ async def test_a_dropped_socket_ends_its_call_after_the_grace_and_a_reconnect_ke
 
         # Bob's socket drops and comes back within the grace: the call goes on.
         await b.close()
-        b = await authed_socket(server, bob, live=True)
+        b = await authed_socket(callee_server, bob, live=True)
         assert not [f for f in await silent(a, 4) if f["type"] == "call.ended"]
         call, parts = record(org_a, kept)
         assert call.state == "active" and parts["callee"].disconnected_at is None
@@ -256,31 +296,11 @@ async def test_a_dropped_socket_ends_its_call_after_the_grace_and_a_reconnect_ke
         await b.close()
 
 
-async def test_caller_and_callee_on_two_web_processes(server, org_a, people, tmp_path):
-    alice, bob, bob_phone = people
-    with server_with_env(tmp_path / "second.log") as other:
-        a = await authed_socket(server, alice, live=True)
-        b1 = await authed_socket(other, bob, live=True)
-        b2 = await authed_socket(server, bob_phone, live=True)
-        call_id = await invite(a, bob)
-        assert (await recv_type(b1, "call.incoming"))["sdp"] == OFFER
-        await recv_type(b2, "call.incoming")
-        await send(b1, {"type": "call.accept", "call_id": call_id, "sdp": ANSWER})
-        assert (await recv_type(a, "call.accept"))["sdp"] == ANSWER
-        assert (await recv_type(b2, "call.answered_elsewhere"))["call_id"] == call_id
-        await send(a, {"type": "call.ice", "call_id": call_id, "candidate": {"n": 1}})
-        assert (await recv_type(b1, "call.ice"))["candidate"] == {"n": 1}
-        await send(b1, {"type": "call.hangup", "call_id": call_id})
-        assert (await recv_type(a, "call.ended"))["reason"] == "hangup"
-        assert record(org_a, call_id)[0].outcome == "completed"
-        for ws in (a, b1, b2):
-            await ws.close()
-
-
-async def test_a_revoked_device_ends_its_call(server, org_a, people):
+async def test_a_revoked_device_ends_its_call(where, org_a, people):
+    caller_server, callee_server = where
     alice, bob, _ = people
-    a = await authed_socket(server, alice, live=True)
-    b = await authed_socket(server, bob, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b = await authed_socket(callee_server, bob, live=True)
     call_id = await invite(a, bob)
     await recv_type(b, "call.incoming")
     await send(b, {"type": "call.accept", "call_id": call_id, "sdp": ANSWER})
@@ -393,10 +413,11 @@ async def test_another_orgs_user_cannot_act_on_a_call(server, org_a, org_b, peop
         await ws.close()
 
 
-async def test_do_not_disturb_sends_the_call_to_missed_without_ringing(server, org_a, people):
+async def test_do_not_disturb_sends_the_call_to_missed_without_ringing(where, org_a, people):
+    caller_server, callee_server = where
     alice, bob, bob_phone = people
-    a = await authed_socket(server, alice, live=True)
-    b = await authed_socket(server, bob, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b = await authed_socket(callee_server, bob, live=True)
     dnd = bob.api.put("/api/v1/me/presence", json={"status": "dnd"})
     assert dnd.status_code == 200, dnd.text
     call_id = await invite(a, bob, ref="d")
@@ -414,12 +435,13 @@ async def test_do_not_disturb_sends_the_call_to_missed_without_ringing(server, o
     await b.close()
 
 
-async def test_watchers_see_in_call_while_the_call_is_answered(server, org_a, people, new_session):
+async def test_watchers_see_in_call_while_the_call_is_answered(where, org_a, people, new_session):
+    caller_server, callee_server = where
     alice, bob, _ = people
     watcher = new_session(org_a)
-    w = await authed_socket(server, watcher, live=True)
-    a = await authed_socket(server, alice, live=True)
-    b = await authed_socket(server, bob, live=True)
+    w = await authed_socket(caller_server, watcher, live=True)
+    a = await authed_socket(caller_server, alice, live=True)
+    b = await authed_socket(callee_server, bob, live=True)
     await send(w, {"type": "presence.subscribe", "user_ids": [str(alice.user.pk)]})
     subscribed = await recv_type(w, "presence.subscribed")
     assert subscribed["presence"][0]["state"] == "online"
