@@ -340,7 +340,7 @@ def check_reject(*, user: User, device_id: int, call_id, reason=None) -> Call:
             raise ApiError(410, CallError.CALL_ENDED, "The call has ended.")
         if call.state != Call.RINGING:
             raise ApiError(409, CallError.NOT_RINGING, "The call was answered: hang up instead.")
-        _finish(call, Call.REJECTED, "rejected", by=(user.pk, device_id))
+        _finish(call, Call.REJECTED, "rejected", by=(user.pk, device_id), parts=parts)
     return call
 
 
@@ -357,11 +357,11 @@ def check_hangup(*, user: User, device_id: int, call_id) -> Call:
             if device_id != call.caller_device_id:
                 raise not_found("No such call.")
             outcome = Call.COMPLETED if call.state == Call.ACTIVE else Call.MISSED
-            _finish(call, outcome, "hangup", by=(user.pk, device_id))
+            _finish(call, outcome, "hangup", by=(user.pk, device_id), parts=parts)
         elif call.state == Call.RINGING:
-            _finish(call, Call.REJECTED, "rejected", by=(user.pk, device_id))
+            _finish(call, Call.REJECTED, "rejected", by=(user.pk, device_id), parts=parts)
         elif me.device_id == device_id:
-            _finish(call, Call.COMPLETED, "hangup", by=(user.pk, device_id))
+            _finish(call, Call.COMPLETED, "hangup", by=(user.pk, device_id), parts=parts)
         else:
             raise not_found("No such call.")  # another device of the callee's
     return call
@@ -412,6 +412,7 @@ def _finish(
     now: datetime | None = None,
     by: tuple | None = None,
     notify: bool = True,
+    parts: dict[str, CallParticipant] | None = None,
 ) -> None:
     """End a locked call: record the outcome, close every participant, and (with
     `notify`) tell every device still in it with `call.ended`, except the one that
@@ -425,7 +426,7 @@ def _finish(
     )
     if not notify:
         return
-    parts = _participants(call)
+    parts = parts if parts is not None else _participants(call)
     frame = {"type": "call.ended", "call_id": str(call.pk), "reason": reason}
     by_user, by_device = by if by else (None, None)
     if not (by_user == call.caller_id and by_device == call.caller_device_id):
@@ -451,13 +452,13 @@ def do_ring_timeout(call_id, due: str) -> bool:
     did. A timer that fires early (clock skew) leaves the call to the sweep."""
     with transaction.atomic():
         try:
-            call, _ = _lock_call(call_id)
+            call, parts = _lock_call(call_id)
         except ApiError:
             return False
         deadline = datetime.fromisoformat(due)
         if call.state != Call.RINGING or timezone.now() < deadline - timedelta(seconds=1):
             return False
-        _finish(call, Call.MISSED, "timeout")
+        _finish(call, Call.MISSED, "timeout", parts=parts)
         return True
 
 
@@ -519,16 +520,16 @@ def do_reconnect_grace_expired(call_id, user_id, since: str) -> bool:
             or leg.disconnected_at.isoformat() != since
         ):
             return False
-        _finish(call, Call.FAILED, "failed", by=(leg.user_id, leg.device_id))
+        _finish(call, Call.FAILED, "failed", by=(leg.user_id, leg.device_id), parts=parts)
         return True
 
 
 def on_device_revoked(device) -> None:
     """orgs.hooks.device_revoked: a revoked device's calls end (`failed`) at once."""
     for leg in _live_legs(device.user_id, device.device_id):
-        call, _ = _lock_call(leg.call_id)
+        call, parts = _lock_call(leg.call_id)
         if call.state != Call.ENDED:
-            _finish(call, Call.FAILED, "failed", by=(device.user_id, device.device_id))
+            _finish(call, Call.FAILED, "failed", by=(device.user_id, device.device_id), parts=parts)
 
 
 def do_sweep() -> int:
@@ -564,6 +565,4 @@ def _schedule(task_name: str, *args, countdown: float) -> None:
 
 def _presence_changed(*user_ids) -> None:
     """In-a-call changed for these users: presence tells their watchers after commit."""
-    for user_id in user_ids:
-        if user_id is not None:
-            presence.notify_changed(user_id)
+    presence.notify_changed(*(user_id for user_id in user_ids if user_id is not None))

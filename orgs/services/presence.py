@@ -201,33 +201,43 @@ def publish(user_id) -> tuple[str, dict] | None:
     """Compute the user's presence after a change and return `(group, event)` to send to
     its subscribers, or None: nothing new (another process published it already or a
     newer one), or the org hides presence. The caller sends it (channel layer)."""
+    found = publish_many([user_id])
+    return found[0] if found else None
+
+
+def publish_many(user_ids) -> list[tuple[str, dict]]:
+    """`publish` for several users at once (one policy read, one status read, one
+    socket-state read for all of them): the `(group, event)`s to send."""
     schema = connection.schema_name
     if presence_hidden():
-        return None
-    user_id = _as_uuid(user_id)
-    version = presence_store.bump(schema, user_id)
-    body = presence_of([user_id])[user_id]
-    if not presence_store.publish_if_newer(schema, user_id, version, json.dumps(body)):
-        return None
-    return presence_group(schema, user_id), {
-        "type": "presence.changed",
-        "v": version,
-        "presence": body,
-    }
+        return []
+    user_ids = [_as_uuid(u) for u in user_ids]
+    versions = {user_id: presence_store.bump(schema, user_id) for user_id in user_ids}
+    bodies = presence_of(user_ids)
+    out = []
+    for user_id in user_ids:
+        body = bodies[user_id]
+        if presence_store.publish_if_newer(schema, user_id, versions[user_id], json.dumps(body)):
+            event = {"type": "presence.changed", "v": versions[user_id], "presence": body}
+            out.append((presence_group(schema, user_id), event))
+    return out
 
 
-def notify_changed(user_id) -> None:
-    """Push the user's presence to their subscribers after the current transaction
-    commits (at once outside one): for calls, when the user's call starts or ends. Never
+def notify_changed(*user_ids) -> None:
+    """Push these users' presence to their subscribers after the current transaction
+    commits (at once outside one): for calls, when a user's call starts or ends. Never
     raises: presence is best effort and must not fail the caller."""
     schema = connection.schema_name
 
     def send() -> None:
         try:
-            with schema_context(schema):
-                found = publish(user_id)
-            if found is not None:
-                events.send_now(*found)
+            if connection.schema_name == schema:
+                found = publish_many(user_ids)
+            else:  # an on_commit hook may run after the caller's schema context ended
+                with schema_context(schema):
+                    found = publish_many(user_ids)
+            for group, event in found:
+                events.send_now(group, event)
         except Exception:
             log.warning("presence.notify_failed", exc_info=True)
 
