@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -102,5 +105,19 @@ def handler404(request, exception=None):
     return response
 
 
+DATABASE_RETRY_AFTER = 5  # seconds a client waits before retrying a 503 database_unavailable
+
+
 def handler500(request):
+    """JSON 500 for a bug; a 503 `database_unavailable` with `Retry-After` when the
+    database cannot be reached (down, restarting, out of connections): the client should
+    retry, and nothing was half-written (each request's writes are one transaction)."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        logging.getLogger("siphera.db").warning("database unavailable: %s", exc)
+        response = json_error(
+            503, "database_unavailable", "The database is unavailable; retry shortly."
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
     return json_error(500, "internal_error", "Internal server error.")

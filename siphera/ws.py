@@ -18,7 +18,9 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
+from siphera.api_errors import DATABASE_RETRY_AFTER
 from siphera.logging import org_var
 from siphera.tenancy import org_for_host, public_db
 
@@ -143,6 +145,16 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
             await self.dispatch_frame(frame)
         except FrameError as exc:
             await self.send_error(exc.code, exc.message, ref=ref)
+        except (OperationalError, InterfaceError):
+            # PostgreSQL is down, restarting or out of connections: retry later. The
+            # DB thread's broken connection is replaced before its next call.
+            log.warning("ws.database_unavailable", extra={"frame_type": frame["type"]})
+            await self.send_error(
+                "database_unavailable",
+                f"The database is unavailable; retry in {DATABASE_RETRY_AFTER} s.",
+                ref=ref,
+                retry_after=DATABASE_RETRY_AFTER,
+            )
         except Exception:
             # A bug or a failing dependency must not kill the socket without cleanup
             # (PITFALLS 27): the client hears of it, and the socket goes on.
@@ -158,8 +170,8 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
         # orjson: a tenth of json.dumps's CPU, and every frame out is encoded here
         await self.send(text_data=orjson.dumps(frame).decode())
 
-    async def send_error(self, code: str, message: str, ref=None) -> None:
-        frame = {"type": "error", "code": code, "message": message}
+    async def send_error(self, code: str, message: str, ref=None, **extra) -> None:
+        frame = {"type": "error", "code": code, "message": message, **extra}
         if isinstance(ref, (str, int)):
             frame["ref"] = ref
         await self.send_frame(frame)

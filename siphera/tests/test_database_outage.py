@@ -1,0 +1,132 @@
+"""PostgreSQL gone is a 503 the client can retry, never a 500, and the server recovers by
+itself when it comes back.
+
+The server under test reaches PostgreSQL through a TCP proxy in this process; cutting the
+proxy (every open connection and the listener) is the database going away."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import pytest
+
+from tests import fixtures
+from tests.fixtures import Api, host_of, server_with_env
+from tests.ws import authed_socket, recv_type, send
+
+
+class TcpProxy:
+    """127.0.0.1:<port> -> PostgreSQL, which can be cut and restored."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """The database goes away: no new connection, every open one dropped."""
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+@pytest.fixture
+def proxied_server(tmp_path):
+    from urllib.parse import urlsplit, urlunsplit
+
+    real = urlsplit(fixtures.test_database_url())
+    proxy = TcpProxy((real.hostname or "127.0.0.1", real.port or 5432))
+    proxy.start()
+    netloc = real.netloc.rsplit("@", 1)
+    via_proxy = urlunsplit(
+        real._replace(
+            netloc=f"{netloc[0]}@127.0.0.1:{proxy.port}"
+            if len(netloc) == 2
+            else f"127.0.0.1:{proxy.port}"
+        )
+    )
+    with server_with_env(tmp_path / "server.log", DATABASE_URL=via_proxy) as server:
+        yield server, proxy
+    proxy.cut()
+
+
+async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
+    proxied_server, org_a, new_session
+):
+    server, proxy = proxied_server
+    session = new_session(org_a)
+    api = Api(server, host_of(org_a), session.token)
+    assert api.get("/api/v1/me").status_code == 200
+    assert api.get("/api/v1/calls").status_code == 200
+    ws = await authed_socket(server, session, live=True)
+
+    proxy.cut()
+    # A live socket hears that its frame could not be served, and stays open.
+    await send(ws, {"type": "devices", "ref": "d"})
+    error = await recv_type(ws, "error", timeout=15)
+    assert error.get("ref") == "d", error
+    assert (error["code"], error["retry_after"]) == ("database_unavailable", 5)
+    await send(ws, {"type": "ping", "ref": "p"})
+    assert (await recv_type(ws, "pong"))["ref"] == "p"
+
+    for path in ("/api/v1/me", "/api/v1/calls", "/api/v1/conversations"):
+        response = api.get(path)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"]["code"] == "database_unavailable"
+        assert response.headers["Retry-After"] == "5"
+    ready = api.get("/ready")
+    assert ready.status_code == 503
+
+    proxy.start()  # the same port again
+    assert api.get("/api/v1/me").status_code == 200
+    await send(ws, {"type": "devices", "ref": "again"})
+    devices = await recv_type(ws, "devices", timeout=15)
+    assert devices["ref"] == "again"  # the DB thread replaced its broken connection
+    await ws.close()
+    assert "database unavailable" in server.log_text()
