@@ -10,6 +10,9 @@ REDIS_POOL_TIMEOUT_SECONDS (siphera.settings); only then does a command fail.
 
 from __future__ import annotations
 
+import functools
+
+import redis
 import redis.asyncio
 from channels_redis.core import RedisChannelLayer as _RedisChannelLayer
 from django.conf import settings
@@ -32,3 +35,26 @@ class RedisChannelLayer(_RedisChannelLayer):
         if "address" not in host:  # Sentinel or keyword hosts: channels-redis as it is
             return super().create_pool(index)
         return blocking_pool(host.pop("address"), **host)
+
+
+@functools.cache
+def _sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def groups_with_members(groups: list[str]) -> list[bool]:
+    """For each group, whether any socket has joined it (a sync read, for sync code that
+    can skip work nobody would receive: presence of a user nobody watches, say).
+
+    Reads channels-redis's own group sets (`_group_key`, `consistent_hash`; pinned
+    channels-redis 4.3). A member whose socket died without leaving still counts until
+    the layer's group expiry: the answer errs towards "yes", never towards a lost event."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    out = []
+    for group in groups:
+        host = layer.hosts[layer.consistent_hash(group)]
+        client = _sync_client(host["address"])
+        out.append(bool(client.zcard(layer._group_key(group))))
+    return out

@@ -43,6 +43,7 @@ from orgs.services.directory import access_directory_user
 from orgs.services.mfa import get_org_policy
 from siphera import events
 from siphera.api_errors import ApiError
+from siphera.channel_layer import groups_with_members
 from siphera.tenancy import group_name, schema_context
 
 log = logging.getLogger("siphera.presence")
@@ -209,9 +210,13 @@ def publish_many(user_ids) -> list[tuple[str, dict]]:
     """`publish` for several users at once (one policy read, one status read, one
     socket-state read for all of them): the `(group, event)`s to send."""
     schema = connection.schema_name
-    if presence_hidden():
-        return []
     user_ids = [_as_uuid(u) for u in user_ids]
+    # Nobody watches most users at any moment: skip them (a subscriber reads the state
+    # afresh after joining the group, so a change skipped here is never missed).
+    watched = groups_with_members([presence_group(schema, u) for u in user_ids])
+    user_ids = [u for u, yes in zip(user_ids, watched, strict=True) if yes]
+    if not user_ids or presence_hidden():
+        return []
     versions = {user_id: presence_store.bump(schema, user_id) for user_id in user_ids}
     bodies = presence_of(user_ids)
     out = []
