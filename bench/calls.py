@@ -123,22 +123,15 @@ def prepare_pairs(pair_count: int) -> list[dict]:
     import django
 
     django.setup()
-    from django.core.management import call_command
 
     from messaging.services import keys
     from messaging.services.devices import do_register_device
-    from orgs.models import Org
     from orgs.services import audit
-    from orgs.services.orgs import check_create_org
     from orgs.services.users import check_create_user
-    from siphera.tenancy import in_tenant, public_schema
+    from siphera.tenancy import in_tenant
 
-    call_command("migrate_schemas", shared=True, verbosity=0)
     actor = audit.Actor.system("bench")
-    with public_schema():
-        org = Org.objects.filter(slug="bench").first()
-    if org is None:
-        org = check_create_org(slug="bench", name="Bench", domains=[relay.HOST], actor=actor)
+    org = relay.bench_org(actor)
 
     def device(prefix):
         user = check_create_user(

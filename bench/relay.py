@@ -116,28 +116,37 @@ def ensure_database(url: str, *, fresh: bool) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def bench_org(actor):
+    """The bench org (created on first use), with the public schema migrated."""
+    from django.core.management import call_command
+
+    from orgs.models import Org
+    from orgs.services.orgs import check_create_org
+    from siphera.tenancy import public_schema
+
+    call_command("migrate_schemas", shared=True, verbosity=0)
+    with public_schema():
+        org = Org.objects.filter(slug="bench").first()
+    if org is None:
+        org = check_create_org(slug="bench", name="Bench", domains=[HOST], actor=actor)
+    return org
+
+
 def prepare_org(device_count: int, pair_count: int):
     """Create the bench org with `pair_count` sender/receiver pairs (1:1 conversations) and
     enough extra devices for the idle test. Returns (pairs, idle_tokens)."""
     import django
 
     django.setup()
-    from django.core.management import call_command
 
     from messaging.services import conversations, keys
     from messaging.services.devices import do_register_device
-    from orgs.models import Org
     from orgs.services import audit
-    from orgs.services.orgs import check_create_org
     from orgs.services.users import check_create_user
-    from siphera.tenancy import in_tenant, public_schema
+    from siphera.tenancy import in_tenant
 
-    call_command("migrate_schemas", shared=True, verbosity=0)
     actor = audit.Actor.system("bench")
-    with public_schema():
-        org = Org.objects.filter(slug="bench").first()
-    if org is None:
-        org = check_create_org(slug="bench", name="Bench", domains=[HOST], actor=actor)
+    org = bench_org(actor)
 
     def bundle():
         return keys.DeviceKeys(

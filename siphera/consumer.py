@@ -21,8 +21,10 @@ import asyncio
 import logging
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from siphera import events, ratelimit, sockets
+from siphera.api_errors import DATABASE_RETRY_AFTER
 from siphera.sockets import Extension, SocketIdentity, frame
 from siphera.tenancy import tenant_db
 from siphera.ws import (
@@ -183,11 +185,22 @@ class ClientConsumer(JsonFrameConsumer):
     async def authenticate(self, frame: dict) -> None:
         token = frame.get("token")
         authenticator = sockets.registry.authenticator
-        identity = (
-            await tenant_db(self.org, authenticator, token)
-            if isinstance(token, str) and authenticator is not None
-            else None
-        )
+        try:
+            identity = (
+                await tenant_db(self.org, authenticator, token)
+                if isinstance(token, str) and authenticator is not None
+                else None
+            )
+        except (OperationalError, InterfaceError):
+            # Not 4401: the token may be good, and a client must not drop it for this.
+            log.warning("ws.database_unavailable", extra={"frame_type": "auth"})
+            await self.send_error(
+                "database_unavailable",
+                f"The database is unavailable; retry in {DATABASE_RETRY_AFTER} s.",
+                retry_after=DATABASE_RETRY_AFTER,
+            )
+            await self.close(code=1011)
+            return
         if identity is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -210,7 +223,14 @@ class ClientConsumer(JsonFrameConsumer):
             {"type": "ready", "user_id": str(identity.user_id), "device_id": identity.device_id}
         )
         for extension in self.ext.values():
-            await extension.ready()
+            try:
+                await extension.ready()
+            except Exception:
+                # A socket half set up (no delivery, say) must not look ready: close it,
+                # and the client connects again (1011: try again later).
+                log.exception("ws.ready_failed", extra={"extension": extension.name})
+                await self.close(code=1011)
+                return
 
     async def join_group(self, group: str) -> None:
         """Join a further channel-layer group (left again when the socket closes)."""

@@ -20,7 +20,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from siphera.api_errors import DATABASE_RETRY_AFTER
+from siphera.api_errors import DATABASE_RETRY_AFTER, error_body
 from siphera.logging import org_var
 from siphera.tenancy import org_for_host, public_db
 
@@ -44,8 +44,40 @@ class TenantWebSocketMiddleware:
             if name == b"host":
                 host = value.decode("latin-1")
                 break
-        tenant = await public_db(org_for_host, host)
+        try:
+            tenant = await public_db(org_for_host, host)
+        except (OperationalError, InterfaceError):
+            log.warning("ws.database_unavailable", extra={"frame_type": "handshake"})
+            await refuse_handshake_unavailable(scope, receive, send)
+            return None
         return await self.inner({**scope, "tenant": tenant}, receive, send)
+
+
+def json_body(code: str, message: str) -> bytes:
+    return orjson.dumps(error_body(code, message))
+
+
+async def refuse_handshake_unavailable(scope, receive, send) -> None:
+    """Answer a handshake with HTTP 503 and `Retry-After` (the database is unavailable),
+    where the server supports ASGI's `websocket.http.response`; else refuse it (403)."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    body = json_body("database_unavailable", "The database is unavailable; retry shortly.")
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(DATABASE_RETRY_AFTER).encode()),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 class FrameError(Exception):

@@ -39,6 +39,15 @@ def test_database_url() -> str:
     )
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
@@ -144,11 +153,7 @@ def server(_database, tmp_path_factory) -> LiveServer:
         _wait_http(f"http://127.0.0.1:{port}/health", proc, log_path)
         yield LiveServer(port=port, log_path=log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -169,11 +174,7 @@ def server_with_env(log_path: Path, **env: str) -> Iterator[LiveServer]:
         _wait_http(f"http://127.0.0.1:{port}/health", proc, log_path)
         yield LiveServer(port=port, log_path=log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")
@@ -215,11 +216,7 @@ def celery_worker(_database, tmp_path_factory):
             time.sleep(0.3)
         yield log_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 # --- orgs, users, devices -------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import ROOT, LiveServer, child_env, server_with_env
+from tests.fixtures import ROOT, LiveServer, child_env, server_with_env, stop_process
 
 
 @dataclass
@@ -76,11 +76,7 @@ def coturn(directory: Path, *secrets: str) -> Iterator[Coturn]:
             time.sleep(0.1)
         yield Coturn(port=port, log_path=log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @dataclass

@@ -11,10 +11,11 @@ import socket
 import threading
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from tests import fixtures
 from tests.fixtures import Api, host_of, server_with_env
-from tests.ws import authed_socket, recv_type, send
+from tests.ws import authed_socket, open_socket, recv_type, send, wait_closed
 
 
 class TcpProxy:
@@ -105,6 +106,7 @@ async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
     assert api.get("/api/v1/me").status_code == 200
     assert api.get("/api/v1/calls").status_code == 200
     ws = await authed_socket(server, session, live=True)
+    unauthenticated = await open_socket(server, host_of(org_a))
 
     proxy.cut()
     # A live socket hears that its frame could not be served, and stays open.
@@ -114,6 +116,18 @@ async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
     assert (error["code"], error["retry_after"]) == ("database_unavailable", 5)
     await send(ws, {"type": "ping", "ref": "p"})
     assert (await recv_type(ws, "pong"))["ref"] == "p"
+    # A socket whose `auth` the database cannot check is told so and closed with 1011 (try
+    # again later), not 4401, which would tell the client its token is bad.
+    await send(unauthenticated, {"type": "auth", "token": session.token})
+    assert (await recv_type(unauthenticated, "error", timeout=15))["code"] == (
+        "database_unavailable"
+    )
+    assert await wait_closed(unauthenticated) == 1011
+    # A new socket's handshake cannot find its org: 503 with Retry-After, not a 500.
+    with pytest.raises(InvalidStatus) as refused:
+        await open_socket(server, host_of(org_a))
+    assert refused.value.response.status_code == 503
+    assert refused.value.response.headers["Retry-After"] == "5"
 
     for path in ("/api/v1/me", "/api/v1/calls", "/api/v1/conversations"):
         response = api.get(path)
