@@ -94,6 +94,7 @@ def _server_frame_types() -> set[str]:
                     and key.value == "type"
                     and isinstance(value, ast.Constant)
                     and isinstance(value.value, str)
+                    and not value.value.startswith("websocket.")  # ASGI messages, not frames
                 ):
                     types.add(value.value)
     return types | {"message"}  # built by messaging.services.delivery.message_frame
@@ -117,6 +118,7 @@ def _error_codes() -> set[str]:
                         isinstance(key, ast.Constant)
                         and key.value == "code"
                         and isinstance(value, ast.Constant)
+                        and isinstance(value.value, str)  # not an ASGI close code
                     ):
                         codes.add(value.value)
     return codes
