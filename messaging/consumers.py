@@ -22,11 +22,13 @@ import asyncio
 import logging
 import uuid
 
+from django.db import InterfaceError, OperationalError
+
 from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import delivery, receipts
 from orgs.roles import Perm
 from siphera import sockets
-from siphera.api_errors import ApiError
+from siphera.api_errors import DATABASE_RETRY_AFTER, ApiError
 from siphera.params import BIGINT_MAX, in_range
 from siphera.tenancy import tenant_db
 from siphera.ws import FrameError
@@ -144,13 +146,24 @@ class MessagingSocket(sockets.Extension):
                 room = MAX_IN_FLIGHT - len(self._in_flight)
                 if self._read_needed and room > 0:  # else an ack will wake us
                     self._read_needed = False
-                    entries = await tenant_db(
-                        self.org,
-                        delivery.pending_for_device,
-                        self.device.pk,
-                        exclude_ids=list(self._in_flight.values()),
-                        limit=room,
-                    )
+                    try:
+                        entries = await tenant_db(
+                            self.org,
+                            delivery.pending_for_device,
+                            self.device.pk,
+                            exclude_ids=list(self._in_flight.values()),
+                            limit=room,
+                        )
+                    except (OperationalError, InterfaceError):
+                        # PostgreSQL is unreachable: the queue stays where it is; read it
+                        # again later rather than closing a socket the client would only
+                        # reopen into the same outage.
+                        log.warning("ws.delivery_waits_for_database")
+                        handle = asyncio.get_running_loop().call_later(
+                            DATABASE_RETRY_AFTER, self._read_soon
+                        )
+                        self._rechecks.append(handle)
+                        continue
                     for queue_id, frame in entries:
                         await self._send_message(queue_id, frame)
                     self._caught_up = len(entries) < room

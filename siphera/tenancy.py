@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.http.request import split_domain_port, validate_host
 from django_tenants.utils import (
     get_public_schema_name,
@@ -147,12 +147,15 @@ class _DbPool:
         return await future
 
     def _work(self) -> None:
+        checked = 0  # the connection-loss generation this thread's connection was checked at
         while True:
             loop, future, context, fn = self._jobs.get()
             try:
-                _discard_broken_connection()
+                checked = _discard_broken_connection(checked)
                 outcome = (context.run(fn), None)
             except BaseException as exc:  # handed to the awaiting coroutine
+                if isinstance(exc, (OperationalError, InterfaceError)):
+                    _connection_lost()
                 outcome = (None, exc)
             try:
                 loop.call_soon_threadsafe(_settle, future, *outcome)
@@ -195,12 +198,27 @@ def verify_schema(org) -> None:
         raise SchemaMismatch(f"expected schema {org.schema_name!r}, PostgreSQL is in {actual!r}")
 
 
-def _discard_broken_connection() -> None:
-    if connection.connection is not None and connection.errors_occurred:
+# Raised whenever a call on any pool thread fails for want of the database: the other
+# threads' idle connections may be dead too (PostgreSQL restarted), so each checks its own
+# once before its next call, instead of failing that call first.
+_lost_generation = 0
+
+
+def _connection_lost() -> None:
+    global _lost_generation
+    _lost_generation += 1
+
+
+def _discard_broken_connection(checked: int = 0) -> int:
+    """Close this thread's connection if it saw an error, or if the database went away
+    since it was last checked, and it no longer answers. Returns the generation checked."""
+    generation = _lost_generation
+    if connection.connection is not None and (connection.errors_occurred or generation != checked):
         if connection.is_usable():
             connection.errors_occurred = False
         else:
             connection.close()
+    return generation
 
 
 def run_in_tenant(fn: Callable[..., T]) -> Callable[..., T]:

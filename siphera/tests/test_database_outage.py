@@ -6,6 +6,7 @@ proxy (every open connection and the listener) is the database going away."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -13,6 +14,7 @@ import threading
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from messaging.tests.helpers import send_body, start_conversation
 from tests import fixtures
 from tests.fixtures import Api, host_of, server_with_env
 from tests.ws import authed_socket, open_socket, recv_type, send, wait_closed
@@ -137,10 +139,21 @@ async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
     ready = api.get("/ready")
     assert ready.status_code == 503
 
+    # The socket's delivery reads its queue again 1 s and 5 s after `ready`; both fall
+    # inside the outage by now, and the socket must outlive them (no 1011).
+    await asyncio.sleep(6)
+
     proxy.start()  # the same port again
     assert api.get("/api/v1/me").status_code == 200
     await send(ws, {"type": "devices", "ref": "again"})
     devices = await recv_type(ws, "devices", timeout=15)
     assert devices["ref"] == "again"  # the DB thread replaced its broken connection
+    # Delivery goes on: a message sent to this device now reaches the same socket.
+    peer = new_session(org_a)
+    conversation = start_conversation(peer, session)["id"]
+    sent = send_body(peer, conversation)
+    assert sent.status_code == 201, sent.text
+    delivered = await recv_type(ws, "message", timeout=15)
+    assert delivered["id"] == sent.json()["id"]
     await ws.close()
     assert "database unavailable" in server.log_text()
