@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
-import math
 import time
 import uuid
 from array import array
@@ -36,58 +34,22 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
 from calls.models import Call, CallParticipant
 from siphera.tenancy import in_tenant
+from siphera_client.media import Tone  # the reference client's tone: one generator
 from tests.fixtures import Api, host_of
 from tests.ws import authed_socket, send
 
 WAIT = 30.0  # seconds: the bound of every wait (none is expected to take more than a few)
 CALLER_HZ, CALLEE_HZ = 440, 880
-SAMPLE_RATE = 48000
-FRAME_SAMPLES = 960  # 20 ms
 FRAMES_HEARD = 50  # 1 s of audio, each way
 
 
 # --- media ------------------------------------------------------------------------------
-
-
-class Tone(MediaStreamTrack):
-    """A sine at `hz`: 20 ms frames of 48 kHz mono s16, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(self, hz: int):
-        super().__init__()
-        self.hz = hz
-        self.sent = 0
-        self._start: float | None = None
-
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        pts = self.sent * FRAME_SAMPLES
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            await asyncio.sleep(max(0.0, self._start + pts / SAMPLE_RATE - time.monotonic()))
-        samples = array(
-            "h",
-            (
-                int(8000 * math.sin(2 * math.pi * self.hz * (pts + i) / SAMPLE_RATE))
-                for i in range(FRAME_SAMPLES)
-            ),
-        )
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        raw = samples.tobytes()
-        frame.planes[0].update(raw + bytes(frame.planes[0].buffer_size - len(raw)))
-        frame.pts, frame.sample_rate = pts, SAMPLE_RATE
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        self.sent += 1
-        return frame
 
 
 def first_channel(frame: AudioFrame) -> array:

@@ -56,6 +56,15 @@ async def invite(ws, callee, *, call_id=None, media="audio", ref="inv") -> str:
     return call_id
 
 
+async def answered_call(caller_ws, callee_ws, callee) -> str:
+    """A call from `caller_ws` that `callee_ws` (a device of `callee`) answered."""
+    call_id = await invite(caller_ws, callee)
+    await recv_type(callee_ws, "call.incoming")
+    await send(callee_ws, {"type": "call.accept", "call_id": call_id, "sdp": ANSWER})
+    await recv_type(caller_ws, "call.accept")
+    return call_id
+
+
 def second_device(server, session, name="phone") -> _Session:
     api = Api(server, host_of(session.org))
     device_id, token, keys = register_device(api, session.user.username, name=name)
@@ -182,10 +191,7 @@ async def test_a_callee_in_an_answered_call_is_busy(where, org_a, people, new_se
     a = await authed_socket(caller_server, alice, live=True)
     b = await authed_socket(callee_server, bob, live=True)
     c = await authed_socket(caller_server, carol, live=True)
-    first = await invite(a, bob)
-    await recv_type(b, "call.incoming")
-    await send(b, {"type": "call.accept", "call_id": first, "sdp": ANSWER})
-    await recv_type(a, "call.accept")
+    first = await answered_call(a, b, bob)
 
     second = await invite(c, bob, ref="busy")
     ended = await recv_type(c, "call.ended")
@@ -275,10 +281,7 @@ async def test_a_dropped_socket_ends_its_call_after_the_grace_and_a_reconnect_ke
         alice, bob = new_session_on(caller_server, org_a), new_session_on(callee_server, org_a)
         a = await authed_socket(caller_server, alice, live=True)
         b = await authed_socket(callee_server, bob, live=True)
-        kept = await invite(a, bob)
-        await recv_type(b, "call.incoming")
-        await send(b, {"type": "call.accept", "call_id": kept, "sdp": ANSWER})
-        await recv_type(a, "call.accept")
+        kept = await answered_call(a, b, bob)
 
         # Bob's socket drops and comes back within the grace: the call goes on.
         await b.close()
@@ -301,10 +304,7 @@ async def test_a_revoked_device_ends_its_call(where, org_a, people):
     alice, bob, _ = people
     a = await authed_socket(caller_server, alice, live=True)
     b = await authed_socket(callee_server, bob, live=True)
-    call_id = await invite(a, bob)
-    await recv_type(b, "call.incoming")
-    await send(b, {"type": "call.accept", "call_id": call_id, "sdp": ANSWER})
-    await recv_type(a, "call.accept")
+    call_id = await answered_call(a, b, bob)
     revoked = bob.api.delete(f"/api/v1/devices/{bob.device_id}")
     assert revoked.status_code == 204, revoked.text
     assert await wait_closed(b) == 4403
@@ -372,6 +372,10 @@ async def test_calls_are_refused_where_the_caller_may_not_call(
         a, {"type": "call.accept", "call_id": str(uuid.uuid4()), "sdp": ANSWER}, "not_found"
     )
     await refused(a, {"type": "call.hangup", "call_id": 12}, "invalid_call")
+    huge = {"candidate": "x" * 5000}
+    await refused(
+        a, {"type": "call.ice", "call_id": str(uuid.uuid4()), "candidate": huge}, "invalid_call"
+    )
     # A group conversation is not rung one by one.
     group = start_conversation(alice, bob, guest, kind="group")
     await refused(
@@ -446,10 +450,7 @@ async def test_watchers_see_in_call_while_the_call_is_answered(where, org_a, peo
     subscribed = await recv_type(w, "presence.subscribed")
     assert subscribed["presence"][0]["state"] == "online"
 
-    call_id = await invite(a, bob)
-    await recv_type(b, "call.incoming")
-    await send(b, {"type": "call.accept", "call_id": call_id, "sdp": ANSWER})
-    await recv_type(a, "call.accept")
+    call_id = await answered_call(a, b, bob)
     states = []
     while "in_call" not in states:
         states.append((await recv_type(w, "presence", timeout=10))["state"])
