@@ -20,6 +20,7 @@ Every function runs in the org's schema and assumes the caller may use calls
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ log = logging.getLogger("siphera.calls")
 
 MEDIA = ("audio", "video")
 REASON_MAX = 100
+# An ICE candidate line is well under 200 bytes; the bound keeps one frame from relaying
+# a quarter-megabyte to every ringing device.
+CANDIDATE_MAX_BYTES = 4096
 _LOCK_NAMESPACE = 0x43414C4C  # "CALL": advisory locks of this module
 
 
@@ -371,8 +375,12 @@ def check_ice(*, user: User, device_id: int, call_id, candidate) -> None:
     """Relay an ICE candidate, untouched, to the other party: from the caller's device to
     the answering device (to every callee device while it rings), from the answering
     device to the caller's."""
-    if not isinstance(candidate, dict):
-        raise ApiError(400, CallError.INVALID_CALL, "`candidate` is an object.")
+    if not isinstance(candidate, dict) or len(json.dumps(candidate)) > CANDIDATE_MAX_BYTES:
+        raise ApiError(
+            400,
+            CallError.INVALID_CALL,
+            f"`candidate` is an object of at most {CANDIDATE_MAX_BYTES} bytes as JSON.",
+        )
     call = Call.objects.filter(pk=_call_id(call_id), kind=Call.DIRECT).first()
     if call is None:
         raise not_found("No such call.")
