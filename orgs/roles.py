@@ -58,6 +58,7 @@ PERM_LABELS: dict[Perm, str] = {
 }
 
 OWNER = "owner"
+MEMBER = "member"
 
 _ALL = frozenset(Perm)
 # Members hold directory.contacts as well as the wider directory.view, so every role that

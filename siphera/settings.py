@@ -57,6 +57,7 @@ TENANT_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",  # portal sessions are per org
     "orgs.accounts",  # users, devices, login grants, audit log
+    "orgs.sso",  # the org's SAML / OIDC identity provider, sign-ins in flight
     "messaging",  # key directory, conversations, messages
     "calls",
     "e911",

@@ -15,6 +15,7 @@ api_v1 = [
 
 urlpatterns = [
     path("api/v1/", include(api_v1)),
+    path("sso/", include("admin_portal.sso_urls")),
     path("", include("admin_portal.urls")),
 ]
 

@@ -29,6 +29,19 @@ class User(AbstractBaseUser):
     # Raised to end every portal session of the user at once (deactivation): it is part
     # of the session auth hash Django checks on each request.
     session_epoch = models.PositiveIntegerField(default=0)
+    # The identity provider's immutable id of this person (SCIM `externalId`, or the SSO
+    # subject: SAML NameID / OIDC `sub` / the attribute the org chose). SSO sign-ins and
+    # SCIM find the user by it, never by e-mail. Null: not bound to the IdP.
+    external_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    LOCAL = "local"
+    SCIM = "scim"
+    SSO = "sso"
+    SOURCES = [
+        (LOCAL, "created in Siphera"),
+        (SCIM, "provisioned by SCIM"),
+        (SSO, "created at SSO sign-in"),
+    ]
+    source = models.CharField(max_length=10, choices=SOURCES, default=LOCAL)
 
     USERNAME_FIELD = "username"
     EMAIL_FIELD = "email"

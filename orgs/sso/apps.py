@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class SsoConfig(AppConfig):
+    """Tenant app: the org's single sign-on provider (SAML 2.0 or OpenID Connect) and the
+    short-lived state of sign-ins in flight."""
+
+    name = "orgs.sso"
+    label = "sso"
+    default_auto_field = "django.db.models.BigAutoField"
