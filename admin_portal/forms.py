@@ -160,3 +160,111 @@ class AuditFilterForm(forms.Form):
             ("Families", [(f, f) for f in families]),
             ("Events", [(n, n) for n in names]),
         ]
+
+
+class SsoForm(forms.Form):
+    """The org's identity provider. Protocol settings are read by orgs.sso.saml / .oidc;
+    empty secret fields keep what is stored."""
+
+    kind = forms.ChoiceField(
+        choices=[("saml", "SAML 2.0"), ("oidc", "OpenID Connect")], label="Protocol"
+    )
+    display_name = forms.CharField(
+        max_length=100, label="Button label", help_text='Shown as "Sign in with …".'
+    )
+    metadata_url = forms.URLField(
+        assume_scheme="https",
+        required=False,
+        max_length=2000,
+        label="IdP metadata URL (SAML)",
+        help_text="Fetched now and refreshed daily; new signing certificates are picked up.",
+    )
+    metadata_xml = forms.CharField(
+        required=False,
+        max_length=1_000_000,
+        widget=forms.Textarea(attrs={"rows": 5}),
+        label="or IdP metadata XML (SAML)",
+    )
+    issuer = forms.URLField(
+        assume_scheme="https", required=False, max_length=2000, label="Issuer URL (OIDC)"
+    )
+    client_id = forms.CharField(required=False, max_length=255, label="Client id (OIDC)")
+    client_secret = forms.CharField(
+        required=False,
+        max_length=2000,
+        widget=forms.PasswordInput(render_value=False),
+        label="Client secret (OIDC)",
+        help_text="Leave empty to keep the stored one (or for a public client using PKCE only).",
+    )
+    subject_attribute = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Immutable user id attribute",
+        help_text="Empty: the SAML NameID or the OIDC sub. Users are bound to it, never to e-mail.",
+    )
+    map_username = forms.CharField(required=False, max_length=200, label="Username attribute")
+    map_email = forms.CharField(required=False, max_length=200, label="E-mail attribute")
+    map_display_name = forms.CharField(
+        required=False, max_length=200, label="Display name attribute"
+    )
+    map_groups = forms.CharField(required=False, max_length=200, label="Groups attribute")
+    jit_provisioning = forms.BooleanField(
+        required=False, label="Create users at their first sign-in"
+    )
+    link_by_username = forms.BooleanField(
+        required=False, label="Bind existing users by username at their first sign-in"
+    )
+    allow_idp_initiated = forms.BooleanField(
+        required=False, label="Accept IdP-initiated sign-ins (SAML)"
+    )
+    trust_idp_mfa = forms.BooleanField(
+        required=False, label="Trust the IdP's multi-factor authentication instead of TOTP"
+    )
+    group_roles = forms.CharField(
+        required=False,
+        max_length=20000,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Group → role",
+        help_text="One 'group = role' per line; the first match wins, no match is 'member'. "
+        "Empty: roles are managed in Siphera.",
+    )
+
+    def settings_payload(self) -> dict:
+        """The body of PUT /api/v1/org/sso this form stands for."""
+        data = self.cleaned_data
+        if data["kind"] == "saml":
+            config = {k: data[k].strip() for k in ("metadata_url", "metadata_xml") if data[k]}
+        else:
+            config = {k: data[k].strip() for k in ("issuer", "client_id") if data[k]}
+        payload = {
+            "kind": data["kind"],
+            "display_name": data["display_name"],
+            "config": config,
+            "subject_attribute": data["subject_attribute"],
+            "attribute_map": {
+                key: data[f"map_{key}"] for key in ("username", "email", "display_name", "groups")
+            },
+            **{
+                flag: data[flag]
+                for flag in (
+                    "jit_provisioning",
+                    "link_by_username",
+                    "allow_idp_initiated",
+                    "trust_idp_mfa",
+                )
+            },
+        }
+        if data["kind"] == "oidc" and data["client_secret"]:
+            payload["secret"] = data["client_secret"]
+        return payload
+
+    def group_role_entries(self) -> list[dict]:
+        entries = []
+        for number, line in enumerate(self.cleaned_data["group_roles"].splitlines(), 1):
+            if not line.strip():
+                continue
+            group, sep, role = line.rpartition("=")
+            if not sep or not group.strip() or not role.strip():
+                raise forms.ValidationError(f"Line {number}: write 'group = role'.")
+            entries.append({"group": group.strip(), "role": role.strip()})
+        return entries

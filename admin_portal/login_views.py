@@ -107,7 +107,10 @@ def login_otp(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         try:
             auth.check_portal_second_factor(
-                user.pk, form.cleaned_data["otp"], actor=audit.Actor.from_request(request)
+                user.pk,
+                form.cleaned_data["otp"],
+                actor=audit.Actor.from_request(request),
+                first=state.get("method", "password"),
             )
         except ApiError as exc:
             if exc.code == "invalid_credentials":
@@ -159,7 +162,8 @@ def login_enroll(request: HttpRequest) -> HttpResponse:
             form.add_error("otp", exc.message)
             status = exc.status_code if exc.status_code == 429 else 200
         else:
-            auth.do_record_portal_login(user, actor=actor, method="password+totp")
+            first = state.get("method", "password")
+            auth.do_record_portal_login(user, actor=actor, method=f"{first}+totp")
             sessions.start(request, user)
             return render(
                 request,

@@ -36,14 +36,18 @@ def is_expired(request: HttpRequest) -> bool:
     return time.time() - started > policy.session_lifetime_seconds()
 
 
-def set_pending(request: HttpRequest, user, *, enroll: bool, next_url: str) -> None:
-    """Remember that `user` passed the password step and owes a code (or enrolment)."""
+def set_pending(
+    request: HttpRequest, user, *, enroll: bool, next_url: str, method: str = "password"
+) -> None:
+    """Remember that `user` passed the first step (`method`: a password, or an SSO
+    sign-in "saml"/"oidc") and owes a code (or enrolment)."""
     request.session.cycle_key()
     request.session[PENDING] = {
         "user": str(user.pk),
         "at": int(time.time()),
         "enroll": enroll,
         "next": next_url,
+        "method": method,
     }
 
 

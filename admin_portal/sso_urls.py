@@ -3,7 +3,10 @@
 
 from django.urls import include, path
 
+from admin_portal import sso_views
+
 urlpatterns = [
+    path("login", sso_views.start, name="sso-login"),
     path("saml/", include("admin_portal.saml_urls")),
     path("oidc/", include("admin_portal.oidc_urls")),
 ]

@@ -103,12 +103,13 @@ def api_endpoints() -> list[Endpoint]:
 
 
 def portal_views() -> list[Endpoint]:
-    """Every portal page or action with the code it requires (its most specific one;
+    """Every portal page or action (and every single sign-on endpoint under /sso/, which
+    are portal sign-in pages) with the code it requires (its most specific one;
     every portal view also needs portal.access), PUBLIC for `portal_public` pages, and
     UNDECLARED for a view wrapped by neither decorator. Methods are found by the tests."""
     out = []
     for route, pattern in _walk(get_resolver(TENANT_URLCONF).url_patterns):
-        if not route.startswith("portal/"):
+        if not route.startswith(("portal/", "sso/")):
             continue
         needed = getattr(pattern.callback, "required_perms", None)
         if needed is None:

@@ -41,6 +41,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "api.user": (1200, 60),  # every authenticated API call, per user
     "portal.user": (600, 60),  # every signed-in portal page or action, per user
     "invitation.ip": (30, 300),  # opening/accepting invitation links, per client IP
+    "sso.ip": (60, 60),  # starting single sign-on sign-ins (GET /sso/login), per client IP
     "ws.connect.ip": (120, 60),  # WebSocket handshakes, per client IP
     "ws.frame.user": (1800, 60),  # every frame after auth, per user (all their sockets)
     "calls.turn.user": (60, 60),  # TURN credentials (GET /api/v1/calls/turn), per user

@@ -189,6 +189,12 @@ AUTH_PASSWORD_VALIDATORS = [
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "/portal/login"
 LOGIN_GRANT_TTL_SECONDS = env_int("LOGIN_GRANT_TTL_SECONDS", 300)
+# Single sign-on (orgs.sso): how long a sign-in may stay at the IdP; the private-use URI
+# schemes apps may ask the one-time code to be sent to (loopback http is always allowed);
+# how far apart the IdP's clock and ours may be.
+SSO_REQUEST_TTL_SECONDS = env_int("SSO_REQUEST_TTL_SECONDS", 600)
+SSO_CLIENT_REDIRECT_SCHEMES = env_list("SSO_CLIENT_REDIRECT_SCHEMES", "siphera")
+SAML_CLOCK_SKEW_SECONDS = env_int("SAML_CLOCK_SKEW_SECONDS", 120)
 # Login rate limits: attempts per window, per client IP and per (org, username).
 LOGIN_RATE_PER_IP = env_int("LOGIN_RATE_PER_IP", 30)
 LOGIN_RATE_PER_USERNAME = env_int("LOGIN_RATE_PER_USERNAME", 10)

@@ -22,7 +22,14 @@ os.environ.setdefault("LOGIN_RATE_PER_IP", "1000000")
 # because load-style tests (many messages or claims by one user) must not meet them. A
 # test that exercises a limit starts its own server with a low one (RATE_LIMITS_TEST
 # below + its override: later entries win).
-_NAMED_LIMITS = ("http.ip", "api.user", "portal.user", "invitation.ip", "ws.connect.ip")
+_NAMED_LIMITS = (
+    "http.ip",
+    "api.user",
+    "portal.user",
+    "invitation.ip",
+    "ws.connect.ip",
+    "sso.ip",
+)
 RATE_LIMITS_TEST = ",".join(f"{name}=1000000/60" for name in (*_NAMED_LIMITS, "ws.frame.user"))
 os.environ.setdefault("RATE_LIMITS", RATE_LIMITS_TEST)
 

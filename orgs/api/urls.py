@@ -1,9 +1,11 @@
 from django.urls import path
 
-from orgs.api import admin_views, mfa_views, presence_views, views
+from orgs.api import admin_views, mfa_views, presence_views, sso_views, views
 
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="auth-login"),
+    path("auth/sso", sso_views.SsoInfoView.as_view(), name="auth-sso"),
+    path("auth/sso/token", sso_views.SsoTokenView.as_view(), name="auth-sso-token"),
     path("me", views.MeView.as_view(), name="me"),
     path("me/presence", presence_views.MyPresenceView.as_view(), name="me-presence"),
     path("devices/<int:device_id>", views.DeviceDetailView.as_view(), name="device-detail"),
@@ -27,6 +29,8 @@ urlpatterns = [
     path("mfa/totp/confirm", mfa_views.TotpConfirmView.as_view(), name="mfa-totp-confirm"),
     path("mfa/recovery-codes", mfa_views.RecoveryCodesView.as_view(), name="mfa-recovery"),
     path("org/policy", admin_views.OrgPolicyView.as_view(), name="org-policy"),
+    path("org/sso", sso_views.SsoSettingsView.as_view(), name="org-sso"),
+    path("org/sso/group-roles", sso_views.SsoGroupRolesView.as_view(), name="org-sso-groups"),
     path("roles", admin_views.RolesView.as_view(), name="roles"),
     path("roles/<str:slug>", admin_views.RoleDetailView.as_view(), name="role-detail"),
     path("permissions", admin_views.PermissionsView.as_view(), name="permissions"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -16,6 +17,8 @@ from orgs.services import audit, mfa, policy, tokens
 from orgs.services.users import normalize_username
 from siphera import ratelimit
 from siphera.api_errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 # Checked against when the username is unknown, so both paths cost one argon2 verify and
 # the answer time does not reveal whether the user exists.
@@ -42,8 +45,33 @@ def check_login(
     `mfa_enrollment_required` otherwise (orgs.services.mfa).
     """
     user = check_credentials(username=username, password=password, actor=actor)
-    method = mfa.check_login_second_factor(user, otp, actor=actor)
+    method = _password_second_factor(user, otp, actor=actor)
     return do_issue_grant(user, method=method, actor=actor.with_user(user))
+
+
+def _password_second_factor(user: User, otp: str | None, *, actor: audit.Actor) -> str:
+    """The second factor after a right password; a break-glass login (an owner while
+    passwords are off) always needs one."""
+    return mfa.check_login_second_factor(
+        user, otp, actor=actor, require=policy.is_break_glass(user)
+    )
+
+
+def _record_break_glass(user: User, *, method: str, actor: audit.Actor, via: str) -> None:
+    if method.startswith("password") and policy.is_break_glass(user):
+        audit.record(
+            AuditEvent.BREAK_GLASS_LOGIN,
+            actor=actor.with_user(user),
+            target_type="user",
+            target_id=user.pk,
+            data={"method": method, "via": via},
+        )
+        logger.warning(
+            "break-glass password login by owner %s (%s) while password login is off",
+            user.username,
+            via,
+            extra={"event": "break_glass_login", "user_id": str(user.pk)},
+        )
 
 
 def check_credentials(*, username: str, password: str, actor: audit.Actor) -> User:
@@ -108,13 +136,15 @@ def check_portal_login(
     or `mfa_enrollment_required` (enrol first, then `do_record_portal_login`).
     """
     user = check_credentials(username=username, password=password, actor=actor)
-    _check_portal_access(user, actor=actor)
-    method = mfa.check_login_second_factor(user, otp, actor=actor)
+    check_portal_access(user, actor=actor)
+    method = _password_second_factor(user, otp, actor=actor)
     do_record_portal_login(user, method=method, actor=actor)
     return user
 
 
-def check_portal_second_factor(user_id, otp: str, *, actor: audit.Actor) -> User:
+def check_portal_second_factor(
+    user_id, otp: str, *, actor: audit.Actor, first: str = "password"
+) -> User:
     """The second step of a portal sign-in whose password was accepted moments ago (the
     view keeps who in the session): check the TOTP or recovery code and return the user.
 
@@ -130,13 +160,16 @@ def check_portal_second_factor(user_id, otp: str, *, actor: audit.Actor) -> User
         limit=settings.LOGIN_RATE_PER_USERNAME,
         window=settings.LOGIN_RATE_WINDOW_SECONDS,
     )
-    _check_portal_access(user, actor=actor)
-    method = mfa.check_login_second_factor(user, otp, actor=actor)
+    check_portal_access(user, actor=actor)
+    if first == "password":
+        method = _password_second_factor(user, otp, actor=actor)
+    else:
+        method = mfa.check_login_second_factor(user, otp, actor=actor, first=first)
     do_record_portal_login(user, method=method, actor=actor)
     return user
 
 
-def _check_portal_access(user: User, *, actor: audit.Actor) -> None:
+def check_portal_access(user: User, *, actor: audit.Actor) -> None:
     if not has_perm(user, Perm.PORTAL_ACCESS):
         audit.record(
             AuditEvent.PORTAL_ACCESS_DENIED,
@@ -165,6 +198,7 @@ def do_record_portal_login(user: User, *, actor: audit.Actor, method: str = "pas
             target_id=user.pk,
             data={"method": method},
         )
+        _record_break_glass(user, method=method, actor=actor, via="portal")
 
 
 def do_issue_grant(user: User, *, method: str, actor: audit.Actor) -> tuple[str, int]:
@@ -186,6 +220,7 @@ def do_issue_grant(user: User, *, method: str, actor: audit.Actor) -> tuple[str,
             target_id=user.pk,
             data={"method": method},
         )
+        _record_break_glass(user, method=method, actor=actor, via="app")
     return grant, ttl
 
 

@@ -250,17 +250,25 @@ def verify_second_factor(user: User, otp: str, *, actor: audit.Actor) -> str | N
     return "recovery_code" if _use_recovery_code(user, otp, actor=actor) else None
 
 
-def check_login_second_factor(user: User, otp: str | None, *, actor: audit.Actor) -> str:
-    """The second step of a password login for a user whose password was right.
+def check_login_second_factor(
+    user: User,
+    otp: str | None,
+    *,
+    actor: audit.Actor,
+    first: str = "password",
+    require: bool = False,
+) -> str:
+    """The second step of a login whose first factor (`first`: a password, or an SSO
+    sign-in "saml"/"oidc") was right.
 
     Returns the login method for the grant ("password", "password+totp",
-    "password+recovery"), or raises a 401: `mfa_enrollment_required` (policy needs
+    "password+recovery"; "saml+totp"...), or raises a 401: `mfa_enrollment_required` (policy needs
     MFA, the user has none; the body carries `enrollment_token`), `otp_required` (no code
     sent) or `invalid_otp` (wrong or reused code; audited as a failed login).
     """
     enabled = confirmed_factor(user) is not None
-    if not enabled and not required_by_policy(user):
-        return "password"
+    if not enabled and not (require or required_by_policy(user)):
+        return first
     if not enabled:
         token, ttl = issue_enrollment_token(user)
         raise ApiError(
@@ -282,7 +290,7 @@ def check_login_second_factor(user: User, otp: str | None, *, actor: audit.Actor
             data={"reason": "otp"},
         )
         raise ApiError(401, "invalid_otp", "The code is wrong or was already used.")
-    return "password+totp" if kind == "totp" else "password+recovery"
+    return f"{first}+totp" if kind == "totp" else f"{first}+recovery"
 
 
 # --- enrolment tokens (login under a policy, before any authenticator exists) ---------------

@@ -51,6 +51,13 @@ def password_login_allowed(user, policy: OrgPolicy | None = None) -> bool:
     return (policy or get_org_policy()).password_login or getattr(user, "is_owner", False)
 
 
+def is_break_glass(user, policy: OrgPolicy | None = None) -> bool:
+    """Whether a password login of `user` is the owners' break-glass way in: the org
+    turned passwords off. Such a login always needs TOTP (orgs.services.auth) and is
+    audited `member.break_glass_login` and logged as a warning."""
+    return not (policy or get_org_policy()).password_login and getattr(user, "is_owner", False)
+
+
 def read_receipts_enabled() -> bool:
     """Whether read markers are relayed to the other members of a conversation."""
     return get_org_policy().read_receipts
@@ -96,6 +103,27 @@ def check_update_policy(changes: dict[str, Any], *, actor: audit.Actor) -> OrgPo
     return do_update_policy(clean, actor=actor)
 
 
+def _check_sso_ready(changed: dict[str, Any], after: dict[str, Any]) -> None:
+    """SSO sign-in needs an IdP; turning passwords off needs a successful test sign-in
+    through it (orgs.sso.provider), so nobody but the owners is locked out by a typo."""
+    from orgs.sso import provider
+
+    if changed.get("sso_login") and provider.get_provider() is None:
+        raise ApiError(
+            409, "sso_not_configured", "Set up an identity provider before turning on SSO."
+        )
+    if "password_login" in changed and not after["password_login"]:
+        if not after["sso_login"]:
+            raise ApiError(409, "no_login_method", "Turn single sign-on on first.")
+        if not provider.is_tested():
+            raise ApiError(
+                409,
+                "sso_not_tested",
+                "Sign in once with the identity provider's test sign-in before turning "
+                "passwords off.",
+            )
+
+
 def do_update_policy(changes: dict[str, Any], *, actor: audit.Actor) -> OrgPolicy:
     with transaction.atomic():
         get_org_policy()
@@ -106,6 +134,7 @@ def do_update_policy(changes: dict[str, Any], *, actor: audit.Actor) -> OrgPolic
             raise ApiError(
                 409, "no_login_method", "At least one login method (password or SSO) must stay on."
             )
+        _check_sso_ready(changed, after)
         for name, value in changed.items():
             before = getattr(policy, name)
             setattr(policy, name, value)

@@ -167,6 +167,37 @@ def _username_from(assertion: Assertion, idp: IdentityProvider) -> str:
     return name.lstrip("_.@+-")
 
 
+def preview(idp: IdentityProvider, assertion: Assertion) -> dict:
+    """What a sign-in with this assertion would do, without doing it (the test page)."""
+    mapping = idp.attribute_map or {}
+    subject = (assertion.subject or "").strip()
+    bound = User.objects.filter(external_id=subject).first() if subject else None
+    username = _username_from(assertion, idp)
+    if bound is not None:
+        outcome = "signs in as " + bound.username + ("" if bound.is_active else " (deactivated)")
+    elif (
+        idp.link_by_username
+        and User.objects.filter(username=username, external_id__isnull=True).exists()
+    ):
+        outcome = f"binds the existing user {username}"
+    elif not idp.jit_provisioning:
+        outcome = "refused: nobody is bound to this id and just-in-time creation is off"
+    elif User.objects.filter(username=username).exists():
+        outcome = f"refused: the username {username} belongs to another account"
+    else:
+        outcome = f"creates the user {username}"
+    return {
+        "subject": subject,
+        "username": username,
+        "email": assertion.first(mapping.get("email", "")),
+        "display_name": assertion.first(mapping.get("display_name", "")),
+        "groups": assertion.all(mapping.get("groups", "")),
+        "role": role_for_groups(assertion.all(mapping.get("groups", ""))),
+        "mfa": assertion.mfa,
+        "outcome": outcome,
+    }
+
+
 def check_sso_user(idp: IdentityProvider, assertion: Assertion, *, actor: audit.Actor) -> User:
     """The active user this sign-in is for, bound, created or updated as the org's settings
     say. Refusals are 403 with a code the sign-in page shows, each audited

@@ -130,8 +130,12 @@ def test_every_frame_handler_declares_its_permission():
 
 
 def test_only_sign_in_pages_of_the_portal_are_public():
-    public = {e.name for e in perm_registry.portal_views() if e.requires == PUBLIC}
+    views = perm_registry.portal_views()
+    public = {e.name for e in views if e.requires == PUBLIC and e.route.startswith("portal/")}
     assert public == PUBLIC_PORTAL
+    # Everything under /sso/ is a sign-in step the IdP or a signed-out browser reaches
+    # (each checks its own proof: a signed response, a state, a signed-in owner for tests).
+    assert [e.route for e in views if e.route.startswith("sso/") and e.requires != PUBLIC] == []
 
 
 def test_every_api_view_states_who_may_call_it():
@@ -140,6 +144,8 @@ def test_every_api_view_states_who_may_call_it():
     public = {(e.method, e.route) for e in perm_registry.api_endpoints() if e.requires == PUBLIC}
     assert public == {
         ("POST", "api/v1/auth/login"),
+        ("GET", "api/v1/auth/sso"),
+        ("POST", "api/v1/auth/sso/token"),
         ("POST", "api/v1/devices"),
         ("POST", "api/v1/calls/livekit/webhook"),
         ("GET", "api/v1/schema/"),
