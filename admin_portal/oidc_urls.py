@@ -1,5 +1,9 @@
 """/sso/oidc/ on an org's host (included by admin_portal.sso_urls)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from admin_portal import oidc_views
+
+urlpatterns = [
+    path("callback", oidc_views.callback, name="sso-oidc-callback"),
+]

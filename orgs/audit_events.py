@@ -48,3 +48,4 @@ class AuditEvent(StrEnum):
     SSO_ROLE_NOT_APPLIED = "sso.role_not_applied"
     SSO_LOGIN_REFUSED = "sso.login_refused"
     BREAK_GLASS_LOGIN = "member.break_glass_login"
+    SSO_KEYS_REFRESHED = "sso.keys_refreshed"

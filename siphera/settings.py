@@ -450,3 +450,14 @@ for _url in TURN_URLS:
         raise ImproperlyConfigured(f"TURN_URLS: {_url!r} is not a turn:, turns: or stun: URL.")
 if not 60 <= TURN_TTL_SECONDS <= 86400:
     raise ImproperlyConfigured("TURN_TTL_SECONDS must be between 60 and 86400.")
+
+# --- OpenID Connect sign-in (orgs/sso/oidc.py; docs/sso-oidc.md) ----------------------------
+# Seconds to wait for the IdP's discovery, JWKS, token and userinfo endpoints.
+OIDC_HTTP_TIMEOUT_SECONDS = env_int("OIDC_HTTP_TIMEOUT_SECONDS", 5)
+# An ID token signed with an unknown key id fetches the IdP's JWKS again (key rollover),
+# at most once per this many seconds per org, so forged tokens cannot make us hammer it.
+OIDC_JWKS_MIN_REFETCH_SECONDS = env_int("OIDC_JWKS_MIN_REFETCH_SECONDS", 60)
+# How far the IdP's clock may be off ours when checking an ID token's exp and iat.
+OIDC_CLOCK_SKEW_SECONDS = env_int("OIDC_CLOCK_SKEW_SECONDS", 120)
+# Accept http:// issuers and endpoints (development and tests only; never in production).
+OIDC_ALLOW_HTTP = env_bool("OIDC_ALLOW_HTTP", False)
