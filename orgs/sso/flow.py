@@ -190,7 +190,7 @@ def check_exchange_code(
         raise invalid
     with transaction.atomic():
         row = (
-            SsoRequest.objects.select_for_update()
+            SsoRequest.objects.select_for_update(of=("self",))
             .select_related("user")
             .filter(code_hash=tokens.hash_secret(code), purpose=SsoRequest.CLIENT)
             .first()
