@@ -22,7 +22,8 @@ from admin_portal.forms import LoginForm, OtpForm, SetPasswordForm
 from admin_portal.qr import qr_svg
 from orgs.accounts.models import User
 from orgs.roles import Perm, has_perm
-from orgs.services import audit, auth, mfa, users
+from orgs.services import audit, auth, mfa, policy, users
+from orgs.sso import provider as sso_provider
 from siphera import ratelimit
 from siphera.api_errors import ApiError
 from siphera.net import client_ip
@@ -77,7 +78,14 @@ def login_view(request: HttpRequest) -> HttpResponse:
         else:
             sessions.start(request, user)
             return redirect(next_url)
-    response = render(request, "portal/login.html", {"form": form, "next": next_url}, status=status)
+    current = policy.get_org_policy()
+    context = {
+        "form": form,
+        "next": next_url,
+        "sso": sso_provider.get_provider() if current.sso_login else None,
+        "password_login": current.password_login,
+    }
+    response = render(request, "portal/login.html", context, status=status)
     return _with_headers(response, headers)
 
 
