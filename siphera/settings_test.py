@@ -38,5 +38,8 @@ os.environ.setdefault("RATE_LIMITS", RATE_LIMITS_TEST)
 # the one about an unconfigured TURN starts a server with both emptied.
 os.environ.setdefault("TURN_URLS", "turn:127.0.0.1:3478?transport=udp")
 os.environ.setdefault("TURN_SECRETS", f"turn-secret-{_RUN}")
+# The OpenID provider the OIDC tests run (orgs/tests/oidc_provider.py) speaks plain http
+# on 127.0.0.1.
+os.environ.setdefault("OIDC_ALLOW_HTTP", "true")
 
 from siphera.settings import *  # noqa: E402, F403

@@ -1,0 +1,466 @@
+"""OpenID Connect single sign-on against a real OpenID provider (authlib's server side, run
+by these tests on 127.0.0.1: orgs/tests/oidc_provider.py) and the real server.
+
+Each test sets up an org of its own (owner, IdP settings over the API, SSO sign-in on), so
+the IdP singleton, the JWKS refetch budget and the audit trail are the test's alone. The
+browser is an httpx client with a cookie jar; it follows the redirects to the provider
+(which approves its configured user at once) and back to the org's callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from admin_portal.tests.conftest import Portal
+from orgs.accounts.models import AuditEntry, User
+from orgs.sso.models import IdentityProvider, SsoRequest
+from orgs.tests.oidc_provider import OpenIdProvider, new_key
+from siphera.tenancy import in_tenant
+from tests.fixtures import DeviceKeys, Session, create_org, host_of, unique
+
+ADMINS = "siphera-admins"
+
+
+@pytest.fixture(scope="module")
+def idp():
+    provider = OpenIdProvider()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(autouse=True)
+def _honest_provider(idp):
+    """Every test starts with a provider that behaves; a test turns on what it needs."""
+    yield
+    idp.sign_with_foreign_key = False
+    idp.claim_overrides = {}
+    idp.down = False
+    idp.deny = False
+    idp.amr = ["pwd"]
+    idp.id_token_claims = {"preferred_username", "email", "name", "groups"}
+    if idp.signing_key not in idp.keys:
+        idp.signing_key = idp.keys[-1]
+
+
+@dataclass
+class OidcOrg:
+    org: object
+    owner: Session
+    host: str
+    client_id: str
+
+    def browser(self, server) -> Portal:
+        return Portal(server, self.org)
+
+
+def person(*groups: str, **claims) -> dict:
+    name = unique("p")
+    return {
+        "sub": f"sub-{secrets.token_hex(8)}",
+        "preferred_username": name,
+        "email": f"{name}@example.com",
+        "name": name.title(),
+        "groups": list(groups),
+        **claims,
+    }
+
+
+@pytest.fixture
+def oidc_org(new_session, idp):
+    """Factory: a new org whose IdP is `provider` (default: the module's), SSO on."""
+
+    def make(
+        provider: OpenIdProvider | None = None,
+        *,
+        auth_method: str = "client_secret_basic",
+        trust_idp_mfa: bool = False,
+        mfa_policy: str | None = None,
+    ) -> OidcOrg:
+        provider = provider or idp
+        org = create_org(unique("o"), f"{unique('h')}.test")
+        owner = new_session(org, role="owner")
+        host = host_of(org)
+        client = provider.add_client([f"http://{host}/sso/oidc/callback"], auth_method=auth_method)
+        body = {
+            "kind": "oidc",
+            "display_name": "Test IdP",
+            "config": {
+                "issuer": provider.issuer,
+                "client_id": client.client_id,
+                "scopes": ["openid", "profile", "email", "groups"],
+                "public_client": auth_method == "none",
+            },
+            "attribute_map": {
+                "username": "preferred_username",
+                "email": "email",
+                "display_name": "name",
+                "groups": "groups",
+            },
+            "trust_idp_mfa": trust_idp_mfa,
+        }
+        if auth_method != "none":
+            body["secret"] = client.client_secret
+        configured = owner.api.put("/api/v1/org/sso", json=body)
+        assert configured.status_code == 200, configured.text
+        roles = owner.api.put(
+            "/api/v1/org/sso/group-roles", json=[{"group": ADMINS, "role": "admin"}]
+        )
+        assert roles.status_code == 200, roles.text
+        policy = {"sso_login": True, **({"mfa_policy": mfa_policy} if mfa_policy else {})}
+        on = owner.api.request("PATCH", "/api/v1/org/policy", json=policy)
+        assert on.status_code == 200, on.text
+        return OidcOrg(org=org, owner=owner, host=host, client_id=client.client_id)
+
+    return make
+
+
+def to_idp(browser: Portal, idp: OpenIdProvider, **params) -> str:
+    """Start a sign-in; return the provider's authorization URL it sends the browser to."""
+    start = browser.get("/sso/login", params=params)
+    assert start.status_code == 302, start.text
+    location = start.headers["location"]
+    assert location.startswith(f"{idp.issuer}/authorize?")
+    return location
+
+
+def at_idp(location: str) -> str:
+    """The provider approves; return the callback path + query it sends the browser to."""
+    answer = httpx.get(location, timeout=10)
+    assert answer.status_code == 302, answer.text
+    back = urlsplit(answer.headers["location"])
+    assert back.path == "/sso/oidc/callback"
+    return f"{back.path}?{back.query}"
+
+
+def sign_in(browser: Portal, idp: OpenIdProvider, **params) -> httpx.Response:
+    return browser.get(at_idp(to_idp(browser, idp, **params)))
+
+
+def refused_code(response: httpx.Response) -> str:
+    assert 'data-testid="error-code"' in response.text, response.text[:500]
+    return response.text.split('data-testid="error-code">', 1)[1].split("<", 1)[0]
+
+
+def audit_events(org, event: str) -> list[AuditEntry]:
+    return in_tenant(org, lambda: list(AuditEntry.objects.filter(event=event).order_by("id")))
+
+
+def user_by_subject(org, subject: str) -> User | None:
+    return in_tenant(org, lambda: User.objects.filter(external_id=subject).first())
+
+
+def is_signed_in(browser: Portal) -> bool:
+    return browser.get("/portal/").status_code == 200
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+
+def test_the_settings_show_the_discovered_endpoints_and_keys_but_never_the_secret(
+    oidc_org, idp, api_for, org_b
+):
+    setup = oidc_org()
+    shown = setup.owner.api.get("/api/v1/org/sso")
+    assert shown.status_code == 200
+    body = shown.json()
+    config = body["config"]
+    assert config["issuer"] == idp.issuer and config["client_id"] == setup.client_id
+    assert config["token_endpoint"] == f"{idp.issuer}/token"
+    assert config["client_auth"] == "client_secret_basic"
+    assert config["signing_algorithms"] == ["RS256"]
+    assert config["key_ids"] == [k.kid for k in idp.keys]
+    assert config["redirect_path"] == "/sso/oidc/callback"
+    assert "jwks" not in config and body["has_secret"] is True
+    secret = idp.clients[setup.client_id].client_secret
+    assert secret not in shown.text
+    stored = in_tenant(setup.org, lambda: IdentityProvider.objects.get(pk=1))
+    assert secret not in stored.secret_encrypted and secret not in str(stored.config)
+    # Org B sees nothing of it.
+    other = api_for(org_b).get("/api/v1/auth/sso")
+    assert other.status_code == 200 and other.json()["display_name"] != "Test IdP"
+
+
+def test_a_config_round_trip_keeps_the_secret_and_bad_issuers_are_a_clear_400(oidc_org, idp):
+    setup = oidc_org()
+    api = setup.owner.api
+    shown = api.get("/api/v1/org/sso").json()
+    again = api.put("/api/v1/org/sso", json={"config": shown["config"]})
+    assert again.status_code == 200, again.text
+    assert again.json()["has_secret"] is True
+
+    down = OpenIdProvider()
+    down.stop()
+    cases = {
+        "unreachable": {"issuer": down.issuer, "client_id": "x"},
+        "not a URL": {"issuer": "javascript:alert(1)", "client_id": "x"},
+        "another issuer": {"issuer": f"{idp.issuer}/elsewhere", "client_id": "x"},
+        "no client id": {"issuer": idp.issuer},
+        "unknown key": {"issuer": idp.issuer, "client_id": "x", "jwks_url": "http://evil/"},
+        "scopes": {"issuer": idp.issuer, "client_id": "x", "scopes": "openid"},
+    }
+    for label, config in cases.items():
+        answer = api.put("/api/v1/org/sso", json={"config": config, "secret": "s"})
+        assert answer.status_code == 400, (label, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_sso_config", label
+    # A confidential client needs its secret the first time.
+    assert api.delete("/api/v1/org/sso").status_code == 204
+    answer = api.put(
+        "/api/v1/org/sso", json={"kind": "oidc", "config": {"issuer": idp.issuer, "client_id": "x"}}
+    )
+    assert answer.status_code == 400 and "secret" in answer.json()["error"]["message"]
+
+
+# --- sign-in ------------------------------------------------------------------------------------
+
+
+def test_portal_sign_in_creates_the_user_just_in_time_with_the_role_of_their_group(
+    oidc_org, idp, server
+):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    done = sign_in(browser, idp)
+    assert done.status_code == 302, done.text
+    assert done.headers["location"] == "/portal/"
+    assert is_signed_in(browser)
+
+    user = user_by_subject(setup.org, idp.user["sub"])
+    assert user is not None and user.username == idp.user["preferred_username"]
+    assert user.role == "admin" and user.source == "sso"
+    assert user.email == idp.user["email"] and user.display_name == idp.user["name"]
+    [created] = audit_events(setup.org, "member.created")[-1:]
+    assert created.target_id == str(user.pk) and created.data["source"] == "oidc"
+    logins = [e for e in audit_events(setup.org, "portal.logged_in") if e.actor_id == user.pk]
+    assert logins and logins[-1].data.get("method") == "oidc"
+
+
+def test_a_later_sign_in_follows_the_group_claim_even_when_only_userinfo_has_it(
+    oidc_org, idp, server
+):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    assert sign_in(setup.browser(server), idp).status_code == 302
+    assert user_by_subject(setup.org, idp.user["sub"]).role == "admin"
+    # The IdP moves them out of the admins group, and now sends groups only through the
+    # userinfo endpoint: the role follows.
+    idp.user = {**idp.user, "groups": ["everyone"]}
+    idp.id_token_claims = {"preferred_username", "email", "name"}
+    refused = sign_in(setup.browser(server), idp)
+    assert refused.status_code == 403 and refused_code(refused) == "portal_access_denied"
+    assert user_by_subject(setup.org, idp.user["sub"]).role == "member"
+
+
+def test_app_sign_in_ends_in_a_login_grant_that_registers_a_device(oidc_org, idp, server):
+    setup = oidc_org(auth_method="none")  # a public client: PKCE only, no secret
+    idp.user = person()
+    browser = setup.browser(server)
+    verifier, challenge = pkce()
+    redirect_uri = "http://127.0.0.1:8765/done"
+    done = sign_in(
+        browser, idp, purpose="client", redirect_uri=redirect_uri, code_challenge=challenge
+    )
+    assert done.status_code == 302, done.text
+    location = done.headers["location"]
+    assert location.startswith(redirect_uri + "?code=")
+    code = parse_qs(urlsplit(location).query)["code"][0]
+
+    api = setup.owner.api.as_device(None)
+    wrong = api.post("/api/v1/auth/sso/token", json={"code": code, "code_verifier": "x" * 64})
+    assert wrong.status_code == 401
+    exchanged = api.post("/api/v1/auth/sso/token", json={"code": code, "code_verifier": verifier})
+    assert exchanged.status_code == 200, exchanged.text
+    grant = exchanged.json()["grant"]
+    keys = DeviceKeys.generate()
+    device = api.post(
+        "/api/v1/devices",
+        json=keys.registration("sso phone"),
+        headers={"Authorization": f"Grant {grant}"},
+    )
+    assert device.status_code == 201, device.text
+    user = user_by_subject(setup.org, idp.user["sub"])
+    me = api.as_device(device.json()["token"]).get("/api/v1/me")
+    assert me.status_code == 200 and me.json()["username"] == user.username
+    again = api.post("/api/v1/auth/sso/token", json={"code": code, "code_verifier": verifier})
+    assert again.status_code == 401
+    # No portal session came of it.
+    assert not is_signed_in(browser)
+
+
+def test_the_org_can_trust_the_idps_mfa_or_still_require_its_own_totp(oidc_org, idp, server):
+    setup = oidc_org(trust_idp_mfa=True, mfa_policy="required_for_admins")
+    idp.user = person(ADMINS)
+    idp.amr = ["pwd", "mfa"]
+    browser = setup.browser(server)
+    done = sign_in(browser, idp)
+    assert done.status_code == 302 and done.headers["location"] == "/portal/"
+    assert is_signed_in(browser)
+
+    # The IdP did not do MFA this time: the org's own TOTP (enrolment first) is asked.
+    idp.user = person(ADMINS)
+    idp.amr = ["pwd"]
+    browser = setup.browser(server)
+    pending = sign_in(browser, idp)
+    assert pending.status_code == 302 and pending.headers["location"] == "/portal/login/setup-mfa"
+    assert not is_signed_in(browser)
+
+    # An org that does not trust the IdP asks for TOTP even when the IdP did MFA.
+    strict = oidc_org(trust_idp_mfa=False, mfa_policy="required_for_admins")
+    idp.user = person(ADMINS)
+    idp.amr = ["pwd", "mfa"]
+    browser = strict.browser(server)
+    pending = sign_in(browser, idp)
+    assert pending.status_code == 302 and pending.headers["location"] == "/portal/login/setup-mfa"
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+def assert_refused(setup: OidcOrg, response: httpx.Response, code: str, status: int = 403):
+    assert response.status_code == status, response.text[:300]
+    assert refused_code(response) == code
+    refusals = audit_events(setup.org, "sso.login_refused")
+    assert refusals and refusals[-1].data["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("knob", "code"),
+    [
+        ({"sign_with_foreign_key": True}, "sso_invalid_signature"),
+        ({"claim_overrides": {"nonce": "not-the-one-we-sent"}}, "sso_wrong_nonce"),
+        ({"claim_overrides": {"nonce": None}}, "sso_wrong_nonce"),
+        ({"claim_overrides": {"aud": ["another-app"]}}, "sso_wrong_audience"),
+        ({"claim_overrides": {"azp": "another-app"}}, "sso_wrong_audience"),
+        ({"claim_overrides": {"iss": "http://127.0.0.1:1"}}, "sso_wrong_issuer"),
+        ({"expired": True}, "sso_token_expired"),
+    ],
+    ids=[
+        "bad-signature",
+        "wrong-nonce",
+        "no-nonce",
+        "wrong-aud",
+        "wrong-azp",
+        "wrong-iss",
+        "expired",
+    ],
+)
+def test_an_id_token_that_fails_a_check_is_refused_and_nobody_is_signed_in(
+    oidc_org, idp, server, knob, code
+):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    if knob.pop("expired", False):
+        now = int(time.time())
+        knob = {"claim_overrides": {"iat": now - 7200, "exp": now - 3600}}
+    for name, value in knob.items():
+        setattr(idp, name, value)
+    browser = setup.browser(server)
+    assert_refused(setup, sign_in(browser, idp), code)
+    assert not is_signed_in(browser)
+    assert user_by_subject(setup.org, idp.user["sub"]) is None
+
+
+def test_a_replayed_or_unknown_state_is_refused(oidc_org, idp, server):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    callback = at_idp(to_idp(browser, idp))
+    assert browser.get(callback).status_code == 302
+    replay = setup.browser(server)
+    assert_refused(setup, replay.get(callback), "sso_request_unknown", 400)
+    assert not is_signed_in(replay)
+    forged = callback.replace("state=", "state=x")
+    assert_refused(setup, replay.get(forged), "sso_request_unknown", 400)
+    assert_refused(setup, replay.get("/sso/oidc/callback?code=abc"), "sso_request_unknown", 400)
+    huge = replay.get("/sso/oidc/callback", params={"state": "s" * 5000, "code": "c" * 5000})
+    assert_refused(setup, huge, "sso_request_unknown", 400)
+
+
+def test_org_b_refuses_an_answer_meant_for_org_a_which_still_works_at_home(oidc_org, idp, server):
+    org_a, org_b = oidc_org(), oidc_org()
+    idp.user = person(ADMINS)
+    browser_a = org_a.browser(server)
+    callback = at_idp(to_idp(browser_a, idp))
+    browser_b = org_b.browser(server)
+    assert_refused(org_b, browser_b.get(callback), "sso_request_unknown", 400)
+    assert not is_signed_in(browser_b)
+    assert user_by_subject(org_b.org, idp.user["sub"]) is None
+    assert browser_a.get(callback).status_code == 302
+    assert is_signed_in(browser_a)
+
+
+def test_the_idp_saying_access_denied_is_a_refusal_and_uses_the_state_up(oidc_org, idp, server):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    idp.deny = True
+    browser = setup.browser(server)
+    callback = at_idp(to_idp(browser, idp))
+    assert "error=access_denied" in callback
+    assert_refused(setup, browser.get(callback), "sso_idp_access_denied")
+    state = parse_qs(urlsplit(callback).query)["state"][0]
+    used = in_tenant(setup.org, lambda: SsoRequest.objects.get(pk=state))
+    assert used.used_at is not None
+    retry = browser.get(f"/sso/oidc/callback?code=abc&state={state}")
+    assert_refused(setup, retry, "sso_request_unknown", 400)
+
+
+def test_an_idp_that_fails_or_is_down_gives_a_clear_refusal_not_a_500(oidc_org, idp, server):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    callback = at_idp(to_idp(browser, idp))
+    idp.down = True  # the token endpoint answers 503 with an HTML page
+    assert_refused(setup, browser.get(callback), "sso_idp_error", 502)
+    idp.down = False
+
+    gone = OpenIdProvider()
+    setup = oidc_org(gone)
+    gone.user = person(ADMINS)
+    browser = setup.browser(server)
+    callback = at_idp(to_idp(browser, gone))
+    gone.stop()  # unreachable now
+    assert_refused(setup, browser.get(callback), "sso_idp_error", 502)
+    assert not is_signed_in(browser)
+
+
+def test_a_rolled_over_key_is_fetched_and_accepted_and_a_removed_key_no_longer_verifies(
+    oidc_org, idp, server
+):
+    setup = oidc_org()
+    old = idp.signing_key
+    jwks_before = idp.hits["/jwks"]
+    # The IdP rolls over: the new key replaces the old one in its JWKS.
+    new = new_key()
+    idp.keys = [new]
+    idp.signing_key = new
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    done = sign_in(browser, idp)
+    assert done.status_code == 302, done.text
+    assert idp.hits["/jwks"] == jwks_before + 1
+    [refreshed] = audit_events(setup.org, "sso.keys_refreshed")
+    assert refreshed.data == {"before": [old.kid], "after": [new.kid]}
+    shown = setup.owner.api.get("/api/v1/org/sso").json()["config"]
+    assert shown["key_ids"] == [new.kid]
+
+    # A token still signed with the removed key is refused; the unknown kid does not make
+    # us fetch the JWKS again within the minimum interval, however often it is tried.
+    idp.signing_key = old
+    for _ in range(3):
+        idp.user = person(ADMINS)
+        assert_refused(setup, sign_in(setup.browser(server), idp), "sso_unknown_key")
+    assert idp.hits["/jwks"] == jwks_before + 1
+    idp.signing_key = new
