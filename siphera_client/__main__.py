@@ -49,14 +49,28 @@ def _open(args) -> Client:
     return client
 
 
+def _open_browser(url: str) -> None:
+    """Single sign-on: the person signs in in their browser; the URL is printed too, for a
+    machine without one (open it anywhere that reaches the server and this machine)."""
+    import webbrowser
+
+    print(f"Sign in in your browser: {url}", file=sys.stderr, flush=True)
+    webbrowser.open(url)
+
+
 async def cmd_register(args) -> None:
     if not args.server:
         raise SystemExit("error: register needs --server.")
+    if not args.sso and not args.username:
+        raise SystemExit("error: register needs --username (or --sso).")
     client = await Client.register(
         server=args.server,
         host=args.host,
-        username=args.username,
-        password=_secret("SIPHERA_PASSWORD", f"Password for {args.username}: "),
+        username=args.username or "",
+        password=None
+        if args.sso
+        else _secret("SIPHERA_PASSWORD", f"Password for {args.username}: "),
+        sso=_open_browser if args.sso else None,
         state_path=args.state,
         passphrase=_secret(args.passphrase_env, "New state passphrase: "),
         device_name=args.device_name,
@@ -211,7 +225,12 @@ def parser() -> argparse.ArgumentParser:
         r = sub.add_parser(
             name, help="log in and register this device (password: $SIPHERA_PASSWORD)"
         )
-        r.add_argument("--username", required=True)
+        r.add_argument("--username", help="needed for a password login")
+        r.add_argument(
+            "--sso",
+            action="store_true",
+            help="sign in through the org's single sign-on in the browser instead",
+        )
         r.add_argument("--device-name", default="siphera-client")
         r.add_argument("--otp", help="TOTP code when the org requires MFA")
         r.set_defaults(func=cmd_register)

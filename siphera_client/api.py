@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import inspect
 import itertools
 import json
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -81,6 +85,71 @@ class Api:
         if otp:
             body["otp"] = otp
         return (await self._call("POST", "/api/v1/auth/login", json=body))["grant"]
+
+    async def sso_grant(
+        self,
+        open_browser: Callable[[str], Awaitable[None] | None],
+        *,
+        otp: str | None = None,
+        timeout: float = 300.0,
+    ) -> str:
+        """A single-use login grant through the org's single sign-on, as RFC 8252 has
+        native apps do it: a one-shot listener on 127.0.0.1 receives the browser back with
+        a one-time code, which is exchanged with this sign-in's PKCE verifier.
+
+        `open_browser(url)` shows the URL to the person (the system browser; tests drive
+        one). Raises ApiError `sso_timeout` when no answer comes within `timeout`.
+        """
+        verifier = secrets.token_urlsafe(64)
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        answer: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+        async def on_browser(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            try:
+                line = (await asyncio.wait_for(reader.readline(), 10)).decode("latin-1")
+                target = line.split(" ")[1] if line.count(" ") >= 2 else "/"
+                params = {k: v[0] for k, v in parse_qs(urlsplit(target).query).items()}
+                body = b"Signed in: you can close this window and return to the app.\n"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+                )
+                await writer.drain()
+                if "code" in params and not answer.done():
+                    answer.set_result(params)
+            except (TimeoutError, ConnectionError, IndexError):
+                pass
+            finally:
+                writer.close()
+
+        listener = await asyncio.start_server(on_browser, "127.0.0.1", 0)
+        try:
+            port = listener.sockets[0].getsockname()[1]
+            query = urlencode(
+                {
+                    "purpose": "client",
+                    "redirect_uri": f"http://127.0.0.1:{port}/sso-callback",
+                    "code_challenge": challenge,
+                    "code_challenge_method": "S256",
+                }
+            )
+            opened = open_browser(f"{self.server}/sso/login?{query}")
+            if inspect.isawaitable(opened):
+                await opened
+            try:
+                params = await asyncio.wait_for(answer, timeout)
+            except TimeoutError:
+                raise ApiError(408, "sso_timeout", "No answer from the browser.") from None
+        finally:
+            listener.close()
+        body = {"code": params["code"], "code_verifier": verifier}
+        if otp:
+            body["otp"] = otp
+        return (await self._call("POST", "/api/v1/auth/sso/token", json=body))["grant"]
 
     async def register_device(self, grant: str, registration: dict) -> tuple[int, str]:
         """Register a device with its public keys; returns (device id, bearer token)."""

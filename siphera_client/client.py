@@ -116,21 +116,29 @@ class Client:
         server: str,
         host: str | None,
         username: str,
-        password: str,
+        password: str | None,
         state_path,
         passphrase: str,
         device_name: str = "siphera-client",
         otp: str | None = None,
         one_time_keys: int | None = None,
         auto_top_up: bool = True,
+        sso=None,
+        sso_timeout: float = 300.0,
     ) -> Client:
-        """Log in, create an Olm account, register it as a new device, save the state."""
+        """Log in, create an Olm account, register it as a new device, save the state.
+
+        With `sso` (a callable that shows a URL to the person: Api.sso_grant) and no
+        password, the login is the org's single sign-on."""
         store = Store.create(state_path, passphrase)
         api = Api(server, host)
         store.data.update(server=api.server, host=api.host, username=username)
         crypto = Crypto(store)
         try:
-            grant = await api.login(username, password, otp)
+            if password is None and sso is not None:
+                grant = await api.sso_grant(sso, otp=otp, timeout=sso_timeout)
+            else:
+                grant = await api.login(username, password, otp)
             registration = crypto.registration(device_name, one_time_keys)
             # The private halves are on disk before the server hands them out.
             crypto.flush()
@@ -148,7 +156,8 @@ class Client:
             crypto.flush()
             store.save()  # the token is shown once: keep it before anything else
             api.token = token
-            store.data["user_id"] = (await api.me())["user_id"]
+            me = await api.me()
+            store.data.update(user_id=me["user_id"], username=me["username"])
             store.save()
         finally:
             await api.aclose()
