@@ -17,7 +17,8 @@ RUN groupadd --system siphera \
 # Dependencies first, so code changes do not reinstall them. Every pinned package ships
 # wheels for linux/amd64 and arm64 (psycopg[binary] bundles libpq): no compiler needed.
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+# xmlsec and lxml only from wheels (built from source they disagree on libxml2).
+RUN pip install --only-binary=xmlsec,lxml -r requirements.txt
 
 COPY . .
 

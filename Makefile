@@ -1,6 +1,7 @@
 # Siphera developer commands. `make run` and `make test` work on a fresh machine: they
 # create .venv, ensure PostgreSQL and Redis run (starting or installing them), then act.
-# `make test` also installs Chromium (browser test) and coturn (TURN tests) when missing.
+# `make test` also installs Chromium (browser test), coturn (TURN tests) and xmlsec1 (the SAML
+# tests' identity provider) when missing.
 # Settings come from the environment (README: Configuration), e.g.
 #   make run PORT=8001 DATABASE_URL=postgres://postgres@127.0.0.1:5432/siphera_dev
 
@@ -11,7 +12,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint format bench clean services stop-local venv chromium coturn
+.PHONY: help run test lint format bench clean services stop-local venv chromium coturn xmlsec1
 
 help:
 	@echo "make run         set up, migrate, seed the demo org, run web + worker + beat"
@@ -34,12 +35,15 @@ chromium:
 coturn:
 	@scripts/ensure_coturn.sh
 
+xmlsec1:
+	@scripts/ensure_xmlsec1.sh
+
 run: venv services
 	@exec scripts/run.sh
 
 # PYTEST_ARGS passes options through, e.g. make test PYTEST_ARGS="-k websocket -x".
 # pytest's own exit code is reported by make ("Error 5" when no test ran) and fails the run.
-test: venv services chromium coturn
+test: venv services chromium coturn xmlsec1
 	@echo "==> Running the test suite (real PostgreSQL, Redis, uvicorn and Celery worker)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -49,3 +49,5 @@ class AuditEvent(StrEnum):
     SSO_LOGIN_REFUSED = "sso.login_refused"
     BREAK_GLASS_LOGIN = "member.break_glass_login"
     SSO_KEYS_REFRESHED = "sso.keys_refreshed"
+    SSO_METADATA_REFRESH_FAILED = "sso.metadata_refresh_failed"
+    SSO_LOGOUT = "sso.logout"

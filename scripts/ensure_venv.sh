@@ -44,7 +44,9 @@ fi
 say "Installing Python dependencies into .venv (requirements changed or first run)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip ||
     note "(could not upgrade pip; going on with the one in .venv)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt ||
+# xmlsec and lxml only from wheels: built from source they disagree on libxml2.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=xmlsec,lxml \
+    -r requirements-dev.txt ||
     die "pip install -r requirements-dev.txt failed (see above)."
 echo "$wanted" >"$STAMP"
 say "Python dependencies installed"

@@ -461,3 +461,16 @@ OIDC_JWKS_MIN_REFETCH_SECONDS = env_int("OIDC_JWKS_MIN_REFETCH_SECONDS", 60)
 OIDC_CLOCK_SKEW_SECONDS = env_int("OIDC_CLOCK_SKEW_SECONDS", 120)
 # Accept http:// issuers and endpoints (development and tests only; never in production).
 OIDC_ALLOW_HTTP = env_bool("OIDC_ALLOW_HTTP", False)
+
+# --- SAML 2.0 sign-in (orgs/sso/saml.py; docs/sso.md) ---------------------------------------
+# Seconds to wait for an IdP's metadata URL; how often beat re-reads every org's metadata
+# URL (certificate rollover, changed endpoints). SAML_CLOCK_SKEW_SECONDS is above.
+SAML_HTTP_TIMEOUT_SECONDS = env_int("SAML_HTTP_TIMEOUT_SECONDS", 5)
+SAML_METADATA_REFRESH_SECONDS = env_int("SAML_METADATA_REFRESH_SECONDS", 6 * 3600)
+# Accept http:// metadata URLs and IdP endpoints (development and tests only; never in
+# production: whoever sits on the path could swap the IdP's certificate).
+SAML_ALLOW_HTTP = env_bool("SAML_ALLOW_HTTP", False)
+CELERY_BEAT_SCHEDULE["refresh-saml-metadata"] = {
+    "task": "orgs.sso.tasks.dispatch_refresh_saml_metadata",
+    "schedule": SAML_METADATA_REFRESH_SECONDS,
+}
