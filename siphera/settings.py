@@ -457,6 +457,9 @@ OIDC_HTTP_TIMEOUT_SECONDS = env_int("OIDC_HTTP_TIMEOUT_SECONDS", 5)
 # An ID token signed with an unknown key id fetches the IdP's JWKS again (key rollover),
 # at most once per this many seconds per org, so forged tokens cannot make us hammer it.
 OIDC_JWKS_MIN_REFETCH_SECONDS = env_int("OIDC_JWKS_MIN_REFETCH_SECONDS", 60)
+# Cached IdP keys older than this are fetched again before an ID token is checked, so a key
+# the IdP withdrew stops verifying (within the limit above).
+OIDC_JWKS_MAX_AGE_SECONDS = env_int("OIDC_JWKS_MAX_AGE_SECONDS", 86400)
 # How far the IdP's clock may be off ours when checking an ID token's exp and iat.
 OIDC_CLOCK_SKEW_SECONDS = env_int("OIDC_CLOCK_SKEW_SECONDS", 120)
 # Accept http:// issuers and endpoints (development and tests only; never in production).

@@ -10,7 +10,8 @@ a `nonce` and a PKCE challenge; the row keeps the nonce and the verifier, never 
 The callback (`complete`) uses the row up, exchanges the code at the token endpoint and
 verifies the ID token: its signature against the IdP's keys (an unknown `kid` fetches the
 JWKS again, at most once per OIDC_JWKS_MIN_REFETCH_SECONDS per org, so a forged token
-cannot make us hammer the IdP), `iss`, `aud`/`azp`, `exp`/`iat` within
+cannot make us hammer the IdP; keys older than OIDC_JWKS_MAX_AGE_SECONDS are fetched
+again too, so a key the IdP withdrew stops verifying), `iss`, `aud`/`azp`, `exp`/`iat` within
 OIDC_CLOCK_SKEW_SECONDS, and the `nonce`. Only asymmetric algorithms the IdP advertises are
 accepted: never `none`, never HS* (whose key would be the client secret). The claims become
 a protocol-neutral `Assertion` for orgs.sso.provisioning.
@@ -36,6 +37,7 @@ from django.conf import settings
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -139,7 +141,7 @@ def _read_json(response: httpx.Response, what: str) -> Any:
             raise IdpError(f"The {what} is larger than {MAX_RESPONSE_BYTES // 1024} KiB.")
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise IdpError(f"The {what} is not JSON (HTTP {response.status_code}).") from None
 
 
@@ -390,7 +392,18 @@ def _idp_error(message: str) -> ApiError:
 
 
 def _client_secret(idp: IdentityProvider) -> str:
-    return crypto.decrypt(idp.secret_encrypted).decode() if idp.secret_encrypted else ""
+    if not idp.secret_encrypted:
+        return ""
+    try:
+        return crypto.decrypt(idp.secret_encrypted).decode()
+    except crypto.DecryptionError:
+        # SECRET_KEYS lost the key that sealed it: the owner must enter the secret again.
+        raise ApiError(
+            503,
+            "sso_secret_unreadable",
+            "Single sign-on is misconfigured (the client secret cannot be read); "
+            "an owner must enter it again.",
+        ) from None
 
 
 def exchange_code(idp: IdentityProvider, code: str, verifier: str, callback: str) -> dict:
@@ -468,6 +481,13 @@ def _refetch_jwks(idp: IdentityProvider) -> dict | None:
     return jwks
 
 
+def _keys_are_stale(config: dict) -> bool:
+    fetched = parse_datetime(str(config.get("jwks_fetched_at") or ""))
+    if fetched is None:
+        return True
+    return (timezone.now() - fetched).total_seconds() > settings.OIDC_JWKS_MAX_AGE_SECONDS
+
+
 def _refuse(code: str, message: str) -> ApiError:
     return ApiError(403, code, message)
 
@@ -506,7 +526,15 @@ def verify_id_token(idp: IdentityProvider, id_token: str, *, nonce: str) -> dict
         )
     kid = header.get("kid")
     kid = kid if isinstance(kid, str) else None
-    keys = _signing_keys(config.get("jwks") or {}, kid, alg)
+    jwks = config.get("jwks") or {}
+    if _keys_are_stale(config):
+        # Keys the IdP has since withdrawn must stop verifying even if it never signs
+        # with a new kid: past their max age the keys are fetched again (same limit).
+        try:
+            jwks = _refetch_jwks(idp) or jwks
+        except ApiError:
+            pass  # the IdP's JWKS is unreachable just now: the cached keys still count
+    keys = _signing_keys(jwks, kid, alg)
     if not keys and kid is not None:
         fresh = _refetch_jwks(idp)
         keys = _signing_keys(fresh, kid, alg) if fresh is not None else []

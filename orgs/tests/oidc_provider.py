@@ -9,6 +9,7 @@ send through a few knobs:
 
 - `rotate_key()` publishes a new signing key and signs with it; `drop_key(kid)` unpublishes;
 - `sign_with_foreign_key` signs with a key it does not publish, under the current kid;
+- `forge_alg` sends an unsigned (`none`) or HS256-with-the-public-key token;
 - `claim_overrides` replaces ID token claims (`nonce`, `aud`, `exp`/`iat`, ...);
 - `deny` makes authorize answer `error=access_denied` (the person declined);
 - `down` answers every request with a 503 HTML page (`stop()` makes it unreachable);
@@ -17,6 +18,10 @@ send through a few knobs:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import secrets
 import socket
@@ -244,15 +249,37 @@ class _OpenIdCode(OpenIDCode):
 
     def encode_id_token(self, token, request):
         encoded = super().encode_id_token(token, request)
-        overrides = self.provider.claim_overrides
-        if not overrides:
+        provider = self.provider
+        overrides = provider.claim_overrides
+        if not overrides and not provider.forge_alg:
             return encoded
-        claims = jwt.decode(encoded, self.resolve_client_private_key(None)).claims
+        key = self.resolve_client_private_key(None)
+        claims = jwt.decode(encoded, key).claims
         claims.update(overrides)
         for name in [k for k, v in overrides.items() if v is None]:
             claims.pop(name)
-        key = self.resolve_client_private_key(None)
-        return jwt.encode(self.get_encode_header(None), claims, key)
+        header = self.get_encode_header(None)
+        if provider.forge_alg:
+            return forge(header, claims, provider.forge_alg, provider.signing_key)
+        return jwt.encode(header, claims, key)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header: dict, claims: dict, alg: str, public_key: RSAKey) -> str:
+    """A token an attacker can make without the IdP's private key: unsigned (`none`), or
+    HS256 with the IdP's *public* key as the MAC secret (the classic algorithm confusion),
+    under the IdP's real kid. joserfc itself refuses to make either, so by hand."""
+    head = _b64(json.dumps({**header, "alg": alg}).encode())
+    body = _b64(json.dumps(claims).encode())
+    signing_input = f"{head}.{body}".encode()
+    if alg == "none":
+        return f"{head}.{body}."
+    secret = public_key.as_pem(private=False)
+    mac = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(mac)}"
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -274,6 +301,7 @@ class OpenIdProvider:
         self.signing_key = self.keys[0]
         self.foreign_key = new_key()
         self.sign_with_foreign_key = False
+        self.forge_alg: str | None = None  # "none" or "HS256" (see `forge`)
         self.claim_overrides: dict = {}
         self.clients: dict[str, Client] = {}
         self.codes: dict[str, Code] = {}
@@ -351,8 +379,6 @@ class OpenIdProvider:
         }
 
     def _app(self, environ, start_response):
-        import json
-
         path = environ["PATH_INFO"]
         self.hits[path] += 1
         form: dict = {}

@@ -24,7 +24,7 @@ from orgs.accounts.models import AuditEntry, User
 from orgs.sso.models import IdentityProvider, SsoRequest
 from orgs.tests.oidc_provider import OpenIdProvider, new_key
 from siphera.tenancy import in_tenant
-from tests.fixtures import DeviceKeys, Session, create_org, host_of, unique
+from tests.fixtures import DeviceKeys, Session, create_org, host_of, server_with_env, unique
 
 ADMINS = "siphera-admins"
 
@@ -41,6 +41,7 @@ def _honest_provider(idp):
     """Every test starts with a provider that behaves; a test turns on what it needs."""
     yield
     idp.sign_with_foreign_key = False
+    idp.forge_alg = None
     idp.claim_overrides = {}
     idp.down = False
     idp.deny = False
@@ -340,6 +341,8 @@ def assert_refused(setup: OidcOrg, response: httpx.Response, code: str, status: 
     ("knob", "code"),
     [
         ({"sign_with_foreign_key": True}, "sso_invalid_signature"),
+        ({"forge_alg": "none"}, "sso_invalid_signature"),
+        ({"forge_alg": "HS256"}, "sso_invalid_signature"),
         ({"claim_overrides": {"nonce": "not-the-one-we-sent"}}, "sso_wrong_nonce"),
         ({"claim_overrides": {"nonce": None}}, "sso_wrong_nonce"),
         ({"claim_overrides": {"aud": ["another-app"]}}, "sso_wrong_audience"),
@@ -349,6 +352,8 @@ def assert_refused(setup: OidcOrg, response: httpx.Response, code: str, status: 
     ],
     ids=[
         "bad-signature",
+        "alg-none",
+        "hs256-with-the-public-key",
         "wrong-nonce",
         "no-nonce",
         "wrong-aud",
@@ -464,3 +469,63 @@ def test_a_rolled_over_key_is_fetched_and_accepted_and_a_removed_key_no_longer_v
         assert_refused(setup, sign_in(setup.browser(server), idp), "sso_unknown_key")
     assert idp.hits["/jwks"] == jwks_before + 1
     idp.signing_key = new
+
+
+def test_a_deactivated_user_is_refused_though_the_idp_vouches_for_them(oidc_org, idp, server):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    assert sign_in(setup.browser(server), idp).status_code == 302
+    user = user_by_subject(setup.org, idp.user["sub"])
+    off = setup.owner.api.post(f"/api/v1/users/{user.pk}/deactivate")
+    assert off.status_code == 200, off.text
+    browser = setup.browser(server)
+    assert_refused(setup, sign_in(browser, idp), "user_inactive")
+    assert not is_signed_in(browser)
+
+
+def test_an_owners_test_sign_in_is_recorded_and_lets_passwords_be_turned_off(oidc_org, idp, server):
+    setup = oidc_org()
+    api = setup.owner.api
+    off = api.request("PATCH", "/api/v1/org/policy", json={"password_login": False})
+    assert off.status_code == 409 and off.json()["error"]["code"] == "sso_not_tested"
+    browser = setup.browser(server)
+    assert browser.login(setup.owner.user.username).status_code == 302
+    idp.user = person("testers")
+    location = to_idp(browser, idp, purpose="test")
+    assert "prompt=login" in location
+    shown = browser.get(at_idp(location))
+    assert shown.status_code == 200, shown.text[:300]
+    assert idp.user["sub"] in shown.text
+    tested = api.get("/api/v1/org/sso").json()
+    assert tested["tested_at"] and tested["test_result"]["subject"] == idp.user["sub"]
+    assert tested["test_result"]["attributes"]["groups"] == ["testers"]
+    assert user_by_subject(setup.org, idp.user["sub"]) is None  # nobody was created
+    off = api.request("PATCH", "/api/v1/org/policy", json={"password_login": False})
+    assert off.status_code == 200, off.text
+
+
+@pytest.fixture(scope="module")
+def short_lived_keys_server(tmp_path_factory, server):
+    """A second web process whose cached IdP keys are stale after a second."""
+    log = tmp_path_factory.mktemp("oidc-server") / "server.log"
+    with server_with_env(log, OIDC_JWKS_MAX_AGE_SECONDS="1") as other:
+        yield other
+
+
+def test_keys_past_their_max_age_are_fetched_again_so_a_withdrawn_key_stops_verifying(
+    oidc_org, idp, short_lived_keys_server
+):
+    setup = oidc_org()
+    kept = idp.signing_key
+    idp.user = person(ADMINS)
+    assert sign_in(setup.browser(short_lived_keys_server), idp).status_code == 302
+    # The IdP withdraws the key it signs with (say it leaked) and publishes another, but
+    # tokens still come signed with the old one, kid and all.
+    idp.keys = [new_key()]
+    time.sleep(1.2)
+    fetched = idp.hits["/jwks"]
+    idp.user = person(ADMINS)
+    refused = sign_in(setup.browser(short_lived_keys_server), idp)
+    assert_refused(setup, refused, "sso_unknown_key")
+    assert idp.hits["/jwks"] == fetched + 1
+    idp.keys = [kept]
