@@ -79,21 +79,35 @@ def do_create_user(
     display_name: str,
     email: str,
     actor: audit.Actor,
+    external_id: str | None = None,
+    source: str = User.LOCAL,
 ) -> User:
-    """Create the user and its audit entry atomically. Input must be valid."""
+    """Create the user and its audit entry atomically. Input must be valid. Users made by
+    the IdP (SCIM, SSO just-in-time) carry its immutable id and say where they came from;
+    a taken username or external id raises IntegrityError (the caller says which)."""
     with transaction.atomic():
-        user = User(username=username, role=role, display_name=display_name, email=email)
+        user = User(
+            username=username,
+            role=role,
+            display_name=display_name,
+            email=email,
+            external_id=external_id,
+            source=source,
+        )
         if password is None:
             user.set_unusable_password()
         else:
             user.set_password(password)
         user.save()
+        data = {"username": username, "role": role}
+        if source != User.LOCAL:
+            data["source"] = source
         audit.record(
             AuditEvent.MEMBER_CREATED,
             actor=actor,
             target_type="user",
             target_id=user.pk,
-            data={"username": username, "role": role},
+            data=data,
         )
     return user
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.db import IntegrityError, transaction
 
@@ -132,27 +132,24 @@ def do_apply_group_role(user: User, groups: Iterable[str], *, actor: audit.Actor
         return user
     if not role_service.role_exists(role):
         # A mapped custom role was deleted since: leave the role alone, say so.
-        audit.record(
-            AuditEvent.SSO_ROLE_NOT_APPLIED,
-            actor=actor,
-            target_type="user",
-            target_id=user.pk,
-            data={"role": role, "reason": "unknown_role"},
-        )
-        return user
+        return _role_not_applied(user, role, "unknown_role", actor)
     try:
         return user_service.do_change_role(user, role, actor=actor)
     except ApiError as exc:
         if exc.code != "last_owner":
             raise
-        audit.record(
-            AuditEvent.SSO_ROLE_NOT_APPLIED,
-            actor=actor,
-            target_type="user",
-            target_id=user.pk,
-            data={"role": role, "reason": "last_owner"},
-        )
-        return user
+        return _role_not_applied(user, role, "last_owner", actor)
+
+
+def _role_not_applied(user: User, role: str, reason: str, actor: audit.Actor) -> User:
+    audit.record(
+        AuditEvent.SSO_ROLE_NOT_APPLIED,
+        actor=actor,
+        target_type="user",
+        target_id=user.pk,
+        data={"role": role, "reason": reason},
+    )
+    return user
 
 
 # --- the person behind an SSO sign-in ----------------------------------------------------------
@@ -276,24 +273,16 @@ def _bind_or_create(idp, assertion, subject, email, display_name, groups, actor)
     if not role_service.role_exists(role):  # a mapped custom role was deleted since
         role = MEMBER
     try:
-        with transaction.atomic():
-            user = User(
-                username=username,
-                role=role,
-                email=email,
-                display_name=display_name,
-                external_id=subject,
-                source=User.SSO,
-            )
-            user.set_unusable_password()
-            user.save()
-            audit.record(
-                AuditEvent.MEMBER_CREATED,
-                actor=actor.with_user(user),
-                target_type="user",
-                target_id=user.pk,
-                data={"username": username, "role": role, "source": idp.kind},
-            )
+        user = user_service.do_create_user(
+            username=username,
+            password=None,
+            role=role,
+            display_name=display_name,
+            email=email,
+            actor=actor if actor.user or actor.label else replace(actor, label=f"sso:{idp.kind}"),
+            external_id=subject,
+            source=User.SSO,
+        )
     except IntegrityError:
         # Either the username belongs to an unbound user, or a concurrent sign-in of the
         # same person bound it first.
