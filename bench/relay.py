@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import socket
 import statistics
 import subprocess
@@ -93,6 +94,8 @@ def setup_django(database: str) -> str:
     os.environ.setdefault("CACHE_KEY_PREFIX", "siphera-bench")
     os.environ["DJANGO_SETTINGS_MODULE"] = "siphera.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # DEBUG is off: the placeholder SECRET_KEY would be refused (siphera/settings.py).
+    os.environ.setdefault("SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
     # Each bench user sends hundreds of frames a second, far past the per-user flood limit a
     # person never meets; the limiter still runs (and costs) on every frame, it just never
     # refuses here.

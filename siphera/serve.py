@@ -57,10 +57,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_settings() -> None:
+    """Load the settings before uvicorn does, so a refused configuration (the placeholder
+    SECRET_KEY with DEBUG off, say) ends the process with its message, not a traceback."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "siphera.settings")
+    from django.conf import settings
+
+    try:
+        settings.SECRET_KEY  # noqa: B018 (importing the settings runs their checks)
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"siphera.serve: {exc}") from None
+
+
 def main(argv=None) -> None:
     import uvicorn
 
     args = parse_args(argv)
+    check_settings()
     uvicorn.run(
         "siphera.asgi:application",
         host=args.host,

@@ -31,7 +31,10 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+# Known to everyone who reads this file: accepted only with DEBUG on (checked below, once
+# SECRET_KEYS is read too). `make run` keeps a generated key in var/secret_key instead.
+DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"  # noqa: S105
+SECRET_KEY = env("SECRET_KEY", DEV_SECRET_KEY)
 # Host validation for org hosts happens against the Domain table (siphera.tenancy);
 # ALLOWED_HOSTS is a second, coarse filter an operator may narrow (e.g. ".example.com").
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
@@ -211,6 +214,17 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # Key ring for secrets the server must read back (TOTP seeds, ...): comma-separated, newest
 # first; the newest encrypts, all decrypt (siphera.crypto). Defaults to SECRET_KEY (dev).
 SECRET_KEYS = env_list("SECRET_KEYS") or [SECRET_KEY]
+# With DEBUG off, a key anyone can read signs sessions and opens TOTP seeds: refuse to start
+# (siphera.serve prints this message and exits non-zero; so does every manage.py command).
+_weak_keys = [k for k in [SECRET_KEY, *SECRET_KEYS] if not k.strip() or k == DEV_SECRET_KEY]
+if _weak_keys and not DEBUG:
+    raise ImproperlyConfigured(
+        "Refusing to start: SECRET_KEY (or a key of SECRET_KEYS) is empty or the development "
+        "placeholder, and DEBUG is off. Set SECRET_KEY to a long random value, e.g. "
+        "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))'); "
+        "`make run` generates one in var/secret_key. (DEBUG=true allows the placeholder, "
+        "for development only.)"
+    )
 # Shown in authenticator apps next to the account name.
 MFA_TOTP_ISSUER = env("MFA_TOTP_ISSUER", "Siphera")
 # Time steps of clock drift tolerated either side of now (30 s each).
