@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from admin_portal.tests.conftest import Portal
+from admin_portal.tests.conftest import CHROMIUM, CHROMIUM_ARGS, Portal
 from orgs.accounts.models import AuditEntry, User
 from orgs.sso.models import IdentityProvider, SsoRequest
 from orgs.tests.oidc_provider import OpenIdProvider, new_key
@@ -75,7 +75,7 @@ def person(*groups: str, **claims) -> dict:
 
 
 @pytest.fixture
-def oidc_org(new_session, idp):
+def oidc_org(new_session, idp, server):
     """Factory: a new org whose IdP is `provider` (default: the module's), SSO on."""
 
     def make(
@@ -89,7 +89,10 @@ def oidc_org(new_session, idp):
         org = create_org(unique("o"), f"{unique('h')}.test")
         owner = new_session(org, role="owner")
         host = host_of(org)
-        client = provider.add_client([f"http://{host}/sso/oidc/callback"], auth_method=auth_method)
+        # The IdP knows the callback on the org host as the test clients (no port) and
+        # as Chromium (with the server's port) reach it.
+        callbacks = [f"http://{host}{port}/sso/oidc/callback" for port in ("", f":{server.port}")]
+        client = provider.add_client(callbacks, auth_method=auth_method)
         body = {
             "kind": "oidc",
             "display_name": "Test IdP",
@@ -244,7 +247,8 @@ def test_portal_sign_in_creates_the_user_just_in_time_with_the_role_of_their_gro
     assert user.role == "admin" and user.source == "sso"
     assert user.email == idp.user["email"] and user.display_name == idp.user["name"]
     [created] = audit_events(setup.org, "member.created")[-1:]
-    assert created.target_id == str(user.pk) and created.data["source"] == "oidc"
+    assert created.target_id == str(user.pk) and created.data["source"] == "sso"
+    assert created.actor_label == "sso:oidc"
     logins = [e for e in audit_events(setup.org, "portal.logged_in") if e.actor_id == user.pk]
     assert logins and logins[-1].data.get("method") == "oidc"
 
@@ -529,3 +533,40 @@ def test_keys_past_their_max_age_are_fetched_again_so_a_withdrawn_key_stops_veri
     assert_refused(setup, refused, "sso_unknown_key")
     assert idp.hits["/jwks"] == fetched + 1
     idp.keys = [kept]
+
+
+@pytest.mark.browser
+async def test_in_chromium_a_person_signs_in_to_the_portal_through_the_idp(oidc_org, idp, server):
+    from playwright.async_api import async_playwright, expect
+
+    assert CHROMIUM.exists(), "the browser test needs Debian's chromium (PITFALLS 24)"
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    base = f"http://{setup.host}:{server.port}"
+    failures: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {setup.host} 127.0.0.1"],
+        )
+        try:
+            page = await browser.new_page()
+            page.on(
+                "response",
+                lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+            )
+            # Given the org's sign-in page, which offers its IdP
+            await page.goto(f"{base}/portal/login")
+            button = page.get_by_test_id("sso-login")
+            await expect(button).to_have_text("Sign in with Test IdP")
+            # When the person takes it, the IdP (which knows them) sends them back signed in
+            await button.click()
+            await expect(page).to_have_url(f"{base}/portal/")
+            # (the display name the IdP sent)
+            await expect(page.get_by_test_id("current-user")).to_have_text(idp.user["name"])
+        finally:
+            await browser.close()
+    assert idp.hits["/authorize"] and idp.hits["/token"]
+    assert failures == []
+    user = user_by_subject(setup.org, idp.user["sub"])
+    assert user is not None and user.role == "admin"
