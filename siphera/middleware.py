@@ -1,4 +1,4 @@
-"""HTTP middleware: health probes, request context + access log, tenant routing."""
+"""HTTP middleware: health probes, request context + access log, tenant routing, CSRF."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 
 from django.db import connection
 from django.http import JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django_tenants.middleware.main import TenantMainMiddleware
 
 from siphera import health
@@ -87,3 +88,27 @@ class TenantMiddleware(TenantMainMiddleware):
         org_var.set(org.slug)
         self.setup_url_routing(request)
         return None
+
+
+class OrgCsrfMiddleware(CsrfViewMiddleware):
+    """Django's CSRF check, also trusting `https://<host>` for the org host the request
+    came to.
+
+    Behind a proxy that ends TLS, Django sees plain http and expects the Origin
+    `http://<host>`, while browsers send `https://<host>`; Django would accept that only
+    from CSRF_TRUSTED_ORIGINS, a list read at start-up, so a host name added with
+    `add_domain` got 403s until the list was edited and the server restarted. The host was
+    matched against the Domain table for this very request (TenantMiddleware), so trusting
+    its https origin follows the table at once, without a query or a cache of its own: an
+    added host works immediately, a removed one no longer routes at all. Nothing else is
+    trusted beyond Django's rules: not the org's other hosts, not another org's.
+    """
+
+    def _origin_verified(self, request):
+        if super()._origin_verified(request):
+            return True
+        host = getattr(getattr(request, "tenant", None), "domain_url", None)
+        return bool(host) and request.META["HTTP_ORIGIN"] in (
+            f"https://{host}",
+            f"https://{host}:443",
+        )

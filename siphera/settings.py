@@ -38,6 +38,8 @@ SECRET_KEY = env("SECRET_KEY", DEV_SECRET_KEY)
 # Host validation for org hosts happens against the Domain table (siphera.tenancy);
 # ALLOWED_HOSTS is a second, coarse filter an operator may narrow (e.g. ".example.com").
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
+# Origins trusted for form posts besides the request's own: an org host's https:// origin
+# is trusted anyway (siphera.middleware.OrgCsrfMiddleware); list only other origins here.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 # --- Apps -----------------------------------------------------------------------------
@@ -83,7 +85,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
+    "siphera.middleware.OrgCsrfMiddleware",  # Django's, + the org host's https origin
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
