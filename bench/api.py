@@ -1,0 +1,429 @@
+"""HTTP benchmark: requests per second and latency of the REST and portal request path,
+against the real ASGI app (uvicorn), PostgreSQL and Redis, with `wrk` as the load
+generator (a Python client tops out near 300 requests/s here and would be what is measured).
+
+    python bench/api.py                        # every scenario, 1 web process
+    python bench/api.py --workers 1,2          # ... and again with 2 (WEB_WORKERS)
+    python bench/api.py --only me --only bare --seconds 4
+
+Each run measures, in the same run and under the same uvicorn, a bare Django async view
+(bench/ceiling/bare_django.py: no middleware, no database) as the ceiling, and prints every
+scenario's rate as a share of it. Scenarios (wrk, 1 thread, `--connections` connections,
+`--seconds` each, latency percentiles from wrk's own histogram):
+
+- `bare`: the ceiling;
+- `me`: `GET /api/v1/me` with a device token;
+- `conversations`: `GET /api/v1/conversations`;
+- `claim`: `GET /api/v1/keys/{user_id}`, a key claim (each consumes a one-time prekey);
+- `send`: `POST /api/v1/conversations/{id}/messages`, every request a new `client_id`;
+- `messages`: `GET /api/v1/messages` (a device's queue);
+- `portal`: the dashboard `/portal/` for a signed-in admin;
+- `login`: `POST /api/v1/auth/login` (Argon2 by design: this one is slow on purpose).
+
+Tokens rotate over `--users` users so per-user limits and row locks are spread as in real
+use; the rate limits are raised for the run (each still runs on every request). It uses
+its own database (`siphera_bench_api`), its own org (bench.localhost) and Redis prefixes,
+starts the servers itself, prints one line per figure and writes
+bench/results/api-latest.json. `wrk` is installed with apt-get when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import relay  # noqa: E402  (bench/relay.py: database, org, server and CPU helpers)
+
+SCENARIOS = ["bare", "me", "conversations", "claim", "send", "messages", "portal", "login"]
+PASSWORD = "bench-password-123"  # noqa: S105 (the bench users' password)
+LIFTED_LIMITS = ",".join(
+    f"{name}=100000000/60"
+    for name in ("http.ip", "api.user", "portal.user", "ws.frame.user", "ws.connect.ip")
+)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", choices=SCENARIOS, action="append", help="repeatable")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--users", type=int, default=64, help="users the tokens rotate over")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        type=lambda text: [int(x) for x in text.split(",")],
+        help="web processes (uvicorn workers), comma-separated: each count is run in turn",
+    )
+    parser.add_argument("--database", default="siphera_bench_api")
+    parser.add_argument("--keep-db", action="store_true", help="reuse the bench database")
+    return parser.parse_args()
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is missing: installing it with apt-get ...", file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=False)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is needed (Debian/Ubuntu: apt-get install wrk) and could not be had.")
+    return found
+
+
+# --- set-up ------------------------------------------------------------------------------------
+
+
+def prepare(user_count: int) -> dict:
+    """The bench org with `user_count` members, each with a device, a peer whose device has
+    one-time prekeys to claim, and a direct conversation with that peer; plus an admin
+    with a password (portal and login scenarios)."""
+    import django
+
+    django.setup()
+
+    from messaging.services import conversations, keys
+    from messaging.services.devices import do_register_device
+    from orgs.services import audit
+    from orgs.services.users import check_create_user
+    from siphera.tenancy import in_tenant
+
+    actor = audit.Actor.system("bench")
+    org = relay.bench_org(actor)
+
+    def bundle(one_time: int = 0):
+        return keys.DeviceKeys(
+            identity_key=os.urandom(32),
+            signing_key=os.urandom(32),
+            signed_prekey=None,
+            one_time_prekeys=[keys.OneTimeKey(i, os.urandom(32)) for i in range(one_time)],
+        )
+
+    def build():
+        members = []
+        for _ in range(user_count):
+            a = check_create_user(
+                username=f"a{uuid.uuid4().hex[:12]}", password=None, role="member", actor=actor
+            )
+            b = check_create_user(
+                username=f"b{uuid.uuid4().hex[:12]}", password=None, role="member", actor=actor
+            )
+            _, token = do_register_device(a, name="bench", bundle=bundle(), actor=actor)
+            do_register_device(b, name="peer", bundle=bundle(400), actor=actor)
+            conv, _ = conversations.check_create_conversation(
+                creator=a, kind="direct", member_ids=[str(b.pk)], title=None
+            )
+            members.append({"token": token, "peer": str(b.pk), "conversation": str(conv.pk)})
+        admins = []
+        for _ in range(8):
+            admin = check_create_user(
+                username=f"adm{uuid.uuid4().hex[:10]}",
+                password=PASSWORD,
+                role="admin",
+                actor=actor,
+            )
+            admins.append(admin.username)
+        return {"members": members, "admins": admins}
+
+    return in_tenant(org, build)
+
+
+def portal_cookie(port: int, username: str) -> str:
+    """A signed-in portal session (the `sessionid` cookie) of `username`."""
+    import httpx
+
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Host": relay.HOST}, timeout=30
+    ) as http:
+        page = http.get("/portal/login")
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        done = http.post(
+            "/portal/login",
+            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": csrf},
+        )
+        if done.status_code != 302:
+            raise SystemExit(f"portal sign-in for the bench failed: HTTP {done.status_code}")
+        return f"sessionid={http.cookies['sessionid']}"
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+def lua_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
+
+
+def lua_script(requests: list[dict], *, unique_send: bool = False) -> str:
+    """A wrk script cycling through `requests` ({method, path, headers, body}). With
+    `unique_send`, each body's CLIENT_ID placeholder becomes a new UUID per request."""
+    run = uuid.uuid4().hex[:8]
+    rows = []
+    for r in requests:
+        headers = ", ".join(f"[{lua_string(k)}]={lua_string(v)}" for k, v in r["headers"].items())
+        body = lua_string(r["body"]) if r.get("body") is not None else "nil"
+        rows.append(
+            f"{{method={lua_string(r['method'])}, path={lua_string(r['path'])}, "
+            f"headers={{{headers}}}, body={body}}}"
+        )
+    return f"""
+local reqs = {{{", ".join(rows)}}}
+local n = 0
+request = function()
+  n = n + 1
+  local r = reqs[(n % #reqs) + 1]
+  local body = r.body
+  if {"true" if unique_send else "false"} and body then
+    body = string.gsub(body, "CLIENT_ID", string.format("{run}-0000-4000-8000-%012x", n))
+  end
+  return wrk.format(r.method, r.path, r.headers, body)
+end
+"""
+
+
+def run_wrk(wrk: str, port: int, script: str, *, seconds: float, connections: int) -> dict:
+    path = ROOT / "var" / "bench-api.lua"
+    path.write_text(script)
+    out = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(path),
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+
+    def percentile(p: str) -> float | None:
+        match = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return None
+        value, unit = float(match.group(1)), match.group(2)
+        return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 2)
+
+    return {
+        "requests_per_s": round(rate, 1),
+        "requests": total,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "p50_ms": percentile("50"),
+        "p99_ms": percentile("99"),
+    }
+
+
+def scenario_requests(name: str, data: dict, cookie: str) -> tuple[list[dict], bool]:
+    host = relay.HOST
+    members = data["members"]
+
+    def bearer(m):
+        return {"Host": host, "Authorization": f"Bearer {m['token']}"}
+
+    json_headers = {"Content-Type": "application/json"}
+    if name == "me":
+        return [
+            {"method": "GET", "path": "/api/v1/me", "headers": bearer(m)} for m in members
+        ], False
+    if name == "conversations":
+        return [
+            {"method": "GET", "path": "/api/v1/conversations", "headers": bearer(m)}
+            for m in members
+        ], False
+    if name == "claim":
+        return [
+            {"method": "GET", "path": f"/api/v1/keys/{m['peer']}", "headers": bearer(m)}
+            for m in members
+        ], False
+    if name == "messages":
+        return [
+            {"method": "GET", "path": "/api/v1/messages?limit=100", "headers": bearer(m)}
+            for m in members
+        ], False
+    if name == "send":
+        body = json.dumps(
+            {"client_id": "CLIENT_ID", "body": base64.b64encode(os.urandom(96)).decode()}
+        )
+        return [
+            {
+                "method": "POST",
+                "path": f"/api/v1/conversations/{m['conversation']}/messages",
+                "headers": {**bearer(m), **json_headers},
+                "body": body,
+            }
+            for m in members
+        ], True
+    if name == "portal":
+        return [
+            {"method": "GET", "path": "/portal/", "headers": {"Host": host, "Cookie": cookie}}
+        ], False
+    if name == "login":
+        return [
+            {
+                "method": "POST",
+                "path": "/api/v1/auth/login",
+                "headers": {"Host": host, **json_headers},
+                "body": json.dumps({"username": name_, "password": PASSWORD}),
+            }
+            for name_ in data["admins"]
+        ], False
+    raise ValueError(name)
+
+
+def start_bare(port: int, workers: int) -> subprocess.Popen:
+    log = open(ROOT / "var" / "bench-bare.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.ceiling.bare_django:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the bare Django server did not start; see var/bench-bare.log")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    proc.wait(20)
+
+
+def main():
+    args = parse_args()
+    scenarios = args.only or SCENARIOS
+    wrk = ensure_wrk()
+    (ROOT / "var").mkdir(exist_ok=True)
+    os.environ.setdefault("RATE_LIMITS", LIFTED_LIMITS)
+    os.environ.setdefault("LOGIN_RATE_PER_IP", "100000000")
+    os.environ.setdefault("LOGIN_RATE_PER_USERNAME", "100000000")
+    os.environ.setdefault("KEYS_CLAIM_RATE", "100000000")
+    url = relay.setup_django(args.database)
+    os.environ["RATE_LIMITS"] = LIFTED_LIMITS
+    relay.ensure_database(url, fresh=not args.keep_db)
+    print(f"preparing org: {args.users} members ...", file=sys.stderr)
+    data = prepare(args.users)
+    results = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "cpu_reference_s": relay.cpu_reference_seconds(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "runs": {},
+    }
+    for workers in args.workers:
+        run: dict = {}
+        if "bare" in scenarios:
+            port = relay.free_port()
+            bare = start_bare(port, workers)
+            try:
+                script = lua_script([{"method": "GET", "path": "/ping", "headers": {}}])
+                run["bare"] = run_wrk(
+                    wrk, port, script, seconds=args.seconds, connections=args.connections
+                )
+            finally:
+                stop(bare)
+            print(f"[{workers} worker(s)] bare Django async view: {describe(run['bare'])}")
+        port = relay.free_port()
+        proc = relay.start_server(port, workers)
+        try:
+            cookie = portal_cookie(port, data["admins"][0]) if "portal" in scenarios else ""
+            for name in scenarios:
+                if name == "bare":
+                    continue
+                requests, unique = scenario_requests(name, data, cookie)
+                meter = relay.CpuMeter(proc)
+                figures = run_wrk(
+                    wrk,
+                    port,
+                    lua_script(requests, unique_send=unique),
+                    seconds=args.seconds,
+                    # Argon2 takes the CPU it takes: more connections only queue.
+                    connections=min(4, args.connections) if name == "login" else args.connections,
+                )
+                cpu = meter.per_message(figures["requests"])
+                figures["server_cpu_ms_per_request"] = cpu["server_cpu_ms_per_message"]
+                # Backends that exit during the run take their CPU time with them: a
+                # negative figure means "not measurable", not a gain.
+                pg = cpu["postgres_cpu_ms_per_message"]
+                figures["postgres_cpu_ms_per_request"] = pg if pg is None or pg >= 0 else None
+                figures["machine_busy_percent"] = cpu["machine_busy_percent"]
+                if "bare" in run and run["bare"]["requests_per_s"]:
+                    figures["share_of_bare"] = round(
+                        figures["requests_per_s"] / run["bare"]["requests_per_s"], 3
+                    )
+                run[name] = figures
+                print(f"[{workers} worker(s)] {name}: {describe(figures)}")
+        finally:
+            stop(proc)
+        results["runs"][str(workers)] = run
+    print(json.dumps(results))
+    out = ROOT / "bench" / "results" / "api-latest.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def describe(f: dict) -> str:
+    text = f"{f['requests_per_s']} req/s, p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms"
+    if "share_of_bare" in f:
+        text += f", {round(100 * f['share_of_bare'])} % of the bare view"
+    if f.get("server_cpu_ms_per_request") is not None:
+        text += (
+            f"; server CPU {f['server_cpu_ms_per_request']} ms/request, PostgreSQL "
+            f"{f['postgres_cpu_ms_per_request']} ms"
+        )
+    if f["non_2xx"] or f["socket_errors"]:
+        text += f"; NOT VALID: {f['non_2xx']} non-2xx answers, {f['socket_errors']} socket errors"
+    return text
+
+
+if __name__ == "__main__":
+    main()
