@@ -13,6 +13,8 @@ from django.views.decorators.http import require_GET
 
 from admin_portal import sso_views
 from admin_portal.decorators import portal_public
+from orgs.audit_events import AuditEvent
+from orgs.services import audit
 from orgs.sso import flow, oidc
 from orgs.sso.models import IdentityProvider
 from siphera.api_errors import ApiError
@@ -38,12 +40,27 @@ def callback(request: HttpRequest) -> HttpResponse:
             described = request.GET.get("error_description", "")[:300]
             message = _error_message(error[:100], described)
             return sso_views.refuse(request, f"sso_idp_{_code_part(error)}", message)
-        sso_request, assertion = oidc.complete(
+        sso_request, assertion, id_token = oidc.complete(
             request, state=state, code=request.GET.get("code", "")[: _MAX_PARAM + 1]
         )
     except ApiError as exc:
         return sso_views.refuse(request, exc.code, exc.message, exc.status_code)
-    return sso_views.complete_sign_in(request, sso_request, assertion)
+    response = sso_views.complete_sign_in(request, sso_request, assertion)
+    _keep_logout_hint(request, assertion, id_token)
+    return response
+
+
+def _keep_logout_hint(request: HttpRequest, assertion, id_token: str) -> None:
+    """Where the sign-in started a portal session (or its TOTP step), keep the ID token
+    with it: the IdP's logout wants it back as `id_token_hint`."""
+    sso = request.session.get(sso_views.SSO_SESSION)
+    if (
+        isinstance(sso, dict)
+        and sso.get("kind") == IdentityProvider.OIDC
+        and sso.get("subject") == assertion.subject
+        and len(id_token) <= oidc.MAX_ID_TOKEN_CHARS
+    ):
+        request.session[sso_views.SSO_SESSION] = {**sso, "id_token": id_token}
 
 
 def _code_part(error: str) -> str:
@@ -59,7 +76,32 @@ def _error_message(error: str, described: str) -> str:
     return f"{text} {described}".strip() if described else text
 
 
-def logout_url(request: HttpRequest, idp: IdentityProvider, *, next_url: str = "") -> str | None:
+def logout_redirect(request: HttpRequest) -> str | None:
+    """For the portal's logout, called before the session ends: the IdP's end-session URL
+    (RP-initiated logout, with the sign-in's ID token as hint) when this session came from
+    an OpenID Connect sign-in and the IdP's discovery names an end_session_endpoint; None
+    otherwise. Audited `sso.logout`."""
+    sso = request.session.get(sso_views.SSO_SESSION)
+    if not isinstance(sso, dict) or sso.get("kind") != IdentityProvider.OIDC:
+        return None
+    idp = IdentityProvider.objects.filter(pk=1, kind=IdentityProvider.OIDC).first()
+    if idp is None:
+        return None
+    url = logout_url(request, idp, id_token_hint=str(sso.get("id_token") or ""))
+    if url:
+        audit.record(
+            AuditEvent.SSO_LOGOUT,
+            actor=audit.Actor.from_request(request),
+            target_type="identity_provider",
+            target_id=IdentityProvider.OIDC,
+            data={"initiated_by": "sp"},
+        )
+    return url
+
+
+def logout_url(
+    request: HttpRequest, idp: IdentityProvider, *, id_token_hint: str = "", next_url: str = ""
+) -> str | None:
     """Where to send the browser so the IdP ends its session too (None: it has no
-    end_session_endpoint). For the portal's logout."""
-    return oidc.logout_url(request, idp, next_url=next_url)
+    end_session_endpoint)."""
+    return oidc.logout_url(request, idp, id_token_hint=id_token_hint, next_url=next_url)

@@ -636,9 +636,10 @@ def assertion_from(idp: IdentityProvider, claims: dict) -> Assertion:
     return Assertion(subject=subject, attributes=attributes, mfa=mfa)
 
 
-def complete(request, *, state: str, code: str) -> tuple[SsoRequest, Assertion]:
+def complete(request, *, state: str, code: str) -> tuple[SsoRequest, Assertion, str]:
     """Finish the IdP's answer to a sign-in: the request it names (used up), the code
-    exchanged, the ID token verified, missing mapped claims from userinfo."""
+    exchanged, the ID token verified, missing mapped claims from userinfo. Returns the
+    request, the assertion and the ID token (the hint for a later RP-initiated logout)."""
     sso_request = flow.check_take_request(state, kind=IdentityProvider.OIDC)
     idp = IdentityProvider.objects.filter(pk=1, kind=IdentityProvider.OIDC).first()
     if idp is None:
@@ -657,17 +658,22 @@ def complete(request, *, state: str, code: str) -> tuple[SsoRequest, Assertion]:
     ):
         extra = fetch_userinfo(idp, access_token, claims["sub"])
         claims = {**extra, **claims}  # the signed ID token wins where both speak
-    return sso_request, assertion_from(idp, claims)
+    return sso_request, assertion_from(idp, claims), token["id_token"]
 
 
-def logout_url(request, idp: IdentityProvider, *, next_url: str = "") -> str | None:
+def logout_url(
+    request, idp: IdentityProvider, *, id_token_hint: str = "", next_url: str = ""
+) -> str | None:
     """RP-initiated logout at the IdP (OpenID Connect RP-Initiated Logout 1.0) where its
-    discovery names an end_session_endpoint; None otherwise. The IdP sends the browser
-    back to `next_url` (absolute on this host; default the portal's sign-in page) if that
-    URL is registered with it."""
+    discovery names an end_session_endpoint; None otherwise. `id_token_hint` is the ID
+    token of the sign-in (some IdPs, Okta among them, require it). The IdP sends the
+    browser back to `next_url` (absolute on this host; default the portal's sign-in page)
+    if that URL is registered with it."""
     endpoint = (idp.config or {}).get("end_session_endpoint")
     if idp.kind != IdentityProvider.OIDC or not endpoint:
         return None
     back = request.build_absolute_uri(next_url or reverse("portal:login"))
     params = {"client_id": idp.config["client_id"], "post_logout_redirect_uri": back}
+    if id_token_hint:
+        params["id_token_hint"] = id_token_hint
     return endpoint + ("&" if urlsplit(endpoint).query else "?") + urlencode(params)

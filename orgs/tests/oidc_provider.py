@@ -315,6 +315,7 @@ class OpenIdProvider:
         self.deny = False  # the person declines: authorize answers error=access_denied
         self.extra_discovery: dict = {}
         self.hits: Counter[str] = Counter()
+        self.logged_out: list[str] = []  # subjects whose RP-initiated logout came in
         self.server = _Server(self)
         self.server.register_grant(_CodeGrant, [_Pkce(required=True), _OpenIdCode(self)])
         self._httpd = make_server(
@@ -416,6 +417,17 @@ class OpenIdProvider:
         if path == "/token":
             status, body, headers = self.server.create_token_response(request)
             return send(status, body, headers)
+        if path == "/logout":
+            # RP-initiated logout: the hint must be an ID token this provider issued.
+            args = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            try:
+                hint = jwt.decode(args.get("id_token_hint", ""), KeySet(self.keys)).claims
+            except Exception:
+                return send(400, {"error": "invalid_request"})
+            if hint.get("iss") != self.issuer or args.get("client_id") not in hint["aud"]:
+                return send(400, {"error": "invalid_request"})
+            self.logged_out.append(hint["sub"])
+            return send(302, "", [("Location", args["post_logout_redirect_uri"])])
         if path == "/userinfo":
             token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
             user = self.access_tokens.get(token)

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from admin_portal import oidc_views
 from admin_portal.tests.conftest import CHROMIUM, CHROMIUM_ARGS, Portal
 from orgs.accounts.models import AuditEntry, User
 from orgs.sso.models import IdentityProvider, SsoRequest
@@ -570,3 +571,32 @@ async def test_in_chromium_a_person_signs_in_to_the_portal_through_the_idp(oidc_
     assert failures == []
     user = user_by_subject(setup.org, idp.user["sub"])
     assert user is not None and user.role == "admin"
+
+
+def test_the_portal_session_keeps_the_id_token_for_the_idps_logout(oidc_org, idp, server):
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import RequestFactory
+
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    assert sign_in(browser, idp).status_code == 302
+    key = browser.http.cookies["sessionid"]
+
+    def logout_url() -> str | None:
+        request = RequestFactory().post("/portal/logout", HTTP_HOST=setup.host)
+        request.session = SessionStore(session_key=key)
+        return oidc_views.logout_redirect(request)
+
+    url = in_tenant(setup.org, logout_url)
+    assert url and url.startswith(f"{idp.issuer}/logout?")
+    query = parse_qs(urlsplit(url).query)
+    assert query["client_id"] == [setup.client_id]
+    assert query["post_logout_redirect_uri"] == [f"http://{setup.host}/portal/login"]
+    [logout] = audit_events(setup.org, "sso.logout")
+    assert logout.data == {"initiated_by": "sp"}
+    # The IdP accepts the hint (an ID token it issued for this client) and sends us back.
+    back = httpx.get(url, timeout=10)
+    assert back.status_code == 302, back.text
+    assert back.headers["location"] == f"http://{setup.host}/portal/login"
+    assert idp.logged_out[-1] == idp.user["sub"]
