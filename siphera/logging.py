@@ -18,24 +18,76 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 org_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("org", default=None)
 
-# Our secrets have recognisable prefixes (see orgs.services.tokens); bearer/grant headers
-# and password-ish key=value pairs are scrubbed too.
+# Secrets are found by what they look like, wherever they turn up (a path, a query string,
+# an exception, an extra field), so one function scrubs every line:
+# - our bearer secrets, by prefix (orgs.services.tokens): invitations `sph_i_`, device
+#   tokens `sph_d_`, login grants `sph_g_`, SSO one-time codes `sph_c_`, SCIM tokens
+#   `sph_s_`, MFA enrolment tokens `sph_e_`, and any later `sph_<x>_`;
+# - credentials after an HTTP auth scheme (`Authorization: Bearer|Grant|Basic|Enrollment …`);
+# - URL/form parameters that carry one: OAuth/OIDC `code`, `state` and tokens, SAML's
+#   `SAMLResponse`, `SAMLRequest`, `RelayState`, PKCE verifiers, passwords;
+# - `password=…`/`"token": …`-style pairs in free text.
+SECRET_PARAMETERS = (
+    "code",
+    "state",
+    "code_verifier",
+    "samlresponse",
+    "samlrequest",
+    "relaystate",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "client_secret",
+    "enrollment_token",
+    "grant",
+    "password",
+    "otp",
+)
+# Extra fields (`extra={...}`) whose whole value is a secret, whatever it looks like.
+SECRET_FIELDS = frozenset(
+    {"authorization", "cookie", "password", "secret", "token", "grant", "otp", *SECRET_PARAMETERS}
+    - {"code", "state"}  # as fields these name error codes and states, not secrets
+)
+REDACTED = "[redacted]"
 _SECRET_PATTERNS = [
-    re.compile(r"sph_[a-z]+_[A-Za-z0-9_\-]+"),
-    re.compile(r"(?i)(bearer|grant)\s+[A-Za-z0-9_\-\.=+/]+"),
-    re.compile(r"(?i)(password|token|secret|otp|signature)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+    (re.compile(r"sph_[a-z]+_[A-Za-z0-9_\-]+"), REDACTED),
+    (
+        re.compile(r"(?i)\b(bearer|grant|basic|enrollment)(\s+)[A-Za-z0-9_\-\.=+/~]+"),
+        rf"\1\2{REDACTED}",
+    ),
+    (
+        re.compile(r"(?i)([?&;](?:" + "|".join(SECRET_PARAMETERS) + r")=)[^&;#\s\"']*"),
+        rf"\1{REDACTED}",
+    ),
+    (
+        re.compile(
+            r"(?i)(password|token|secret|otp|signature)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}&]+"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
 ]
 
 
 def redact(text: str) -> str:
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 2:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
-        elif pattern.groups == 1:
-            text = pattern.sub(lambda m: f"{m.group(1)} [redacted]", text)
-        else:
-            text = pattern.sub("[redacted]", text)
+    """`text` with every secret it contains replaced by `[redacted]`."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
     return text
+
+
+def redact_field(name: str, value):
+    """An extra field's value with secrets replaced: all of it for a field named like a
+    secret, otherwise every string inside it (nested dicts and lists included)."""
+    if name.lower() in SECRET_FIELDS and value not in (None, ""):
+        return REDACTED
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_field(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_field(name, v) for v in value]
+    return value
 
 
 class ContextFilter(logging.Filter):
@@ -45,22 +97,30 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class RedactFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "request_id",
     "org",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's ANSI-coloured copy of msg
 }
+
+
+class RedactFilter(logging.Filter):
+    """Scrubs the message and every extra field of a record before any handler writes it
+    (the access log's `path` is where invitation tokens used to show); the formatter
+    scrubs tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and not key.startswith("_"):
+                setattr(record, key, redact_field(key, value))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,3 +141,35 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = redact("".join(traceback.format_exception(*record.exc_info)))
         return json.dumps(entry, default=str)
+
+
+def config(level: str = "INFO") -> dict:
+    """The logging configuration of every process: JSON lines on stderr, with the request
+    id and org, scrubbed of secrets. Django's LOGGING (siphera.settings) and uvicorn's
+    log_config (siphera.serve) are both this, so uvicorn's own lines (a WebSocket's path and
+    query, an exception in the app) pass the same filter."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "context": {"()": "siphera.logging.ContextFilter"},
+            "redact": {"()": "siphera.logging.RedactFilter"},
+        },
+        "formatters": {"json": {"()": "siphera.logging.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["context", "redact"],
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "django.request": {"level": "ERROR"},  # we log requests ourselves
+            "django.server": {"level": "WARNING"},
+            "uvicorn": {"level": "INFO"},
+            "uvicorn.access": {"level": "WARNING"},
+            "uvicorn.error": {"level": "INFO"},
+            "celery": {"level": "INFO"},
+        },
+    }

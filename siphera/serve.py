@@ -12,7 +12,9 @@ the test suite and the benchmark alike:
   WS_PING_TIMEOUT_SECONDS change them (the heartbeat test uses 1 s each);
 - no permessage-deflate: frames are mostly ciphertext, which does not compress, and
   compressing secrets next to attacker-chosen bytes is how CRIME-style leaks start;
-- no uvicorn access log: the app writes its own JSON access lines (siphera.middleware).
+- no uvicorn access log: the app writes its own JSON access lines (siphera.middleware);
+  uvicorn's other lines are JSON too, through the same secret-scrubbing filter
+  (siphera.logging.config).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def check_settings() -> None:
 def main(argv=None) -> None:
     import uvicorn
 
+    from siphera.logging import config as logging_config
+
     args = parse_args(argv)
     check_settings()
     uvicorn.run(
@@ -88,6 +92,7 @@ def main(argv=None) -> None:
         access_log=False,
         backlog=4096,
         log_level=args.log_level,
+        log_config=logging_config(os.environ.get("LOG_LEVEL", "INFO")),
     )
 
 

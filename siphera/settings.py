@@ -7,6 +7,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from siphera import logging as siphera_logging
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -305,30 +307,7 @@ USE_TZ = True
 
 # --- Logging: JSON lines with request id and org, never secrets ---------------------------
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {
-        "context": {"()": "siphera.logging.ContextFilter"},
-        "redact": {"()": "siphera.logging.RedactFilter"},
-    },
-    "formatters": {"json": {"()": "siphera.logging.JsonFormatter"}},
-    "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "filters": ["context", "redact"],
-        }
-    },
-    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.request": {"level": "ERROR"},  # we log requests ourselves
-        "django.server": {"level": "WARNING"},
-        "uvicorn.access": {"level": "WARNING"},
-        "uvicorn.error": {"level": "INFO"},
-        "celery": {"level": "INFO"},
-    },
-}
+LOGGING = siphera_logging.config(LOG_LEVEL)  # siphera/logging.py: also uvicorn's
 
 # --- Attachments and retention (messaging) ----------------------------------------------
 # Attachment blobs (opaque ciphertext) go to the `attachments` storage: the local
