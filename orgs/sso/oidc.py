@@ -7,13 +7,15 @@ token endpoint's client authentication and the public keys as last fetched.
 
 A sign-in (`begin`) goes to the authorization endpoint with `state` (the `SsoRequest` id),
 a `nonce` and a PKCE challenge; the row keeps the nonce and the verifier, never the browser.
-The callback (`complete`) uses the row up, exchanges the code at the token endpoint and
-verifies the ID token: its signature against the IdP's keys (an unknown `kid` fetches the
-JWKS again, at most once per OIDC_JWKS_MIN_REFETCH_SECONDS per org, so a forged token
-cannot make us hammer the IdP; keys older than OIDC_JWKS_MAX_AGE_SECONDS are fetched
-again too, so a key the IdP withdrew stops verifying), `iss`, `aud`/`azp`, `exp`/`iat` within
-OIDC_CLOCK_SKEW_SECONDS, and the `nonce`. Only asymmetric algorithms the IdP advertises are
-accepted: never `none`, never HS* (whose key would be the client secret). The claims become
+The callback (`complete`) uses the row up, checks that the browser which started the
+sign-in is the one finishing it (a hash of the state in its session: no login CSRF),
+exchanges the code at the token endpoint and verifies the ID token: its signature against
+the IdP's keys (an unknown `kid` fetches the JWKS again, at most once per
+OIDC_JWKS_MIN_REFETCH_SECONDS per org, so a forged token cannot make us hammer the IdP;
+keys older than OIDC_JWKS_MAX_AGE_SECONDS are fetched again too, so a key the IdP
+withdrew stops verifying), `iss`, `aud`/`azp`, `exp`/`iat` within OIDC_CLOCK_SKEW_SECONDS,
+and the `nonce`. Only asymmetric algorithms the IdP advertises are accepted: never `none`,
+never HS* (whose key would be the client secret). The claims become
 a protocol-neutral `Assertion` for orgs.sso.provisioning.
 
 Errors from the IdP (unreachable, an HTTP error, a body that is not JSON or too big) are a
@@ -371,6 +373,7 @@ def begin(
         nonce=secrets.token_urlsafe(32),
         code_verifier=verifier,
     )
+    _bind_to_browser(request, row.id)
     params = {
         "response_type": "code",
         "client_id": config["client_id"],
@@ -385,6 +388,40 @@ def begin(
         params["prompt"] = "login"  # an owner testing wants to see the IdP's sign-in
     endpoint = config["authorization_endpoint"]
     return endpoint + ("&" if urlsplit(endpoint).query else "?") + urlencode(params)
+
+
+# The browser that started a sign-in keeps (in its session) a hash of the sign-in's state;
+# the answer must come back to that browser. Otherwise an attacker could start a sign-in
+# as themselves and have a victim's browser finish it (login CSRF): the victim would be
+# signed in to the attacker's account. The IdP's answer is a top-level GET, so the
+# session cookie (SameSite=Lax) comes with it.
+_BROWSER_STATES = "oidc_states"
+_BROWSER_STATES_KEPT = 5
+
+
+def _state_tag(state: str) -> str:
+    return hashlib.sha256(f"oidc-state:{state}".encode()).hexdigest()[:32]
+
+
+def _bind_to_browser(request, state: str) -> None:
+    kept = [t for t in request.session.get(_BROWSER_STATES, []) if isinstance(t, str)]
+    request.session[_BROWSER_STATES] = [*kept, _state_tag(state)][-_BROWSER_STATES_KEPT:]
+
+
+def check_same_browser(request, state: str) -> None:
+    """403 `sso_wrong_browser` unless this browser started the sign-in named by `state`;
+    the state is forgotten by the browser either way."""
+    kept = request.session.get(_BROWSER_STATES, [])
+    tag = _state_tag(state)
+    if isinstance(kept, list) and tag in kept:
+        request.session[_BROWSER_STATES] = [t for t in kept if t != tag]
+        return
+    raise ApiError(
+        403,
+        "sso_wrong_browser",
+        "This sign-in was started in another browser (or its cookies were cleared); "
+        "start it again here.",
+    )
 
 
 def _idp_error(message: str) -> ApiError:
@@ -641,6 +678,7 @@ def complete(request, *, state: str, code: str) -> tuple[SsoRequest, Assertion, 
     exchanged, the ID token verified, missing mapped claims from userinfo. Returns the
     request, the assertion and the ID token (the hint for a later RP-initiated logout)."""
     sso_request = flow.check_take_request(state, kind=IdentityProvider.OIDC)
+    check_same_browser(request, state)
     idp = IdentityProvider.objects.filter(pk=1, kind=IdentityProvider.OIDC).first()
     if idp is None:
         raise ApiError(404, "sso_not_configured", "OpenID Connect sign-in is not set up.")

@@ -399,6 +399,18 @@ def test_a_replayed_or_unknown_state_is_refused(oidc_org, idp, server):
     assert_refused(setup, huge, "sso_request_unknown", 400)
 
 
+def test_an_answer_to_a_sign_in_started_in_another_browser_is_refused(oidc_org, idp, server):
+    """Login CSRF: an attacker signs in as themselves and has the victim open the answer."""
+    setup = oidc_org()
+    idp.user = person(ADMINS)  # the attacker's account at the IdP
+    attacker = setup.browser(server)
+    callback = at_idp(to_idp(attacker, idp))
+    victim = setup.browser(server)
+    assert_refused(setup, victim.get(callback), "sso_wrong_browser")
+    assert not is_signed_in(victim)
+    assert user_by_subject(setup.org, idp.user["sub"]) is None
+
+
 def test_org_b_refuses_an_answer_meant_for_org_a_which_still_works_at_home(oidc_org, idp, server):
     org_a, org_b = oidc_org(), oidc_org()
     idp.user = person(ADMINS)
