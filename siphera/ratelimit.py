@@ -45,6 +45,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "ws.connect.ip": (120, 60),  # WebSocket handshakes, per client IP
     "ws.frame.user": (1800, 60),  # every frame after auth, per user (all their sockets)
     "calls.turn.user": (60, 60),  # TURN credentials (GET /api/v1/calls/turn), per user
+    "scim.token": (60000, 60),  # SCIM requests (/scim/v2/), per org token: IdP pushes
 }
 
 
@@ -243,7 +244,10 @@ class RateLimitMiddleware:
         from siphera.net import client_ip
 
         ip = client_ip(request)
-        if ip and connection.schema_name != "public" and not request.path.startswith("/static/"):
+        # /scim/v2/ spends its own budget per org token (an IdP's push of 10,000 users
+        # comes from one address); a request without a valid token spends this one there.
+        exempt = request.path.startswith(("/static/", "/scim/"))
+        if ip and connection.schema_name != "public" and not exempt:
             retry_after = hit_named("http.ip", ip)
             if retry_after is not None:
                 response = json_error(

@@ -65,6 +65,7 @@ TENANT_APPS = [
     "django.contrib.sessions",  # portal sessions are per org
     "orgs.accounts",  # users, devices, login grants, audit log
     "orgs.sso",  # the org's SAML / OIDC identity provider, sign-ins in flight
+    "orgs.scim",  # the org's SCIM tokens, SCIM user data and groups (per org: tenant)
     "messaging",  # key directory, conversations, messages
     "calls",
     "e911",
@@ -202,6 +203,8 @@ LOGIN_GRANT_TTL_SECONDS = env_int("LOGIN_GRANT_TTL_SECONDS", 300)
 SSO_REQUEST_TTL_SECONDS = env_int("SSO_REQUEST_TTL_SECONDS", 600)
 SSO_CLIENT_REDIRECT_SCHEMES = env_list("SSO_CLIENT_REDIRECT_SCHEMES", "siphera")
 SAML_CLOCK_SKEW_SECONDS = env_int("SAML_CLOCK_SKEW_SECONDS", 120)
+# Largest SCIM request body (413 beyond): a group PUT of 10,000 members is ~0.7 MB.
+SCIM_MAX_BODY_BYTES = env_int("SCIM_MAX_BODY_BYTES", 2 * 1024 * 1024)
 # Login rate limits: attempts per window, per client IP and per (org, username).
 LOGIN_RATE_PER_IP = env_int("LOGIN_RATE_PER_IP", 30)
 LOGIN_RATE_PER_USERNAME = env_int("LOGIN_RATE_PER_USERNAME", 10)

@@ -16,6 +16,7 @@ api_v1 = [
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("sso/", include("admin_portal.sso_urls")),
+    path("scim/v2/", include("orgs.scim.urls")),
     path("", include("admin_portal.urls")),
 ]
 
