@@ -136,11 +136,15 @@ def _read_json(response: httpx.Response, what: str) -> Any:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
         raise IdpError(f"The {what} is larger than {MAX_RESPONSE_BYTES // 1024} KiB.")
-    body = b""
+    # httpx's timeout is per read: a peer dripping a byte at a time would never trip it.
+    deadline = time.monotonic() + 2 * settings.OIDC_HTTP_TIMEOUT_SECONDS
+    body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > MAX_RESPONSE_BYTES:
             raise IdpError(f"The {what} is larger than {MAX_RESPONSE_BYTES // 1024} KiB.")
+        if time.monotonic() > deadline:
+            raise IdpError(f"The {what} did not answer in time.")
     try:
         return json.loads(body)
     except (ValueError, RecursionError):

@@ -306,6 +306,30 @@ def test_app_sign_in_ends_in_a_login_grant_that_registers_a_device(oidc_org, idp
     assert not is_signed_in(browser)
 
 
+def test_a_client_whose_idp_wants_the_secret_in_the_form_signs_in(oidc_org, idp, server):
+    idp.extra_discovery = {"token_endpoint_auth_methods_supported": ["client_secret_post"]}
+    try:
+        setup = oidc_org(auth_method="client_secret_post")
+    finally:
+        idp.extra_discovery = {}
+    shown = setup.owner.api.get("/api/v1/org/sso").json()["config"]
+    assert shown["client_auth"] == "client_secret_post"
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    assert sign_in(browser, idp).status_code == 302
+    assert is_signed_in(browser)
+
+
+def test_a_wrong_client_secret_is_refused_by_the_idp_and_shown_as_such(oidc_org, idp, server):
+    setup = oidc_org()
+    changed = setup.owner.api.put("/api/v1/org/sso", json={"secret": "not-the-secret"})
+    assert changed.status_code == 200, changed.text
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    assert_refused(setup, sign_in(browser, idp), "sso_token_refused")
+    assert not is_signed_in(browser)
+
+
 def test_the_org_can_trust_the_idps_mfa_or_still_require_its_own_totp(oidc_org, idp, server):
     setup = oidc_org(trust_idp_mfa=True, mfa_policy="required_for_admins")
     idp.user = person(ADMINS)
