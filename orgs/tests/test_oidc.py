@@ -46,6 +46,7 @@ def _honest_provider(idp):
     idp.claim_overrides = {}
     idp.down = False
     idp.deny = False
+    idp.extra_discovery = {}
     idp.amr = ["pwd"]
     idp.id_token_claims = {"preferred_username", "email", "name", "groups"}
     if idp.signing_key not in idp.keys:
@@ -221,6 +222,17 @@ def test_a_config_round_trip_keeps_the_secret_and_bad_issuers_are_a_clear_400(oi
         answer = api.put("/api/v1/org/sso", json={"config": config, "secret": "s"})
         assert answer.status_code == 400, (label, answer.text)
         assert answer.json()["error"]["code"] == "invalid_sso_config", label
+    # An IdP answering with a huge document, or an error page, is named as such.
+    idp.extra_discovery = {"padding": "x" * 300_000}
+    answer = api.put("/api/v1/org/sso", json={"config": shown["config"]})
+    assert answer.status_code == 400 and "KiB" in answer.json()["error"]["message"]
+    idp.extra_discovery = {}
+    idp.down = True
+    answer = api.put("/api/v1/org/sso", json={"config": shown["config"]})
+    assert answer.status_code == 400 and "HTTP 503" in answer.json()["error"]["message"]
+    idp.down = False
+    # Nothing of those attempts was saved.
+    assert api.get("/api/v1/org/sso").json()["config"] == again.json()["config"]
     # A confidential client needs its secret the first time.
     assert api.delete("/api/v1/org/sso").status_code == 204
     answer = api.put(
