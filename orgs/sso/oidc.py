@@ -186,7 +186,9 @@ def fetch_discovery(issuer: str) -> dict:
     doc = _get_json_object(url, f"discovery document at {url}")
     stated = doc.get("issuer")
     if not isinstance(stated, str) or stated.rstrip("/") != issuer.rstrip("/"):
-        raise IdpError(f"The discovery document names the issuer {stated!r}, not {issuer!r}.")
+        raise IdpError(
+            f"The discovery document names the issuer {str(stated)[:200]!r}, not {issuer!r}."
+        )
     for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
         _check_url(doc.get(key), key)
     for key in ("userinfo_endpoint", "end_session_endpoint"):
@@ -201,7 +203,7 @@ def fetch_discovery(issuer: str) -> dict:
     algorithms = [a for a in SAFE_ALGORITHMS if a in advertised]
     if not algorithms:
         raise IdpError(
-            f"The IdP signs ID tokens only with {', '.join(map(str, advertised))}; "
+            f"The IdP signs ID tokens only with {', '.join(str(a)[:20] for a in advertised[:10])}; "
             f"Siphera accepts {', '.join(SAFE_ALGORITHMS)}."
         )
     doc["_algorithms"] = algorithms
@@ -272,6 +274,8 @@ def check_config(
         issuer = _check_url(raw.get("issuer"), "issuer")
     except IdpError as exc:
         raise _invalid(str(exc)) from None
+    if urlsplit(issuer).query:
+        raise _invalid("The issuer is a URL without a ?query (OpenID Connect Discovery 1.0).")
     client_id = raw.get("client_id")
     if not isinstance(client_id, str) or not 0 < len(client_id.strip()) <= 255:
         raise _invalid("client_id is the client id the IdP gave Siphera (1-255 characters).")
@@ -316,11 +320,14 @@ def check_config(
             raise _invalid("The IdP does not support PKCE S256, which a public client needs.")
     else:
         supported = doc.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
+        if not isinstance(supported, list):
+            raise _invalid("The IdP's token_endpoint_auth_methods_supported is not a list.")
         choices = [m for m in CLIENT_AUTH_METHODS if m in supported]
         if not choices:
+            offered = ", ".join(str(m)[:40] for m in supported[:10])
             raise _invalid(
                 "The IdP's token endpoint accepts none of client_secret_basic, "
-                f"client_secret_post (it offers {', '.join(map(str, supported))})."
+                f"client_secret_post (it offers {offered})."
             )
         client_auth = choices[0]
     config = {
