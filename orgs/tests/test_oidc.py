@@ -214,6 +214,7 @@ def test_a_config_round_trip_keeps_the_secret_and_bad_issuers_are_a_clear_400(oi
         "unreachable": {"issuer": down.issuer, "client_id": "x"},
         "not a URL": {"issuer": "javascript:alert(1)", "client_id": "x"},
         "another issuer": {"issuer": f"{idp.issuer}/elsewhere", "client_id": "x"},
+        "a query": {"issuer": f"{idp.issuer}?tenant=1", "client_id": "x"},
         "no client id": {"issuer": idp.issuer},
         "unknown key": {"issuer": idp.issuer, "client_id": "x", "jwks_url": "http://evil/"},
         "scopes": {"issuer": idp.issuer, "client_id": "x", "scopes": "openid"},
