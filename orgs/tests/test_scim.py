@@ -726,3 +726,43 @@ def test_scim_spends_its_own_budget_not_the_per_ip_one(org, tmp_path):
         refused = scim.get("/Users")
         body = assert_scim_error(refused, 429)
         assert int(refused.headers["retry-after"]) >= 1 and "retry" in body["detail"].lower()
+
+
+# --- manage.py scim_token ---------------------------------------------------------------------
+
+
+def test_the_scim_token_command_prints_a_new_token_once_and_revokes_the_old_one(server, org):
+    import subprocess
+    import sys
+
+    from tests.fixtures import ROOT, child_env
+
+    def manage(*args):
+        return subprocess.run(
+            [sys.executable, "manage.py", "scim_token", *args],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    first = manage("--org", org.slug, "--label", "entra")
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip()
+    assert token.startswith("sph_s_") and "\n" not in token and "revoked" in first.stderr
+    assert Scim(server, org, token).get("/Users").status_code == 200
+    second = manage("--org", org.slug)
+    new = second.stdout.strip()
+    assert_scim_error(Scim(server, org, token).get("/Users"), 401)
+    assert Scim(server, org, new).get("/Users").status_code == 200
+    [first_entry, second_entry] = events(org, "scim.token_rotated")
+    assert first_entry.actor_label == "command:scim_token" and first_entry.data["label"] == "entra"
+    assert second_entry.data["revoked"] == 1
+    revoke = manage("--org", org.slug, "--revoke")
+    assert revoke.returncode == 0 and revoke.stdout == ""
+    assert_scim_error(Scim(server, org, new).get("/Users"), 401)
+    unknown = manage("--org", "no-such-org")
+    assert unknown.returncode != 0 and "no-such-org" in unknown.stderr
+    helptext = manage("--help")
+    assert "--org" in helptext.stdout and "shown once" in " ".join(helptext.stdout.split())
