@@ -201,6 +201,55 @@ def _aclient() -> redis.asyncio.Redis:
     return client
 
 
+# --- counters read before they are judged (login failures: orgs.services.auth) ------------
+
+
+def reserve(scope: str, ident: str, *, window: int) -> tuple[int, int]:
+    """Count one more against `scope`/`ident` (the window starts at the first) and return
+    (the count now, seconds until the window resets). Counting before the outcome is known
+    keeps parallel attempts from all slipping under a limit; `release` gives the count
+    back when the outcome turns out not to be one that counts."""
+    count, ttl = _reserve_script(_client())(keys=[_key(scope, ident, None)], args=[window])
+    return int(count), max(int(ttl), 1)
+
+
+def peek(scope: str, ident: str) -> tuple[int, int]:
+    """(the count of `scope`/`ident` in its window, seconds until it resets); (0, 0) when
+    nothing is counted."""
+    key = _key(scope, ident, None)
+    pipe = _client().pipeline(transaction=False)
+    value, ttl = pipe.get(key).ttl(key).execute()
+    return (int(value), max(int(ttl), 1)) if value is not None else (0, 0)
+
+
+def release(scope: str, ident: str) -> None:
+    """Give back one `reserve`d count (never below zero, never reviving an expired key)."""
+    _release_script(_client())(keys=[_key(scope, ident, None)])
+
+
+_RESERVE_LUA = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
+return {count, redis.call('TTL', KEYS[1])}
+"""
+_RELEASE_LUA = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
+
+@functools.cache
+def _reserve_script(client):
+    return client.register_script(_RESERVE_LUA)
+
+
+@functools.cache
+def _release_script(client):
+    return client.register_script(_RELEASE_LUA)
+
+
 def too_many(retry_after: int) -> ApiError:
     return ApiError(
         429,

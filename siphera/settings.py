@@ -205,8 +205,11 @@ SSO_CLIENT_REDIRECT_SCHEMES = env_list("SSO_CLIENT_REDIRECT_SCHEMES", "siphera")
 SAML_CLOCK_SKEW_SECONDS = env_int("SAML_CLOCK_SKEW_SECONDS", 120)
 # Largest SCIM request body (413 beyond): a group PUT of 10,000 members is ~0.7 MB.
 SCIM_MAX_BODY_BYTES = env_int("SCIM_MAX_BODY_BYTES", 2 * 1024 * 1024)
-# Login rate limits: attempts per window, per client IP and per (org, username).
+# Failed logins per window (orgs.services.auth.login_attempt; docs/rate-limits.md): per
+# client IP, per (username, client IP), and per username from anywhere, past which only
+# addresses that have not failed for that username get a verdict (a backoff, not a lockout).
 LOGIN_RATE_PER_IP = env_int("LOGIN_RATE_PER_IP", 30)
+LOGIN_RATE_PER_USERNAME_IP = env_int("LOGIN_RATE_PER_USERNAME_IP", 10)
 LOGIN_RATE_PER_USERNAME = env_int("LOGIN_RATE_PER_USERNAME", 10)
 LOGIN_RATE_WINDOW_SECONDS = env_int("LOGIN_RATE_WINDOW_SECONDS", 300)
 # How many proxies in front of us append to X-Forwarded-For (0: use the socket peer).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
@@ -38,14 +40,16 @@ def check_login(
     """Verify credentials (and the second factor where needed) and issue a login grant:
     returns (grant, expires_in seconds).
 
-    Rate-limited per client IP and per username (429 + Retry-After), second-factor tries
-    included. Wrong password and unknown user get the same `invalid_credentials` answer.
+    Failures are throttled per client IP and per (username, IP), with a per-username
+    backoff (`login_attempt`: 429 + Retry-After), wrong second-factor codes included.
+    Wrong password and unknown user get the same `invalid_credentials` answer.
     A user with MFA on, or whom the org's policy requires to use it, must send `otp` (a
     TOTP code or an unused recovery code): 401 `otp_required` / `invalid_otp` /
     `mfa_enrollment_required` otherwise (orgs.services.mfa).
     """
-    user = check_credentials(username=username, password=password, actor=actor)
-    method = _password_second_factor(user, otp, actor=actor)
+    with login_attempt(username, actor=actor):
+        user = check_credentials(username=username, password=password, actor=actor)
+        method = _password_second_factor(user, otp, actor=actor)
     return do_issue_grant(user, method=method, actor=actor.with_user(user))
 
 
@@ -74,25 +78,71 @@ def _record_break_glass(user: User, *, method: str, actor: audit.Actor, via: str
         )
 
 
+# Answers after which a login attempt does not count as a failed guess: the password was
+# right (the second factor is still to come, or this way of signing in is not for them).
+_NOT_A_FAILURE = frozenset(
+    {"otp_required", "mfa_enrollment_required", "login_method_disabled", "portal_access_denied"}
+)
+
+
+@contextlib.contextmanager
+def login_attempt(username: str, *, actor: audit.Actor) -> Iterator[None]:
+    """Throttle failed logins without letting anyone lock a user out (OWASP
+    Authentication Cheat Sheet, "Account lockout"; Synapse's `rc_login`): wrap the check
+    of a password and/or a second-factor code for `username` from `actor.ip`.
+
+    Three failure counters per LOGIN_RATE_WINDOW_SECONDS, in the org's schema:
+    - per client IP (LOGIN_RATE_PER_IP), whatever the username: password spraying;
+    - per (username, client IP) (LOGIN_RATE_PER_USERNAME_IP): one address guessing;
+    - per username from anywhere (LOGIN_RATE_PER_USERNAME): not a limit but a backoff.
+      Past it, an address that has already failed for this username in the window waits
+      (429), while an address that has not still gets its verdict: a botnet gets one
+      guess per address, and the user, from an address that did not fail, signs in.
+    An over-limit attempt is refused with 429 + Retry-After before anything is checked (so
+    it costs no argon2 verify and says nothing about the user). The IP and (username, IP)
+    counts are taken before the check, so parallel guesses cannot all slip under them, and
+    given back when the attempt did not fail: only failures count; a success also clears
+    its address's failures for this username. Unknown usernames count like known ones.
+    """
+    name = normalize_username(username)[:150] or "-"
+    ip = actor.ip or "-"
+    pair = f"{name}|{ip}"
+    window = settings.LOGIN_RATE_WINDOW_SECONDS
+    ip_count, ip_reset = ratelimit.reserve("login-ip", ip, window=window)
+    pair_count, pair_reset = ratelimit.reserve("login-user-ip", pair, window=window)
+    if ip_count > settings.LOGIN_RATE_PER_IP:
+        raise ratelimit.too_many(ip_reset)
+    if pair_count > settings.LOGIN_RATE_PER_USERNAME_IP:
+        raise ratelimit.too_many(pair_reset)
+    if pair_count > 1:  # this address failed (or is trying in parallel): is the name in backoff?
+        name_failures, name_reset = ratelimit.peek("login-user", name)
+        if name_failures >= settings.LOGIN_RATE_PER_USERNAME:
+            raise ratelimit.too_many(min(name_reset, pair_reset))
+    try:
+        yield
+    except ApiError as exc:
+        if exc.code not in _NOT_A_FAILURE:
+            ratelimit.reserve("login-user", name, window=window)
+            raise
+        ratelimit.release("login-ip", ip)
+        ratelimit.reset("login-user-ip", pair)
+        raise
+    ratelimit.release("login-ip", ip)
+    ratelimit.reset("login-user-ip", pair)
+
+
 def check_credentials(*, username: str, password: str, actor: audit.Actor) -> User:
     """The active user these credentials belong to, or an ApiError; shared by every
-    password login (API and portal), so they share one rate-limit budget.
+    password login (API and portal). Callers run it inside `login_attempt`, which
+    throttles failures (429 + Retry-After).
 
-    Rate-limited per client IP and per username (429 + Retry-After). Wrong password,
-    inactive user and unknown user get the same 401 `invalid_credentials` and cost one
-    argon2 verify each, so neither the answer nor its timing reveals whether the user
-    exists. A failed attempt against a real user is audited. When the org's policy turned
-    password logins off, the right password gets 403 `login_method_disabled` (owners
-    excepted: orgs.services.policy).
+    Wrong password, inactive user and unknown user get the same 401 `invalid_credentials`
+    and cost one argon2 verify each, so neither the answer nor its timing reveals whether
+    the user exists. A failed attempt against a real user is audited. When the org's
+    policy turned password logins off, the right password gets 403
+    `login_method_disabled` (owners excepted: orgs.services.policy).
     """
     username = normalize_username(username)
-    window = settings.LOGIN_RATE_WINDOW_SECONDS
-    if actor.ip:
-        ratelimit.enforce("login-ip", actor.ip, limit=settings.LOGIN_RATE_PER_IP, window=window)
-    ratelimit.enforce(
-        "login-user", username[:150] or "-", limit=settings.LOGIN_RATE_PER_USERNAME, window=window
-    )
-
     user = User.objects.filter(username=username).first()
     if user is None:
         check_password(password or "", _dummy_hash())
@@ -128,16 +178,17 @@ def check_portal_login(
     """Verify credentials and the second factor for the admin portal and return the user
     to start a session for (audited `portal.logged_in` with the method).
 
-    Same rate limits, timing and `invalid_credentials` answer as `check_login`. A user
+    Same failure throttling, timing and `invalid_credentials` answer as `check_login`. A user
     whose role lacks `portal.access` gets a 403 `portal_access_denied` (audited), so the
     person is told why rather than shown a misleading "wrong password". Then the second
     factor, exactly as `check_login`: 401 `otp_required` (ask for the code and finish
     with `check_portal_second_factor`, so the password is not sent twice), `invalid_otp`,
     or `mfa_enrollment_required` (enrol first, then `do_record_portal_login`).
     """
-    user = check_credentials(username=username, password=password, actor=actor)
-    check_portal_access(user, actor=actor)
-    method = _password_second_factor(user, otp, actor=actor)
+    with login_attempt(username, actor=actor):
+        user = check_credentials(username=username, password=password, actor=actor)
+        check_portal_access(user, actor=actor)
+        method = _password_second_factor(user, otp, actor=actor)
     do_record_portal_login(user, method=method, actor=actor)
     return user
 
@@ -148,23 +199,19 @@ def check_portal_second_factor(
     """The second step of a portal sign-in whose password was accepted moments ago (the
     view keeps who in the session): check the TOTP or recovery code and return the user.
 
-    Tries count against the same per-username budget as passwords; a user deactivated or
-    stripped of portal access in between is refused like a wrong password.
+    Wrong codes count as failed logins (`login_attempt`), exactly as at the password step;
+    a user deactivated or stripped of portal access in between is refused like a wrong
+    password.
     """
     user = User.objects.filter(pk=user_id, is_active=True).first()
     if user is None:
         raise ApiError(401, "invalid_credentials", "Sign in again.")
-    ratelimit.enforce(
-        "login-user",
-        user.username,
-        limit=settings.LOGIN_RATE_PER_USERNAME,
-        window=settings.LOGIN_RATE_WINDOW_SECONDS,
-    )
-    check_portal_access(user, actor=actor)
-    if first == "password":
-        method = _password_second_factor(user, otp, actor=actor)
-    else:
-        method = mfa.check_login_second_factor(user, otp, actor=actor, first=first)
+    with login_attempt(user.username, actor=actor):
+        check_portal_access(user, actor=actor)
+        if first == "password":
+            method = _password_second_factor(user, otp, actor=actor)
+        else:
+            method = mfa.check_login_second_factor(user, otp, actor=actor, first=first)
     do_record_portal_login(user, method=method, actor=actor)
     return user
 
