@@ -185,9 +185,16 @@ def login_enroll(request: HttpRequest) -> HttpResponse:
 @require_POST
 @portal_public
 def logout_view(request: HttpRequest) -> HttpResponse:
+    from admin_portal import saml_views  # (it imports sso_views, which imports this module)
+
+    idp_logout = None
     if request.user.is_authenticated:
         auth.do_record_portal_logout(request.user, actor=audit.Actor.from_request(request))
+        # A SAML session: the IdP ends its session too (SP-initiated single logout).
+        idp_logout = saml_views.logout_redirect(request)
     end_session(request)
+    if idp_logout:
+        return saml_views.leave_for_idp(request, idp_logout)
     messages.info(request, "You have been signed out.")
     return redirect("portal:login")
 

@@ -8,9 +8,6 @@ one machine never clobber each other. Only environment defaults are set here.
 import os
 
 _RUN = f"t{os.getpid()}"
-# DEBUG stays off in tests (as in production), so the placeholder key would be refused
-# (siphera/settings.py): each run gets a key of its own, which its subprocesses inherit.
-os.environ.setdefault("SECRET_KEY", f"test-only-secret-key-{_RUN}-{os.urandom(16).hex()}")
 os.environ.setdefault("TEST_DATABASE_NAME", f"test_siphera_{_RUN}")
 os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CACHE_KEY_PREFIX", f"siphera-{_RUN}")
@@ -44,5 +41,7 @@ os.environ.setdefault("TURN_SECRETS", f"turn-secret-{_RUN}")
 # The OpenID provider the OIDC tests run (orgs/tests/oidc_provider.py) speaks plain http
 # on 127.0.0.1.
 os.environ.setdefault("OIDC_ALLOW_HTTP", "true")
+# Likewise the SAML identity provider of the SAML tests (orgs/tests/saml_idp.py).
+os.environ.setdefault("SAML_ALLOW_HTTP", "true")
 
 from siphera.settings import *  # noqa: E402, F403

@@ -493,15 +493,17 @@ def _settings_dict(request, idp: IdentityProvider | None, *, logout: bool = Fals
         "privateKey": "",
     }
     if idp is not None and idp.secret_encrypted:
-        sp["privateKey"] = crypto.decrypt(idp.secret_encrypted)
+        key = crypto.decrypt(idp.secret_encrypted)
+        sp["privateKey"] = key.decode() if isinstance(key, bytes) else key
+    has_key = bool(sp["x509cert"] and sp["privateKey"])
     data: dict[str, Any] = {
         "strict": True,
         "debug": False,
         "sp": sp,
         "security": {
-            "authnRequestsSigned": bool(config.get("sign_requests", True)),
-            "logoutRequestSigned": True,
-            "logoutResponseSigned": True,
+            "authnRequestsSigned": has_key and bool(config.get("sign_requests", True)),
+            "logoutRequestSigned": has_key,
+            "logoutResponseSigned": has_key,
             # A response must be signed, its assertion or itself (python3-saml refuses one
             # signed nowhere); logout messages must carry the IdP's signature.
             "wantMessagesSigned": logout,
