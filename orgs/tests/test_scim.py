@@ -765,4 +765,4 @@ def test_the_scim_token_command_prints_a_new_token_once_and_revokes_the_old_one(
     unknown = manage("--org", "no-such-org")
     assert unknown.returncode != 0 and "no-such-org" in unknown.stderr
     helptext = manage("--help")
-    assert "--org" in helptext.stdout and "shown once" in " ".join(helptext.stdout.split())
+    assert "--org" in helptext.stdout and "print it once" in " ".join(helptext.stdout.split())
