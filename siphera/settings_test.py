@@ -8,6 +8,9 @@ one machine never clobber each other. Only environment defaults are set here.
 import os
 
 _RUN = f"t{os.getpid()}"
+# DEBUG stays off in tests (as in production), so the placeholder key would be refused
+# (siphera/settings.py): each run gets a key of its own, which its subprocesses inherit.
+os.environ.setdefault("SECRET_KEY", f"test-only-secret-key-{_RUN}-{os.urandom(16).hex()}")
 os.environ.setdefault("TEST_DATABASE_NAME", f"test_siphera_{_RUN}")
 os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CACHE_KEY_PREFIX", f"siphera-{_RUN}")
