@@ -766,3 +766,56 @@ def test_the_scim_token_command_prints_a_new_token_once_and_revokes_the_old_one(
     assert unknown.returncode != 0 and "no-such-org" in unknown.stderr
     helptext = manage("--help")
     assert "--org" in helptext.stdout and "print it once" in " ".join(helptext.stdout.split())
+
+
+# --- recorded Okta and Entra conversations ---------------------------------------------------
+
+RECORDINGS = __import__("pathlib").Path(__file__).parent / "scim_recordings"
+_ABSENT = object()
+
+
+def _at(doc, dotted: str):
+    """The value at a dotted path; keys may contain dots (an extension URN's "2.0")."""
+    if dotted == "":
+        return doc
+    if isinstance(doc, list):
+        head, _, rest = dotted.partition(".")
+        index = int(head)
+        return _at(doc[index], rest) if index < len(doc) else _ABSENT
+    if isinstance(doc, dict):
+        for key in sorted(doc, key=len, reverse=True):
+            if dotted == key or dotted.startswith(key + "."):
+                return _at(doc[key], dotted[len(key) + 1 :])
+    return _ABSENT
+
+
+def _fill(value, saved: dict):
+    text = json.dumps(value)
+    for name, saved_value in saved.items():
+        text = text.replace("${" + name + "}", saved_value)
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("recording", ["okta.json", "entra.json"])
+def test_recorded_idp_conversations_replay_green(scim, org, recording):
+    steps = json.loads((RECORDINGS / recording).read_text())["steps"]
+    saved: dict[str, str] = {}
+    for step in steps:
+        step = _fill(step, saved)
+        response = scim.request(step["method"], step["path"], json=step.get("body"))
+        where = f"{recording}: {step['name']}"
+        assert response.status_code == step["status"], f"{where}: {response.text}"
+        body = response.json() if response.content else {}
+        for dotted, wanted in step.get("expect", {}).items():
+            got = _at(body, dotted)
+            if wanted is None:
+                assert got is _ABSENT, f"{where}: {dotted} should be absent, is {got!r}"
+            else:
+                assert got == wanted, f"{where}: {dotted} is {got!r}, not {wanted!r}"
+        for name, dotted in step.get("save", {}).items():
+            saved[name] = _at(body, dotted)
+    # Every change the IdP made is in the org's audit log, the IdP as the actor.
+    scim_events = in_tenant(
+        org, lambda: list(AuditEntry.objects.filter(event__startswith="scim.user_"))
+    )
+    assert scim_events and {e.actor_label for e in scim_events} == {"scim:okta"}
