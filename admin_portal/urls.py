@@ -3,7 +3,15 @@
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from admin_portal import account_views, admin_views, call_views, login_views, sso_views, views
+from admin_portal import (
+    account_views,
+    admin_views,
+    call_views,
+    login_views,
+    scim_views,
+    sso_views,
+    views,
+)
 
 app_name = "portal"
 
@@ -32,6 +40,7 @@ portal = [
     path("roles/<str:slug>/delete", admin_views.role_delete, name="role-delete"),
     path("policies/", admin_views.policies, name="policies"),
     path("sso/", sso_views.settings_page, name="sso"),
+    path("scim/", scim_views.scim_page, name="scim"),
     path("audit/", admin_views.audit_log, name="audit"),
     path("calls/", call_views.call_log, name="calls"),
     path("audit/export", admin_views.audit_export, name="audit-export"),
