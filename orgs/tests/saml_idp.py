@@ -122,7 +122,6 @@ class SamlIdp:
     def __init__(self, name: str = "idp", *, entity_id: str | None = None, port: int = 0):
         from saml2 import BINDING_HTTP_REDIRECT
         from saml2.config import IdPConfig
-        from saml2.server import Server
 
         self._dir = Path(tempfile.mkdtemp(prefix=f"saml-{name}-"))
         self._http = make_server(
@@ -325,12 +324,14 @@ class SamlIdp:
             args["SAMLResponse"], BINDING_HTTP_REDIRECT
         )
 
-    def _sp_for_signature(self, args: dict) -> str | None:
+    def _sp_for_signature(self, args: dict, only: str | None = None) -> str | None:
         from saml2.sigver import verify_redirect_signature
 
         if "Signature" not in args:
             return None
         for entity_id, cert in self._sp_certs.items():
+            if only is not None and entity_id != only:
+                continue
             try:
                 if verify_redirect_signature(args, self.server.sec.sec_backend, cert=cert):
                     return entity_id
@@ -370,15 +371,12 @@ class SamlIdp:
         from saml2 import BINDING_HTTP_REDIRECT
 
         args = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        sp = self._sp_for_signature(args)
-        if sp is None:
-            return self._reply(
-                start_response, "403 Forbidden", "AuthnRequest not signed by a known SP"
-            )
         request = self.server.parse_authn_request(args["SAMLRequest"], BINDING_HTTP_REDIRECT)
         message = request.message
+        sp = message.issuer.text
+        if self._sp_for_signature(args, only=sp) != sp:
+            return self._reply(start_response, "403 Forbidden", "AuthnRequest not signed by its SP")
         self.last_authn_request = message
-        assert message.issuer.text == sp, "signed by one SP, issued by another"
         sent = self.response_for(
             sp, message.assertion_consumer_service_url or self.acs_of(sp), message.id
         )
@@ -408,17 +406,19 @@ class SamlIdp:
         from saml2 import BINDING_HTTP_REDIRECT
 
         args = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        sp = self._sp_for_signature(args)
-        if sp is None:
-            return self._reply(start_response, "403 Forbidden", "logout message not signed")
         if "SAMLResponse" in args:
-            self.logout_responses.append(
-                self.server.parse_logout_request_response(
-                    args["SAMLResponse"], BINDING_HTTP_REDIRECT
-                )
+            answer = self.server.parse_logout_request_response(
+                args["SAMLResponse"], BINDING_HTTP_REDIRECT
             )
+            sp = answer.response.issuer.text
+            if self._sp_for_signature(args, only=sp) != sp:
+                return self._reply(start_response, "403 Forbidden", "logout answer not signed")
+            self.logout_responses.append(answer)
             return self._reply(start_response, "200 OK", "<p>Signed out everywhere.</p>")
         request = self.server.parse_logout_request(args["SAMLRequest"], BINDING_HTTP_REDIRECT)
+        sp = request.message.issuer.text
+        if self._sp_for_signature(args, only=sp) != sp:
+            return self._reply(start_response, "403 Forbidden", "logout request not signed")
         self.logout_requests.append(request.message)
         for index in [si.text for si in request.message.session_index or []]:
             self.sessions.pop(index, None)
