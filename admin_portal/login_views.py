@@ -185,13 +185,15 @@ def login_enroll(request: HttpRequest) -> HttpResponse:
 @require_POST
 @portal_public
 def logout_view(request: HttpRequest) -> HttpResponse:
-    from admin_portal import saml_views  # (it imports sso_views, which imports this module)
+    # (they import sso_views, which imports this module)
+    from admin_portal import oidc_views, saml_views
 
     idp_logout = None
     if request.user.is_authenticated:
         auth.do_record_portal_logout(request.user, actor=audit.Actor.from_request(request))
-        # A SAML session: the IdP ends its session too (SP-initiated single logout).
-        idp_logout = saml_views.logout_redirect(request)
+        # An SSO session: the IdP ends its session too (SAML SP-initiated single logout,
+        # OpenID Connect RP-initiated logout).
+        idp_logout = saml_views.logout_redirect(request) or oidc_views.logout_redirect(request)
     end_session(request)
     if idp_logout:
         return saml_views.leave_for_idp(request, idp_logout)

@@ -719,7 +719,7 @@ def logout_url(
     browser back to `next_url` (absolute on this host; default the portal's sign-in page)
     if that URL is registered with it."""
     endpoint = (idp.config or {}).get("end_session_endpoint")
-    if idp.kind != IdentityProvider.OIDC or not endpoint:
+    if idp.kind != IdentityProvider.OIDC or not endpoint or not idp.config.get("client_id"):
         return None
     back = request.build_absolute_uri(next_url or reverse("portal:login"))
     params = {"client_id": idp.config["client_id"], "post_logout_redirect_uri": back}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from admin_portal import oidc_views
 from admin_portal.tests.conftest import CHROMIUM, CHROMIUM_ARGS, Portal
 from orgs.accounts.models import AuditEntry, User
 from orgs.sso.models import IdentityProvider, SsoRequest
@@ -622,30 +622,37 @@ async def test_in_chromium_a_person_signs_in_to_the_portal_through_the_idp(oidc_
     assert user is not None and user.role == "admin"
 
 
-def test_the_portal_session_keeps_the_id_token_for_the_idps_logout(oidc_org, idp, server):
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.test import RequestFactory
-
+def test_signing_out_of_the_portal_signs_out_at_the_idp_with_the_id_token_as_hint(
+    oidc_org, idp, server
+):
     setup = oidc_org()
     idp.user = person(ADMINS)
     browser = setup.browser(server)
     assert sign_in(browser, idp).status_code == 302
-    key = browser.http.cookies["sessionid"]
+    assert is_signed_in(browser)  # (the dashboard's sign-out form gives the CSRF token)
 
-    def logout_url() -> str | None:
-        request = RequestFactory().post("/portal/logout", HTTP_HOST=setup.host)
-        request.session = SessionStore(session_key=key)
-        return oidc_views.logout_redirect(request)
-
-    url = in_tenant(setup.org, logout_url)
-    assert url and url.startswith(f"{idp.issuer}/logout?")
+    page = browser.post("/portal/logout")
+    assert page.status_code == 200, page.text[:300]
+    link = page.text.split('data-testid="idp-logout-link"', 1)[0].rsplit('href="', 1)[1]
+    url = html.unescape(link.split('"', 1)[0])
+    assert url.startswith(f"{idp.issuer}/logout?")
     query = parse_qs(urlsplit(url).query)
     assert query["client_id"] == [setup.client_id]
     assert query["post_logout_redirect_uri"] == [f"http://{setup.host}/portal/login"]
+    assert not is_signed_in(browser)
     [logout] = audit_events(setup.org, "sso.logout")
-    assert logout.data == {"initiated_by": "sp"}
+    assert logout.data == {"initiated_by": "sp"} and logout.target_id == "oidc"
     # The IdP accepts the hint (an ID token it issued for this client) and sends us back.
     back = httpx.get(url, timeout=10)
     assert back.status_code == 302, back.text
     assert back.headers["location"] == f"http://{setup.host}/portal/login"
     assert idp.logged_out[-1] == idp.user["sub"]
+
+
+def test_a_password_session_signs_out_here_only(oidc_org, idp, server):
+    setup = oidc_org()
+    browser = setup.browser(server)
+    assert browser.login(setup.owner.user.username).status_code == 302
+    out = browser.post("/portal/logout")
+    assert out.status_code == 302 and out.headers["location"] == "/portal/login"
+    assert audit_events(setup.org, "sso.logout") == []
