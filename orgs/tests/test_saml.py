@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -668,7 +669,42 @@ def test_a_rolled_over_idp_key_is_picked_up_from_the_metadata_url(saml_org, idp,
         rolling.stop()
 
 
-def test_the_refresh_job_reads_every_orgs_metadata_url(saml_org, idp, server):
+def fingerprints(setup: SamlOrg, key: str = "idp_certs") -> list[str]:
+    shown = setup.owner.api.get("/api/v1/org/sso").json()["config"]
+    return [c["sha256"] for c in shown.get(key) or []]
+
+
+def test_the_beat_job_refreshes_every_orgs_metadata_in_that_orgs_schema(
+    saml_org, idp, server, celery_worker
+):
+    from orgs.sso import tasks
+
+    one, two = SamlIdp("beat-one"), SamlIdp("beat-two")
+    try:
+        a, b = saml_org(one), saml_org(two)
+        before_a, before_b = fingerprints(a), fingerprints(b)
+        one.roll_key()
+        two.roll_key()
+        tasks.dispatch_refresh_saml_metadata.delay()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            fingerprints(a) == before_a or fingerprints(b) == before_b
+        ):
+            time.sleep(0.3)
+        # Each org holds its own IdP's new certificate, and its old one for the grace period.
+        assert fingerprints(a) not in (before_a, before_b)
+        assert fingerprints(b) not in (before_a, before_b, fingerprints(a))
+        assert fingerprints(a, "previous_idp_certs") == before_a
+        assert fingerprints(b, "previous_idp_certs") == before_b
+        assert "dispatched refresh_saml_metadata" in celery_worker.read_text()
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_a_refresh_keeps_old_certificates_a_while_and_survives_the_idp_being_down(
+    saml_org, idp, server
+):
     from orgs.sso import tasks
 
     rolling = SamlIdp("refresh")
@@ -677,8 +713,7 @@ def test_the_refresh_job_reads_every_orgs_metadata_url(saml_org, idp, server):
         rolling.roll_key()
         result = in_tenant(setup.org, tasks.refresh_saml_metadata)
         assert result == {"schema": setup.org.schema_name, "changed": True}
-        shown = setup.owner.api.get("/api/v1/org/sso").json()["config"]
-        assert shown["previous_idp_certs"]  # the old key stays trusted for a grace period
+        assert fingerprints(setup, "previous_idp_certs")  # the old key, for a grace period
         again = in_tenant(setup.org, tasks.refresh_saml_metadata)
         assert again["changed"] is False
         # The IdP's metadata URL is down: the stored settings stay, the failure is audited.
@@ -688,3 +723,60 @@ def test_the_refresh_job_reads_every_orgs_metadata_url(saml_org, idp, server):
         assert setup.owner.api.get("/api/v1/org/sso").json()["config"]["sso_url"]
     finally:
         rolling.stop()
+
+
+# --- the subject, the test sign-in -----------------------------------------------------------
+
+
+def test_a_subject_attribute_binds_the_person_to_an_immutable_id_not_the_name_id(
+    saml_org, idp, server
+):
+    setup = saml_org()
+    answer = setup.owner.api.put("/api/v1/org/sso", json={"subject_attribute": "objectId"})
+    assert answer.status_code == 200, answer.text
+    object_id = f"oid-{secrets.token_hex(8)}"
+    first = person(name_id_format=TRANSIENT)  # a NameID that changes every time is fine now
+    first.attributes["objectId"] = [object_id]
+    idp.next_user = first
+    assert sign_in(setup.browser(server), idp).status_code == 302
+    user = user_by_subject(setup.org, object_id)
+    assert user is not None and user_by_subject(setup.org, first.name_id) is None
+
+    # Next time: another NameID, another e-mail, the same object id: the same user.
+    later = person()
+    later.attributes.update(objectId=[object_id], uid=first.attributes["uid"])
+    idp.next_user = later
+    count = user_count(setup.org)
+    assert sign_in(setup.browser(server), idp).status_code == 302
+    assert user_count(setup.org) == count
+    assert user_by_subject(setup.org, object_id).email == later.attributes["mail"][0]
+
+    # The same e-mail with another object id is someone else: never bound by address.
+    impostor = person()
+    impostor.attributes.update(
+        objectId=[f"oid-{secrets.token_hex(8)}"], mail=later.attributes["mail"]
+    )
+    idp.next_user = impostor
+    assert sign_in(setup.browser(server), idp).status_code == 302
+    assert user_by_subject(setup.org, impostor.attributes["objectId"][0]).pk != user.pk
+
+    # No object id at all: refused.
+    idp.next_user = person()
+    assert_refused(setup, sign_in(setup.browser(server), idp), "sso_no_subject")
+
+
+def test_an_owners_test_sign_in_is_recorded_and_lets_passwords_be_turned_off(saml_org, idp, server):
+    setup = saml_org()
+    owner = setup.browser(server)
+    assert owner.login(setup.owner.user.username).status_code == 302
+    off = setup.owner.api.request("PATCH", "/api/v1/org/policy", json={"password_login": False})
+    assert off.status_code in (400, 409), off.text  # not tested yet
+    idp.next_user = who = person()
+    page = sign_in(owner, idp, purpose="test")
+    assert page.status_code == 200, page.text[:300]
+    assert who.name_id in page.text
+    shown = setup.owner.api.get("/api/v1/org/sso").json()
+    assert shown["tested_at"] and shown["test_result"]["subject"] == who.name_id
+    assert user_by_subject(setup.org, who.name_id) is None  # a test creates nobody
+    off = setup.owner.api.request("PATCH", "/api/v1/org/policy", json={"password_login": False})
+    assert off.status_code == 200, off.text
