@@ -79,27 +79,27 @@ def acs(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@csrf_exempt
 @require_http_methods(["GET", "POST"])
 @portal_public
 def sls(request: HttpRequest) -> HttpResponse:
-    """GET /sso/saml/sls: a LogoutRequest from the IdP (IdP-initiated single logout) or the
-    IdP's LogoutResponse to ours. Only the HTTP-Redirect binding (what our metadata says)."""
+    """/sso/saml/sls: a LogoutRequest from the IdP (IdP-initiated single logout) or the
+    IdP's LogoutResponse to ours; HTTP-Redirect (GET, what our metadata announces) or
+    HTTP-POST (CSRF-exempt like the ACS: the IdP's signature is the check)."""
     idp = _saml_provider()
     if idp is None:
         return _not_configured(request)
-    if request.method == "POST" or not (
-        request.GET.get("SAMLRequest") or request.GET.get("SAMLResponse")
-    ):
+    params = request.POST if request.method == "POST" else request.GET
+    if not (params.get("SAMLRequest") or params.get("SAMLResponse")):
         return sso_views.refuse(
             request,
             "sso_invalid_logout",
-            "Single logout here uses the HTTP-Redirect binding (a GET with SAMLRequest or "
-            "SAMLResponse).",
+            "A single logout message is a SAMLRequest or SAMLResponse.",
             400,
         )
     actor = audit.Actor.from_request(request)
     try:
-        if request.GET.get("SAMLRequest"):
+        if params.get("SAMLRequest"):
             who, answer_url = saml.check_logout_request(request, idp)
         else:
             saml.check_logout_response(request, idp)

@@ -719,19 +719,58 @@ def logout_url(request, idp: IdentityProvider | None, sso: dict | None) -> str |
     )
 
 
-def check_logout_request(request, idp: IdentityProvider) -> tuple[dict, str]:
-    """An IdP-initiated LogoutRequest (HTTP-Redirect, signed by the IdP): ({name_id,
-    session_indexes}, the URL to answer with our signed LogoutResponse)."""
-    raw = request.GET.get("SAMLRequest", "")
+def _logout_message(request, idp: IdentityProvider, name: str):
+    """(the base64 message `name` of a logout request/response, python3-saml settings to
+    check it with, the request data) after checking the IdP's signature: in the query for
+    HTTP-Redirect (python3-saml checks it: the settings require it), inside the XML for
+    HTTP-POST (checked here, then the settings need no query signature)."""
+    post = request.method == "POST"
+    raw = (request.POST if post else request.GET).get(name, "")
     if not raw or len(raw) > MAX_RESPONSE_CHARS:
-        raise _refuse("sso_invalid_logout", "No SAML logout request was sent.", 400)
+        raise _refuse("sso_invalid_logout", "No SAML logout message was sent.", 400)
     Constants.ALLOWED_CLOCK_DRIFT = settings.SAML_CLOCK_SKEW_SECONDS
-    settings_obj = saml_settings(request, idp, logout=True)
     data = _request_data(request)
+    if not post:
+        settings_obj = saml_settings(request, idp, logout=True)
+        auth = OneLogin_Saml2_Auth(data, settings_obj)
+        check = (
+            auth.validate_request_signature
+            if name == "SAMLRequest"
+            else (auth.validate_response_signature)
+        )
+        if not check(data["get_data"]):
+            raise _refuse("sso_bad_signature", "The logout message's signature is not valid.")
+        return raw, settings_obj, data
+    element = "LogoutRequest" if name == "SAMLRequest" else "LogoutResponse"
+    try:
+        xml = OneLogin_Saml2_Utils.decode_base64_and_inflate(raw, ignore_zip=True)
+        signed = OneLogin_Saml2_Utils.validate_sign(
+            xml,
+            multicerts=[
+                OneLogin_Saml2_Utils.format_cert(c) for c in trusted_certs(idp.config or {})
+            ],
+            xpath=f"/samlp:{element}/ds:Signature",
+            raise_exceptions=True,
+        )
+    except Exception as exc:
+        log.info("SAML logout message (POST) refused: %s", exc)
+        signed = False
+    if not signed:
+        raise _refuse("sso_bad_signature", "The logout message's signature is not valid.")
+    data["get_data"] = (
+        {"RelayState": data["post_data"]["RelayState"]}
+        if ("RelayState" in data["post_data"])
+        else {}
+    )
+    return raw, saml_settings(request, idp), data
+
+
+def check_logout_request(request, idp: IdentityProvider) -> tuple[dict, str]:
+    """An IdP-initiated LogoutRequest (HTTP-Redirect or HTTP-POST, signed by the IdP):
+    ({name_id, session_indexes}, the URL to answer with our signed LogoutResponse)."""
+    raw, settings_obj, data = _logout_message(request, idp, "SAMLRequest")
     auth = OneLogin_Saml2_Auth(data, settings_obj)
     try:
-        if not auth.validate_request_signature(data["get_data"]):
-            raise _refuse("sso_bad_signature", "The logout request's signature is not valid.")
         logout_request = OneLogin_Saml2_Logout_Request(settings_obj, raw)
         logout_request.is_valid(data, raise_exceptions=True)
         xml = logout_request.get_xml()
@@ -764,16 +803,8 @@ def check_logout_request(request, idp: IdentityProvider) -> tuple[dict, str]:
 def check_logout_response(request, idp: IdentityProvider) -> None:
     """The IdP's LogoutResponse to our LogoutRequest: signed by the IdP, for this SP, a
     success. ApiError otherwise (the portal session had already ended either way)."""
-    Constants.ALLOWED_CLOCK_DRIFT = settings.SAML_CLOCK_SKEW_SECONDS
-    raw = request.GET.get("SAMLResponse", "")
-    if not raw or len(raw) > MAX_RESPONSE_CHARS:
-        raise _refuse("sso_invalid_logout", "No SAML logout response was sent.", 400)
-    settings_obj = saml_settings(request, idp, logout=True)
-    data = _request_data(request)
-    auth = OneLogin_Saml2_Auth(data, settings_obj)
+    raw, settings_obj, data = _logout_message(request, idp, "SAMLResponse")
     try:
-        if not auth.validate_response_signature(data["get_data"]):
-            raise _refuse("sso_bad_signature", "The logout response's signature is not valid.")
         response = OneLogin_Saml2_Logout_Response(settings_obj, raw)
         if not response.is_valid(data, raise_exceptions=True):
             raise _refuse("sso_invalid_logout", "The logout response is not valid.")

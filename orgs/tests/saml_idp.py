@@ -313,6 +313,29 @@ class SamlIdp:
         )
         return dict(info["headers"])["Location"]
 
+    def logout_request_post(
+        self, sp_entity_id: str, name_id: str, session_index: str, *, sign: bool = True
+    ) -> tuple[str, dict]:
+        """An IdP-initiated LogoutRequest for the HTTP-POST binding: (the SP's SLS path,
+        the form), the signature inside the XML."""
+        from saml2 import BINDING_HTTP_REDIRECT
+        from saml2.saml import NameID
+
+        sls = self.server.metadata.single_logout_service(
+            sp_entity_id, BINDING_HTTP_REDIRECT, "spsso"
+        )[0]["location"]
+        _id, request = self.server.create_logout_request(
+            destination=sls,
+            issuer_entity_id=sp_entity_id,
+            name_id=NameID(format=PERSISTENT, text=name_id),
+            session_indexes=[session_index] if session_index else None,
+            sign=sign,
+            sign_alg=SHA256,
+            digest_alg=DIGEST_SHA256,
+        )
+        xml = str(request)
+        return urlsplit(sls).path, {"SAMLRequest": base64.b64encode(xml.encode()).decode()}
+
     def check_logout_response(self, query: str):
         """Parse (and verify the signature of) the SP's LogoutResponse in `query`."""
         from saml2 import BINDING_HTTP_REDIRECT

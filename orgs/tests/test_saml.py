@@ -645,6 +645,32 @@ def test_a_logout_request_not_signed_by_the_idp_is_refused(saml_org, idp, other_
     assert is_signed_in(browser)
 
 
+def test_an_idp_logout_request_over_http_post_works_when_signed_inside(
+    saml_org, idp, other_idp, server
+):
+    setup = saml_org()
+    idp.next_user = who = person()
+    browser = setup.browser(server)
+    assert sign_in(browser, idp).status_code == 302
+    other_idp.add_sp(sp_metadata(server, setup.host).text)
+    idp_browser = setup.browser(server)  # the IdP's cross-site POST: no session cookie
+
+    # Unsigned, or signed by another IdP: refused, nobody signed out.
+    for sender, sign in ((idp, False), (other_idp, True)):
+        path, form = sender.logout_request_post(setup.entity_id, who.name_id, "", sign=sign)
+        answer = idp_browser.post(path, form, csrf=False)
+        assert answer.status_code == 403, answer.text[:300]
+        assert refused_code(answer) == "sso_bad_signature"
+    assert is_signed_in(browser)
+
+    path, form = idp.logout_request_post(setup.entity_id, who.name_id, "")
+    answer = idp_browser.post(path, form, csrf=False)
+    assert answer.status_code == 302, answer.text[:300]
+    response = idp.check_logout_response(urlsplit(answer.headers["location"]).query)
+    assert response.response.status.status_code.value.endswith(":Success")
+    assert not is_signed_in(browser)
+
+
 # --- certificate rollover ----------------------------------------------------------------------
 
 
