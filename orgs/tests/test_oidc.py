@@ -48,6 +48,7 @@ def _honest_provider(idp):
     idp.deny = False
     idp.extra_discovery = {}
     idp.amr = ["pwd"]
+    idp.acr = None
     idp.id_token_claims = {"preferred_username", "email", "name", "groups"}
     if idp.signing_key not in idp.keys:
         idp.signing_key = idp.keys[-1]
@@ -86,6 +87,7 @@ def oidc_org(new_session, idp, server):
         auth_method: str = "client_secret_basic",
         trust_idp_mfa: bool = False,
         mfa_policy: str | None = None,
+        config: dict | None = None,
     ) -> OidcOrg:
         provider = provider or idp
         org = create_org(unique("o"), f"{unique('h')}.test")
@@ -103,6 +105,7 @@ def oidc_org(new_session, idp, server):
                 "client_id": client.client_id,
                 "scopes": ["openid", "profile", "email", "groups"],
                 "public_client": auth_method == "none",
+                **(config or {}),
             },
             "attribute_map": {
                 "username": "preferred_username",
@@ -351,6 +354,9 @@ def test_the_org_can_trust_the_idps_mfa_or_still_require_its_own_totp(oidc_org, 
     done = sign_in(browser, idp)
     assert done.status_code == 302 and done.headers["location"] == "/portal/"
     assert is_signed_in(browser)
+    user = user_by_subject(setup.org, idp.user["sub"])
+    logins = [e for e in audit_events(setup.org, "portal.logged_in") if e.actor_id == user.pk]
+    assert logins[-1].data["method"] == "oidc+idp_mfa"
 
     # The IdP did not do MFA this time: the org's own TOTP (enrolment first) is asked.
     idp.user = person(ADMINS)
@@ -359,6 +365,19 @@ def test_the_org_can_trust_the_idps_mfa_or_still_require_its_own_totp(oidc_org, 
     pending = sign_in(browser, idp)
     assert pending.status_code == 302 and pending.headers["location"] == "/portal/login/setup-mfa"
     assert not is_signed_in(browser)
+
+    # The IdP may say it with an `acr` the org names instead.
+    by_acr = oidc_org(
+        trust_idp_mfa=True,
+        mfa_policy="required_for_admins",
+        config={"mfa_acr_values": ["urn:acme:loa:mfa"]},
+    )
+    idp.user = person(ADMINS)
+    idp.amr, idp.acr = ["pwd"], "urn:acme:loa:mfa"
+    browser = by_acr.browser(server)
+    done = sign_in(browser, idp)
+    assert done.status_code == 302 and done.headers["location"] == "/portal/"
+    idp.acr = None
 
     # An org that does not trust the IdP asks for TOTP even when the IdP did MFA.
     strict = oidc_org(trust_idp_mfa=False, mfa_policy="required_for_admins")
