@@ -111,7 +111,11 @@ DATABASE_RETRY_AFTER = 5  # seconds a client waits before retrying a 503 databas
 def handler500(request):
     """JSON 500 for a bug; a 503 `database_unavailable` with `Retry-After` when the
     database cannot be reached (down, restarting, out of connections): the client should
-    retry, and nothing was half-written (each request's writes are one transaction)."""
+    retry, and nothing was half-written (each request's writes are one transaction).
+    Likewise a 503 `redis_unavailable` for the few requests that cannot do without Redis
+    (siphera.redis_outage; most do without it)."""
+    from siphera import redis_outage
+
     exc = sys.exc_info()[1]
     if isinstance(exc, (OperationalError, InterfaceError)):
         logging.getLogger("siphera.db").warning("database unavailable: %s", exc)
@@ -119,5 +123,12 @@ def handler500(request):
             503, "database_unavailable", "The database is unavailable; retry shortly."
         )
         response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
+    if isinstance(exc, redis_outage.REDIS_ERRORS):
+        redis_outage.failed(exc, where="request")
+        response = json_error(
+            503, "redis_unavailable", "A service the server needs is unavailable; retry shortly."
+        )
+        response["Retry-After"] = str(redis_outage.RETRY_AFTER)
         return response
     return json_error(500, "internal_error", "Internal server error.")

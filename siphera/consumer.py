@@ -23,7 +23,7 @@ import logging
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from siphera import events, ratelimit, sockets
+from siphera import events, ratelimit, redis_outage, sockets
 from siphera.api_errors import DATABASE_RETRY_AFTER
 from siphera.sockets import Extension, SocketIdentity, frame
 from siphera.tenancy import tenant_db
@@ -122,6 +122,8 @@ class ClientConsumer(JsonFrameConsumer):
                 log.exception("ws.cleanup_failed", extra={"extension": extension.name})
         layer = self.channel_layer
         for group in self.groups_joined:
+            if redis_outage.active():
+                break  # Redis gone (said once, siphera.redis_outage): the entries expire
             try:
                 await layer.group_discard(group, self.channel_name)
             except Exception:  # Redis gone: the group entry expires by itself

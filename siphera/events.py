@@ -16,6 +16,9 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from siphera import redis_outage
+from siphera.redis_outage import REDIS_ERRORS
+
 log = logging.getLogger("siphera.events")
 
 # The event loop of the async code (a consumer) that handed the current sync call to a
@@ -35,13 +38,25 @@ def send_now(group: str, payload: dict) -> None:
     """Send and wait until the channel layer has it (events whose order matters).
 
     From a consumer's worker thread the send runs on the consumer's loop (bound by
-    `bind_loop`), on that loop's Redis connections; anywhere else on a loop of its own."""
-    loop = _loop.get()
-    if loop is not None and not loop.is_closed() and not _on_a_loop():
-        coroutine = get_channel_layer().group_send(group, payload)
-        asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+    `bind_loop`), on that loop's Redis connections; anywhere else on a loop of its own.
+
+    With Redis unreachable the event is dropped (logged once per outage by
+    siphera.redis_outage), never raised into the request or frame that caused it: what it
+    is about is committed, and no socket can miss it, because every socket is closed
+    when its process loses Redis and reads its state afresh when it connects again."""
+    if redis_outage.skip():
         return
-    async_to_sync(get_channel_layer().group_send)(group, payload)
+    loop = _loop.get()
+    try:
+        if loop is not None and not loop.is_closed() and not _on_a_loop():
+            coroutine = get_channel_layer().group_send(group, payload)
+            asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+        else:
+            async_to_sync(get_channel_layer().group_send)(group, payload)
+    except REDIS_ERRORS as exc:
+        redis_outage.failed(exc, where="events")
+        return
+    redis_outage.succeeded()
 
 
 def _on_a_loop() -> bool:
@@ -114,8 +129,15 @@ def _sent(task: asyncio.Task) -> None:
 
 
 async def _send_remote(remote: list[str], payload: dict) -> None:
+    if redis_outage.skip():
+        return
     layer = get_channel_layer()
-    await asyncio.gather(*(layer.group_send(group, payload) for group in remote))
+    try:
+        await asyncio.gather(*(layer.group_send(group, payload) for group in remote))
+    except REDIS_ERRORS as exc:  # dropped, as in send_now
+        redis_outage.failed(exc, where="events")
+        return
+    redis_outage.succeeded()
 
 
 # Sockets of this process by group, for `send_soon`. Only wake-ups use it: a socket that

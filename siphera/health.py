@@ -1,4 +1,10 @@
-"""Readiness checks: database reachable, Redis reachable, migrations applied."""
+"""Readiness checks: database reachable, Redis reachable, migrations applied.
+
+The database and migrations are needed to serve anything: either failing is
+`unavailable` (503, take the instance out of rotation). Redis is not: without it the
+server still answers (siphera.redis_outage), so Redis failing alone is `degraded` (200):
+taking every instance out because their shared Redis is down would turn a degradation
+into an outage."""
 
 from __future__ import annotations
 
@@ -8,11 +14,16 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django_tenants.utils import get_public_schema_name, schema_context
 
+from siphera import redis_outage
 
-def readiness() -> tuple[bool, dict[str, str]]:
+
+def readiness() -> tuple[str, dict[str, str]]:
+    """(`ok`, `degraded` or `unavailable`, each check's result)."""
     checks = {"database": _check(_database), "redis": _check(_redis)}
     checks["migrations"] = _check(_migrations) if checks["database"] == "ok" else "skipped"
-    return all(v == "ok" for v in checks.values()), checks
+    if any(v != "ok" for name, v in checks.items() if name != "redis"):
+        return "unavailable", checks
+    return ("ok" if checks["redis"] == "ok" else "degraded"), checks
 
 
 def _check(fn) -> str:
@@ -31,8 +42,12 @@ def _redis():
     client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()
+    except redis_outage.REDIS_ERRORS as exc:
+        redis_outage.failed(exc, where="ready")
+        raise
     finally:
         client.close()
+    redis_outage.succeeded()
 
 
 def _migrations():

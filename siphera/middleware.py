@@ -32,10 +32,10 @@ class HealthMiddleware:
         if request.path == "/health":
             return JsonResponse({"status": "ok"})
         if request.path == "/ready":
-            ok, checks = health.readiness()
+            status, checks = health.readiness()
             return JsonResponse(
-                {"status": "ok" if ok else "unavailable", "checks": checks},
-                status=200 if ok else 503,
+                {"status": status, "checks": checks},
+                status=503 if status == "unavailable" else 200,
             )
         return self.get_response(request)
 

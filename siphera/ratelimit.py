@@ -8,6 +8,11 @@ below, each overridable with `RATE_LIMITS="name=count/seconds,..."`; a few older
 
 Over a limit: HTTP answers 429 `rate_limited` with `Retry-After` (and `retry_after` in the
 body); a WebSocket frame gets an `error` frame with code `rate_limited` and `retry_after`.
+
+Redis unreachable: every limit fails open to counters of this process with the same
+limits and windows (so each web process allows the whole budget; siphera.redis_outage
+logs the outage once and retries Redis at most once a second), rather than failing the
+request.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import redis.asyncio
 from django.conf import settings
 from django.db import connection
 
+from siphera import redis_outage
 from siphera.api_errors import ApiError, json_error
 from siphera.channel_layer import blocking_pool
+from siphera.redis_outage import REDIS_ERRORS
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,11 @@ def hit(
     """Count one hit; return None if under `limit` per `window` seconds, else the seconds
     until the window resets (for Retry-After). Keys carry the schema (default: the
     current one), so one org's traffic never spends another org's budget."""
-    return _verdict(_script(_client())(keys=[_key(scope, ident, schema)], args=[window, limit]))
+    key = _key(scope, ident, schema)
+    return _guarded(
+        lambda: _verdict(_script(_client())(keys=[key], args=[window, limit])),
+        lambda: _local_verdict(key, window, limit),
+    )
 
 
 # One round trip and one small reply per hit (this runs for every WebSocket frame): count,
@@ -139,9 +150,16 @@ async def ahit_named(name: str, ident, *, schema: str) -> int | None:
         if lease.refused:
             return max(math.ceil(lease.until - now), 1)
     want = max(1, min(100, rule.count // 50))
-    granted, ttl_ms = await _lease_script(_aclient())(
-        keys=[key], args=[rule.window, rule.count, want]
-    )
+    if redis_outage.skip():
+        return _local_verdict(key, rule.window, rule.count)
+    try:
+        granted, ttl_ms = await _lease_script(_aclient())(
+            keys=[key], args=[rule.window, rule.count, want]
+        )
+    except REDIS_ERRORS as exc:
+        redis_outage.failed(exc, where="ratelimit")
+        return _local_verdict(key, rule.window, rule.count)
+    redis_outage.succeeded()
     until = time.monotonic() + max(int(ttl_ms), 0) / 1000
     if len(_leases) > 10_000:
         _forget_expired_leases(now)
@@ -209,22 +227,31 @@ def reserve(scope: str, ident: str, *, window: int) -> tuple[int, int]:
     (the count now, seconds until the window resets). Counting before the outcome is known
     keeps parallel attempts from all slipping under a limit; `release` gives the count
     back when the outcome turns out not to be one that counts."""
-    count, ttl = _reserve_script(_client())(keys=[_key(scope, ident, None)], args=[window])
-    return int(count), max(int(ttl), 1)
+    key = _key(scope, ident, None)
+
+    def in_redis() -> tuple[int, int]:
+        count, ttl = _reserve_script(_client())(keys=[key], args=[window])
+        return int(count), max(int(ttl), 1)
+
+    return _guarded(in_redis, lambda: _local_add(key, window))
 
 
 def peek(scope: str, ident: str) -> tuple[int, int]:
     """(the count of `scope`/`ident` in its window, seconds until it resets); (0, 0) when
     nothing is counted."""
     key = _key(scope, ident, None)
-    pipe = _client().pipeline(transaction=False)
-    value, ttl = pipe.get(key).ttl(key).execute()
-    return (int(value), max(int(ttl), 1)) if value is not None else (0, 0)
+
+    def in_redis() -> tuple[int, int]:
+        value, ttl = _client().pipeline(transaction=False).get(key).ttl(key).execute()
+        return (int(value), max(int(ttl), 1)) if value is not None else (0, 0)
+
+    return _guarded(in_redis, lambda: _local_peek(key))
 
 
 def release(scope: str, ident: str) -> None:
     """Give back one `reserve`d count (never below zero, never reviving an expired key)."""
-    _release_script(_client())(keys=[_key(scope, ident, None)])
+    key = _key(scope, ident, None)
+    _guarded(lambda: _release_script(_client())(keys=[key]), lambda: _local_add(key, 1, -1))
 
 
 _RESERVE_LUA = """
@@ -275,7 +302,61 @@ def enforce_named(name: str, ident) -> None:
 
 
 def reset(scope: str, ident: str) -> None:
-    _client().delete(_key(scope, ident, None))
+    key = _key(scope, ident, None)
+    _guarded(lambda: _client().delete(key), lambda: _local.pop(key, None))
+
+
+# --- Redis unreachable: this process's own counters (siphera.redis_outage) ---------------
+
+
+def _guarded(in_redis, locally):
+    """`in_redis()`, or `locally()` when Redis fails (or is known down and not due for
+    another try): a rate limit must never be what turns a Redis outage into failed
+    requests."""
+    if redis_outage.skip():
+        return locally()
+    try:
+        result = in_redis()
+    except REDIS_ERRORS as exc:
+        redis_outage.failed(exc, where="ratelimit")
+        return locally()
+    redis_outage.succeeded()
+    return result
+
+
+# key -> [count, time.monotonic() when its window ends]; the same keys, limits and windows
+# as in Redis, but for this process only. Emptied of ended windows as it grows.
+_local: dict[str, list] = {}
+
+
+def _local_add(key: str, window: int, n: int = 1) -> tuple[int, int]:
+    """Add `n` to the local count of `key` (a window of `window` seconds starts when none
+    is running; a negative `n` never starts one nor goes below zero): (count, seconds
+    left)."""
+    now = time.monotonic()
+    entry = _local.get(key)
+    if entry is None or entry[1] <= now:
+        if n <= 0:
+            return 0, 0
+        if len(_local) > 10_000:
+            for stale in [k for k, (_, until) in _local.items() if until <= now]:
+                del _local[stale]
+        entry = _local[key] = [0, now + window]
+    entry[0] = max(entry[0] + n, 0)
+    return entry[0], max(math.ceil(entry[1] - now), 1)
+
+
+def _local_peek(key: str) -> tuple[int, int]:
+    entry = _local.get(key)
+    now = time.monotonic()
+    if entry is None or entry[1] <= now:
+        return 0, 0
+    return entry[0], max(math.ceil(entry[1] - now), 1)
+
+
+def _local_verdict(key: str, window: int, limit: int) -> int | None:
+    count, left = _local_add(key, window)
+    return None if count <= limit else left
 
 
 # --- where the limits are applied --------------------------------------------------------

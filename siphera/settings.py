@@ -150,8 +150,10 @@ CHANNEL_LAYERS = {
         "BACKEND": "siphera.channel_layer.RedisChannelLayer",
         "CONFIG": {
             # socket_timeout=None: redis-py 8 otherwise times out the layer's blocking
-            # read after 5 s idle and the socket dies with 1011 (PITFALLS 18).
-            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            # read after 5 s idle and the socket dies with 1011 (PITFALLS 18). A connect
+            # still gives up after 2 s, so an unreachable Redis fails fast instead of
+            # hanging requests (siphera.redis_outage).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 2}],
             "prefix": CHANNEL_LAYER_PREFIX,
             "capacity": 1000,
             "expiry": 60,

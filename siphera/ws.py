@@ -20,6 +20,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from siphera import redis_outage
 from siphera.api_errors import DATABASE_RETRY_AFTER, error_body
 from siphera.logging import org_var
 from siphera.tenancy import org_for_host, public_db
@@ -30,6 +31,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REVOKED = 4403
 CLOSE_UNKNOWN_ORG = 4404
 CLOSE_REPLACED = 4409
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: a service the server needs is unavailable
 
 
 class TenantWebSocketMiddleware:
@@ -50,30 +52,54 @@ class TenantWebSocketMiddleware:
             log.warning("ws.database_unavailable", extra={"frame_type": "handshake"})
             await refuse_handshake_unavailable(scope, receive, send)
             return None
+        if redis_outage.active() and not await _redis_back():
+            # A socket cannot get a wake-up without the channel layer: come back later.
+            await refuse_handshake_unavailable(scope, receive, send, redis=True)
+            return None
         return await self.inner({**scope, "tenant": tenant}, receive, send)
+
+
+async def _redis_back() -> bool:
+    """During an outage, whether Redis answers again (asked at most once per
+    siphera.redis_outage.PROBE_SECONDS; handshakes in between are refused)."""
+    if redis_outage.skip():
+        return False
+    try:
+        await get_channel_layer().connection(0).ping()
+    except redis_outage.REDIS_ERRORS as exc:
+        redis_outage.failed(exc, where="ws")
+        return False
+    redis_outage.succeeded()
+    return True
 
 
 def json_body(code: str, message: str) -> bytes:
     return orjson.dumps(error_body(code, message))
 
 
-async def refuse_handshake_unavailable(scope, receive, send) -> None:
-    """Answer a handshake with HTTP 503 and `Retry-After` (the database is unavailable),
-    where the server supports ASGI's `websocket.http.response`; else refuse it (403)."""
+async def refuse_handshake_unavailable(scope, receive, send, *, redis: bool = False) -> None:
+    """Answer a handshake with HTTP 503 and `Retry-After` (the database, or with `redis`
+    Redis, is unavailable), where the server supports ASGI's `websocket.http.response`;
+    else refuse it (403)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1011})
         return
-    body = json_body("database_unavailable", "The database is unavailable; retry shortly.")
+    if redis:
+        retry_after = redis_outage.RETRY_AFTER
+        body = json_body("redis_unavailable", "A service the server needs is unavailable.")
+    else:
+        retry_after = DATABASE_RETRY_AFTER
+        body = json_body("database_unavailable", "The database is unavailable; retry shortly.")
     await send(
         {
             "type": "websocket.http.response.start",
             "status": 503,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"retry-after", str(DATABASE_RETRY_AFTER).encode()),
+                (b"retry-after", str(retry_after).encode()),
             ],
         }
     )
@@ -135,6 +161,9 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
                 async with turn:
                     await self.dispatch(message)
         except asyncio.CancelledError:
+            if failed and isinstance(failed[0], redis_outage.REDIS_ERRORS):
+                await self.redis_lost(failed[0])
+                return
             if failed:
                 raise failed[0] from None
             raise
@@ -143,6 +172,20 @@ class JsonFrameConsumer(AsyncWebsocketConsumer):
                 layer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await layer
+
+    async def redis_lost(self, exc: BaseException) -> None:
+        """The channel layer lost Redis: this socket can no longer be woken up, so it is
+        told why and closed with 1013 (try again later); its client reconnects, and is
+        let in again once Redis answers (its queue is read then: nothing is lost)."""
+        redis_outage.failed(exc, where="ws")
+        with contextlib.suppress(Exception):  # the peer may be gone as well
+            await self.send_error(
+                "redis_unavailable",
+                f"A service the server needs is unavailable; reconnect in "
+                f"{redis_outage.RETRY_AFTER} s.",
+                retry_after=redis_outage.RETRY_AFTER,
+            )
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     async def dispatch(self, message):
         # Channels' dispatch first hops to the thread-sensitive executor to close *that*
