@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from orgs.scim import documents, groups, schema, tokens, users
-from orgs.scim.errors import ScimError, invalid_syntax, invalid_value, not_found
+from orgs.scim.errors import ScimError, invalid_filter, invalid_syntax, invalid_value, not_found
 from orgs.scim.filters import parse_filter
 from orgs.services import audit
 from siphera import ratelimit
@@ -110,11 +110,14 @@ def _json_body(request: HttpRequest) -> dict:
         raise ScimError(413, "", f"Request bodies are at most {max_body()} bytes.")
     try:
         body = json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise invalid_syntax("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise invalid_syntax("The body is a JSON object.")
     return body
+
+
+MAX_START = 10**9
 
 
 def _int(raw, name: str, default: int) -> int:
@@ -132,8 +135,11 @@ class Query:
 
     def __init__(self, params):
         raw_filter = params.get("filter")
-        self.filter = parse_filter(raw_filter) if raw_filter not in (None, "") else None
-        self.start = max(_int(params.get("startIndex"), "startIndex", 1), 1)
+        if raw_filter is not None and not isinstance(raw_filter, str):
+            raise invalid_filter("filter is a string.")
+        self.filter = parse_filter(raw_filter) if raw_filter else None
+        # Bounded before SQL sees it (an OFFSET past bigint would be a database error).
+        self.start = min(max(_int(params.get("startIndex"), "startIndex", 1), 1), MAX_START)
         count = _int(params.get("count"), "count", schema.DEFAULT_PAGE)
         self.count = min(max(count, 0), schema.MAX_PAGE)
         self.attributes = documents.parse_attribute_list(params.get("attributes"))

@@ -819,3 +819,30 @@ def test_recorded_idp_conversations_replay_green(scim, org, recording):
         org, lambda: list(AuditEntry.objects.filter(event__startswith="scim.user_"))
     )
     assert scim_events and {e.actor_label for e in scim_events} == {"scim:okta"}
+
+
+# --- read as an attacker ----------------------------------------------------------------------
+
+
+def test_hostile_input_is_a_clear_4xx_never_a_500(scim):
+    uid = new_user(scim)["id"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert_scim_error(scim.post("/Users", content=deep), 400, "invalidSyntax")
+    assert_scim_error(scim.post("/Users", content=b"\xff\xfe{}"), 400, "invalidSyntax")
+    assert_scim_error(scim.post("/Users/.search", json={"filter": 12}), 400, "invalidFilter")
+    assert_scim_error(scim.post("/Users/.search", json={"attributes": 5}), 400)
+    assert_scim_error(scim.post("/Users/.search", json={"count": [1]}), 400, "invalidValue")
+    far = scim.get("/Users", params={"startIndex": str(10**30), "count": "5"})
+    assert far.status_code == 200 and far.json()["Resources"] == []
+    assert_scim_error(scim.get("/Users", params={"count": "9" * 5000}), 400)
+    nested = "(" * 50 + 'userName eq "x"' + ")" * 50
+    assert_scim_error(scim.get("/Users", params={"filter": nested}), 400, "invalidFilter")
+    assert_scim_error(scim.get("/Users", params={"filter": "x" * 3000}), 400)
+    assert_scim_error(scim.get("/Users", params={"attributes": "urn:evil:thing"}), 400)
+    many = patch_body(*[{"op": "replace", "path": "title", "value": "t"}] * 1001)
+    assert_scim_error(scim.patch(f"/Users/{uid}", json=many), 400)
+    emails = [{"value": f"{i}@example.com"} for i in range(51)]
+    assert_scim_error(scim.put(f"/Users/{uid}", json={"userName": "z", "emails": emails}), 400)
+    for method in ("PUT", "PATCH"):
+        response = scim.request(method, f"/Users/{uid}", content=b"null")
+        assert_scim_error(response, 400, "invalidSyntax")
