@@ -641,6 +641,13 @@ def check_response(request, idp: IdentityProvider) -> tuple[SsoRequest | None, A
             "Sign-ins started at the identity provider are not allowed for this org; "
             "start the sign-in here.",
         )
+    try:
+        assertion, name_id = _assertion(idp, response), _name_id_of(response)
+    except ApiError:
+        raise
+    except Exception as exc:  # python3-saml raises on an absent or encrypted-but-odd NameID
+        log.info("SAML assertion unreadable: %s", exc)
+        raise _refuse("sso_no_subject", "The identity provider sent no usable user id.") from None
     not_on_or_after = response.get_assertion_not_on_or_after()
     flow.check_not_replayed(
         response.get_assertion_id() or "",
@@ -651,7 +658,7 @@ def check_response(request, idp: IdentityProvider) -> tuple[SsoRequest | None, A
         if in_response_to
         else None
     )
-    return sso_request, _assertion(idp, response), _name_id_of(response)
+    return sso_request, assertion, name_id
 
 
 def _name_id_of(response: OneLogin_Saml2_Response) -> dict:
