@@ -319,8 +319,9 @@ def test_a_signed_and_encrypted_assertion_is_accepted_and_an_org_can_require_enc
         config={"metadata_url": f"{idp.base}/metadata", "require_encrypted_assertions": True}
     )
     idp.next_user = who = person()
-    # A signed response carrying an encrypted assertion. (An assertion that pysaml2 signs
-    # inside the encryption does not verify with python3-saml; see docs/sso.md.)
+    # A signed response carrying an encrypted assertion. (pysaml2's signature of an
+    # assertion inside an encryption does not verify once decrypted, with xmlsec1 either;
+    # see docs/sso.md.)
     idp.sign_response, idp.sign_assertion, idp.encrypt_assertion = True, False, True
     browser = setup.browser(server)
     sent = at_idp(to_idp(browser, idp))
