@@ -27,7 +27,7 @@ from orgs.roles import MEMBER
 from orgs.scim import documents, schema
 from orgs.scim.errors import ScimError, invalid_value, not_found, uniqueness
 from orgs.scim.filters import matches
-from orgs.scim.models import ScimUser
+from orgs.scim.models import ScimGroup, ScimUser
 from orgs.services import audit
 from orgs.services import roles as role_service
 from orgs.services import users as user_service
@@ -257,7 +257,7 @@ def check_create_user(body: dict, *, actor: audit.Actor) -> User:
             )
             user.set_unusable_password()
             user.save()
-            ScimUser.objects.create(
+            user.scim = ScimUser.objects.create(
                 user=user,
                 data=data,
                 external_id_from_username=external_id is None,
@@ -277,7 +277,9 @@ def check_create_user(body: dict, *, actor: audit.Actor) -> User:
             )
     except IntegrityError:  # a concurrent create of the same person won
         raise uniqueness(f"userName {username!r} or its externalId is already taken.") from None
-    return access_user(user.pk)
+    # Rendered as it is: a new user is in no group (saves reading it back, 1/6 of a create).
+    user._prefetched_objects_cache = {"scim_groups": ScimGroup.objects.none()}
+    return user
 
 
 def check_if_match(if_match: str | None, version: int) -> None:
