@@ -544,10 +544,12 @@ def saml_settings(request, idp: IdentityProvider, *, logout: bool = False):
 
 def sp_metadata(request, idp: IdentityProvider | None) -> str:
     """This org's SP metadata XML (with the SP's certificate once one was made)."""
-    settings_obj = OneLogin_Saml2_Settings(
-        _settings_dict(request, idp if idp is not None and idp.kind == "saml" else None),
-        sp_validation_only=True,
-    )
+    data = _settings_dict(request, idp if idp is not None and idp.kind == "saml" else None)
+    if data["sp"]["x509cert"]:
+        # Offer the key for encryption whether or not this org requires it (python3-saml
+        # lists it only where encryption is required): an IdP may always encrypt.
+        data["security"]["wantAssertionsEncrypted"] = True
+    settings_obj = OneLogin_Saml2_Settings(data, sp_validation_only=True)
     metadata = settings_obj.get_sp_metadata()
     return metadata.decode() if isinstance(metadata, bytes) else metadata
 

@@ -213,6 +213,7 @@ def test_each_org_has_its_own_sp_metadata_entity_id_and_key(saml_org, server, id
         assert f'Location="http://{setup.host}/sso/saml/acs"' in meta.text
         assert f'Location="http://{setup.host}/sso/saml/sls"' in meta.text
         assert 'AuthnRequestsSigned="true"' in meta.text
+        assert 'use="signing"' in meta.text and 'use="encryption"' in meta.text
     shown_a = a.owner.api.get("/api/v1/org/sso").json()["config"]
     shown_b = b.owner.api.get("/api/v1/org/sso").json()["config"]
     assert shown_a["sp_cert"] != shown_b["sp_cert"]  # a key pair per org
@@ -359,6 +360,15 @@ def test_idp_initiated_sign_in_is_refused_until_the_org_opts_in(saml_org, idp, s
     done = post(browser, idp.unsolicited(setup.entity_id))
     assert done.status_code == 302 and done.headers["location"] == "/portal/"
     assert is_signed_in(browser)
+    # Signed and encrypted, IdP-initiated.
+    idp.encrypt_assertion, idp.sign_assertion = True, False
+    idp.next_user = hidden = person()
+    sent = idp.unsolicited(setup.entity_id)
+    assert "EncryptedAssertion" in sent.xml() and hidden.name_id not in sent.xml()
+    encrypted = setup.browser(server)
+    assert post(encrypted, sent).status_code == 302 and is_signed_in(encrypted)
+    assert user_by_subject(setup.org, hidden.name_id) is not None
+    idp.encrypt_assertion, idp.sign_assertion = False, True
     # A replay of an IdP-initiated response is refused (no request id to use up: the
     # assertion id is the guard).
     sent = idp.unsolicited(setup.entity_id)
