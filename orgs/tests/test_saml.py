@@ -817,3 +817,34 @@ def test_an_owners_test_sign_in_is_recorded_and_lets_passwords_be_turned_off(sam
     assert user_by_subject(setup.org, who.name_id) is None  # a test creates nobody
     off = setup.owner.api.request("PATCH", "/api/v1/org/policy", json={"password_login": False})
     assert off.status_code == 200, off.text
+
+
+def test_an_owner_sets_saml_up_in_the_portal_from_the_idps_metadata_url(new_session, idp, server):
+    org = create_org(unique("o"), f"{unique('h')}.test")
+    owner = new_session(org, role="owner")
+    portal = Portal(server, org)
+    assert portal.login(owner.user.username).status_code == 302
+    page = portal.get("/portal/sso/")
+    assert page.status_code == 200
+    assert f"http://{host_of(org)}/sso/saml/metadata" in page.text  # what to give the IdP
+    form = {
+        "kind": "saml",
+        "display_name": "Corporate IdP",
+        "metadata_url": f"{idp.base}/metadata",
+        "map_username": "uid",
+        "map_email": "mail",
+        "map_display_name": "displayName",
+        "map_groups": "groups",
+        "jit_provisioning": "on",
+        "group_roles": f"{ADMINS} = admin",
+    }
+    saved = portal.post("/portal/sso/", form)
+    assert saved.status_code == 302, saved.text[:500]
+    shown = owner.api.get("/api/v1/org/sso").json()
+    assert shown["kind"] == "saml" and shown["config"]["idp_entity_id"] == idp.entity_id
+    # A metadata URL that is not metadata: the form says so, nothing changes.
+    bad = portal.post("/portal/sso/", {**form, "metadata_url": f"{idp.base}/nothing"})
+    assert bad.status_code == 400 and "metadata URL answered HTTP 404" in bad.text
+    assert owner.api.get("/api/v1/org/sso").json()["config"] == shown["config"]
+    audit = [e.data for e in audit_events(org, "sso.configured")]
+    assert audit and audit[0]["created"] is True
