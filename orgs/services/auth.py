@@ -79,9 +79,16 @@ def _record_break_glass(user: User, *, method: str, actor: audit.Actor, via: str
 
 
 # Answers after which a login attempt does not count as a failed guess: the password was
-# right (the second factor is still to come, or this way of signing in is not for them).
+# right (the second factor is still to come, its code tries are spent, or this way of
+# signing in is not for them).
 _NOT_A_FAILURE = frozenset(
-    {"otp_required", "mfa_enrollment_required", "login_method_disabled", "portal_access_denied"}
+    {
+        "otp_required",
+        "mfa_enrollment_required",
+        "rate_limited",
+        "login_method_disabled",
+        "portal_access_denied",
+    }
 )
 
 

@@ -264,7 +264,8 @@ def check_login_second_factor(
     Returns the login method for the grant ("password", "password+totp",
     "password+recovery"; "saml+totp"...), or raises a 401: `mfa_enrollment_required` (policy needs
     MFA, the user has none; the body carries `enrollment_token`), `otp_required` (no code
-    sent) or `invalid_otp` (wrong or reused code; audited as a failed login).
+    sent) or `invalid_otp` (wrong or reused code; audited as a failed login), or a 429
+    once the user's wrong codes reach MFA_VERIFY_RATE_PER_USER in the window.
     """
     enabled = confirmed_factor(user) is not None
     if not enabled and not (require or required_by_policy(user)):
@@ -280,6 +281,15 @@ def check_login_second_factor(
         )
     if not (otp or "").strip():
         raise ApiError(401, "otp_required", "Enter the code from your authenticator app.")
+    # Whoever sends a code here knows the first factor, so wrong codes count per user from
+    # every address (the password step's backoff is for guessers, orgs.services.auth): the
+    # code is the last barrier. One budget with the MFA endpoints' code tries; a code is
+    # counted before it is judged (parallel tries cannot slip under) and given back if right.
+    tries, reset = ratelimit.reserve(
+        "mfa-verify", str(user.pk), window=settings.LOGIN_RATE_WINDOW_SECONDS
+    )
+    if tries > settings.MFA_VERIFY_RATE_PER_USER:
+        raise ratelimit.too_many(reset)
     kind = verify_second_factor(user, otp, actor=actor)
     if kind is None:
         audit.record(
@@ -290,6 +300,7 @@ def check_login_second_factor(
             data={"reason": "otp"},
         )
         raise ApiError(401, "invalid_otp", "The code is wrong or was already used.")
+    ratelimit.release("mfa-verify", str(user.pk))
     return f"{first}+totp" if kind == "totp" else f"{first}+recovery"
 
 

@@ -28,10 +28,11 @@ def login_server(tmp_path, quiet_org):
     with server_with_env(tmp_path / "server.log", **env) as server:
         api = Api(server, host_of(quiet_org))
 
-        def login(username: str, password: str, address: str):
+        def login(username: str, password: str, address: str, otp: str | None = None):
+            body = {"username": username, "password": password}
             return api.post(
                 "/api/v1/auth/login",
-                json={"username": username, "password": password},
+                json=body if otp is None else {**body, "otp": otp},
                 headers={"X-Forwarded-For": address},
             )
 
@@ -96,3 +97,27 @@ def test_only_failures_count_a_user_signing_in_often_is_never_throttled(login_se
         answers.append(login_server(user.username, password, USER_ADDRESS).status_code)
     # Then every right password is accepted and every typo is an ordinary refusal
     assert answers == [401 if i % 6 == 5 else 200 for i in range(25)]
+
+
+def test_wrong_codes_after_the_right_password_are_limited_per_user_from_every_address(
+    login_server, quiet_org, new_session
+):
+    from orgs.tests.test_mfa import enable_totp, wrong_code
+
+    # Given a user with TOTP, and an attacker who has their password but not their phone
+    session = new_session(quiet_org)
+    secret, _, _ = enable_totp(session)
+    name = session.user.username
+    # When the attacker tries a wrong code from each of 12 addresses
+    answers = [
+        login_server(name, PASSWORD, f"192.0.2.{i}", otp=wrong_code(secret))
+        for i in range(100, 112)
+    ]
+    # Then the user's 10 code tries (MFA_VERIFY_RATE_PER_USER; confirming the enrolment
+    # spent one) are judged and the rest are not: the code, the last barrier, is limited
+    # per user whatever the address
+    codes = [a.json()["error"]["code"] for a in answers]
+    assert codes == ["invalid_otp"] * 9 + ["rate_limited"] * 3
+    # And without a code the right password still answers otp_required (no 429 for the
+    # password step, nor a failure counted against it)
+    assert login_server(name, PASSWORD, USER_ADDRESS).json()["error"]["code"] == "otp_required"
