@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import uuid
 
+from django.core.exceptions import DisallowedHost
 from django.db import connection
 from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -108,7 +110,9 @@ class OrgCsrfMiddleware(CsrfViewMiddleware):
         if super()._origin_verified(request):
             return True
         host = getattr(getattr(request, "tenant", None), "domain_url", None)
-        return bool(host) and request.META["HTTP_ORIGIN"] in (
-            f"https://{host}",
-            f"https://{host}:443",
-        )
+        if not host:
+            return False
+        trusted = {f"https://{host}", f"https://{host}:443"}
+        with contextlib.suppress(DisallowedHost):
+            trusted.add(f"https://{request.get_host()}")  # the proxy on another port
+        return request.META["HTTP_ORIGIN"] in trusted

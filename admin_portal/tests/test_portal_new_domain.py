@@ -66,6 +66,9 @@ def test_a_domain_added_while_the_server_runs_signs_in_to_the_portal_at_once(tmp
         signed_in = sign_in(server, added, admin.username, origin=f"https://{added}")
         assert signed_in.status_code == 302, signed_in.text[:500]
         assert signed_in.headers["location"].startswith("/portal")
+        # And so through a proxy listening on another port
+        on_port = sign_in(server, f"{added}:8443", admin.username, origin=f"https://{added}:8443")
+        assert on_port.status_code == 302, on_port.text[:500]
 
 
 def test_origins_other_than_the_requested_org_host_stay_untrusted(server, org_a):
