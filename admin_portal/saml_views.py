@@ -72,6 +72,10 @@ def acs(request: HttpRequest) -> HttpResponse:
     except ApiError as exc:
         return sso_views.refuse(request, exc.code, exc.message, exc.status_code)
     response = sso_views.complete_sign_in(request, sso_request, assertion)
+    if sso_request is not None and sso_request.nonce:
+        response.delete_cookie(
+            saml.binding_cookie_name(sso_request.pk), path=saml.ACS_PATH, samesite="None"
+        )
     remembered = request.session.get(SSO_SESSION)
     if isinstance(remembered, dict) and remembered.get("subject") == assertion.subject:
         # What a LogoutRequest for this session must name (SAML single logout).

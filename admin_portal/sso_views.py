@@ -102,7 +102,11 @@ def start(request: HttpRequest) -> HttpResponse:
     url = provider.protocol(idp.kind).begin(
         request, idp, purpose=purpose, return_to=return_to, code_challenge=challenge
     )
-    return HttpResponseRedirect(url)
+    response = HttpResponseRedirect(url)
+    # A protocol may bind the sign-in to this browser with a cookie (orgs.sso.saml).
+    for cookie in getattr(request, "sso_cookies", ()):
+        response.set_cookie(**cookie)
+    return response
 
 
 def complete_sign_in(

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -564,14 +567,55 @@ def begin(
     AuthnRequest ID keys the `SsoRequest` the response must answer."""
     auth = OneLogin_Saml2_Auth(_request_data(request), saml_settings(request, idp))
     url = auth.login(return_to="", force_authn=purpose == SsoRequest.TEST)
+    request_id = auth.get_last_request_id()
+    binding = ""
+    if request.is_secure():
+        # Bind the sign-in to this browser (against login CSRF: someone else's valid
+        # response posted from a victim's browser). The IdP's cross-site POST carries only
+        # a SameSite=None cookie, which browsers keep to https.
+        secret = secrets.token_urlsafe(32)
+        binding = hashlib.sha256(secret.encode()).hexdigest()
+        cookies = getattr(request, "sso_cookies", [])
+        cookies.append(
+            {
+                "key": binding_cookie_name(request_id),
+                "value": secret,
+                "max_age": settings.SSO_REQUEST_TTL_SECONDS,
+                "path": ACS_PATH,
+                "secure": True,
+                "httponly": True,
+                "samesite": "None",
+            }
+        )
+        request.sso_cookies = cookies
     flow.do_start_request(
         kind=IdentityProvider.SAML,
         purpose=purpose,
-        request_id=auth.get_last_request_id(),
+        request_id=request_id,
         return_to=return_to,
         code_challenge=code_challenge,
+        nonce=binding,
     )
     return url
+
+
+def binding_cookie_name(request_id: str) -> str:
+    """One cookie per sign-in, so two started in two tabs do not undo each other."""
+    return "sph_saml_" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
+
+
+def _check_browser(request, sso_request: SsoRequest) -> None:
+    """A sign-in started over https must come back in the browser that started it."""
+    if not sso_request.nonce:
+        return
+    secret = request.COOKIES.get(binding_cookie_name(sso_request.pk), "")
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    if not secret or not hmac.compare_digest(digest, sso_request.nonce):
+        raise _refuse(
+            "sso_other_browser",
+            "This sign-in was started in another browser (or its cookie was blocked); "
+            "start it again here.",
+        )
 
 
 _VALIDATION_CODES = {
@@ -660,6 +704,8 @@ def check_response(request, idp: IdentityProvider) -> tuple[SsoRequest | None, A
         if in_response_to
         else None
     )
+    if sso_request is not None:
+        _check_browser(request, sso_request)
     return sso_request, assertion, name_id
 
 

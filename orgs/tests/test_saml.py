@@ -848,3 +848,44 @@ def test_an_owner_sets_saml_up_in_the_portal_from_the_idps_metadata_url(new_sess
     assert owner.api.get("/api/v1/org/sso").json()["config"] == shown["config"]
     audit = [e.data for e in audit_events(org, "sso.configured")]
     assert audit and audit[0]["created"] is True
+
+
+def test_over_https_a_sign_in_must_come_back_in_the_browser_that_started_it(saml_org, idp, server):
+    """Login CSRF: an attacker's own valid response, posted from a victim's browser, must
+    not sign the victim in as the attacker. (https: TLS ends at a proxy on loopback.)"""
+    setup = saml_org()
+    https = {"X-Forwarded-Proto": "https"}
+    metadata = httpx.get(
+        f"{server.url}/sso/saml/metadata", headers={"Host": setup.host, **https}, timeout=10
+    )
+    assert idp.add_sp(metadata.text) == f"https://{setup.host}/sso/saml/metadata"
+
+    def browser() -> Portal:
+        client = setup.browser(server)
+        client.http.headers.update(https)
+        return client
+
+    def start(client: Portal) -> tuple[SentResponse, str]:
+        begun = client.get("/sso/login")
+        assert begun.status_code == 302, begun.text
+        cookie = begun.headers["set-cookie"]
+        assert "Secure" in cookie and "SameSite=None" in cookie and "HttpOnly" in cookie
+        assert "Path=/sso/saml/acs" in cookie
+        return at_idp(begun.headers["location"]), cookie.split(";", 1)[0]
+
+    idp.next_user = attacker_person = person()
+    sent, _attackers_cookie = start(browser())
+    assert sent.acs == f"https://{setup.host}/sso/saml/acs"
+    victim = browser()
+    refused = victim.post(sent.path, sent.form(), csrf=False)
+    assert_refused(setup, refused, "sso_other_browser")
+    assert not is_signed_in(victim)
+    assert user_by_subject(setup.org, attacker_person.name_id) is None
+
+    # The browser that started it (its cookie comes back with the IdP's POST) gets in.
+    idp.next_user = person()
+    mine = browser()
+    sent, cookie = start(mine)
+    done = mine.post(sent.path, sent.form(), csrf=False, headers={"Cookie": cookie})
+    assert done.status_code == 302, done.text[:300]
+    assert is_signed_in(mine)
