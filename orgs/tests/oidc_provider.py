@@ -12,6 +12,7 @@ send through a few knobs:
 - `forge_alg` sends an unsigned (`none`) or HS256-with-the-public-key token;
 - `claim_overrides` replaces ID token claims (`nonce`, `aud`, `exp`/`iat`, ...);
 - `deny` makes authorize answer `error=access_denied` (the person declined);
+- `garbled` paths answer 200 with an HTML page instead of JSON;
 - `down` answers every request with a 503 HTML page (`stop()` makes it unreachable);
 - `hits` counts requests per path (the JWKS refetch limit is visible there).
 """
@@ -312,6 +313,7 @@ class OpenIdProvider:
         self.amr: list[str] = ["pwd"]
         self.acr: str | None = None
         self.down = False
+        self.garbled: set[str] = set()  # paths answering 200 with HTML instead of JSON
         self.deny = False  # the person declines: authorize answers error=access_denied
         self.extra_discovery: dict = {}
         self.hits: Counter[str] = Counter()
@@ -400,6 +402,8 @@ class OpenIdProvider:
 
         if self.down:
             return send(503, "<html>maintenance</html>", [("Content-Type", "text/html")])
+        if path in self.garbled:
+            return send(200, "<html>not JSON</html>", [("Content-Type", "text/html")])
         if path == "/.well-known/openid-configuration":
             return send(200, self.discovery())
         if path == "/jwks":

@@ -45,6 +45,7 @@ def _honest_provider(idp):
     idp.forge_alg = None
     idp.claim_overrides = {}
     idp.down = False
+    idp.garbled = set()
     idp.deny = False
     idp.extra_discovery = {}
     idp.amr = ["pwd"]
@@ -503,6 +504,14 @@ def test_an_idp_that_fails_or_is_down_gives_a_clear_refusal_not_a_500(oidc_org, 
     idp.down = True  # the token endpoint answers 503 with an HTML page
     assert_refused(setup, browser.get(callback), "sso_idp_error", 502)
     idp.down = False
+    for garbled in ("/token", "/userinfo"):
+        idp.garbled = {garbled}  # 200, but an HTML page
+        idp.id_token_claims = {"preferred_username", "email", "name"}  # groups: userinfo
+        idp.user = person(ADMINS)
+        browser = setup.browser(server)
+        assert_refused(setup, sign_in(browser, idp), "sso_idp_error", 502)
+        assert not is_signed_in(browser)
+    idp.garbled = set()
 
     gone = OpenIdProvider()
     setup = oidc_org(gone)
