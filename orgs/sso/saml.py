@@ -412,9 +412,8 @@ def check_config(
     else:
         config["sp_cert"], new_secret = _new_sp_key_pair()
     config["sp_cert_not_after"] = _cert_info(config["sp_cert"])["not_after"]
-    # Certificates the IdP stopped listing stay trusted for a grace period (rollover).
-    if before.get("idp_entity_id") == config["idp_entity_id"]:
-        _carry_previous_certs(config, before)
+    # What the admin gives is trusted exactly: a certificate they remove (compromised,
+    # say) stops verifying now. Only the automatic refresh keeps dropped ones a while.
     return config, new_secret
 
 

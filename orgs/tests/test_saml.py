@@ -889,3 +889,19 @@ def test_over_https_a_sign_in_must_come_back_in_the_browser_that_started_it(saml
     done = mine.post(sent.path, sent.form(), csrf=False, headers={"Cookie": cookie})
     assert done.status_code == 302, done.text[:300]
     assert is_signed_in(mine)
+
+
+def test_a_certificate_the_admin_removes_stops_verifying_at_once(saml_org, idp, other_idp, server):
+    setup = saml_org(config={"metadata_xml": idp.metadata()})
+    # The admin switches to typed-in settings trusting only another key (say the old one
+    # leaked): responses signed with the old key are refused from now on.
+    manual = {
+        "idp_entity_id": idp.entity_id,
+        "sso_url": f"{idp.base}/sso",
+        "idp_certs": [other_idp.cert_body],
+    }
+    answer = setup.owner.api.put("/api/v1/org/sso", json={"kind": "saml", "config": manual})
+    assert answer.status_code == 200, answer.text
+    assert "previous_idp_certs" not in answer.json()["config"]
+    idp.next_user = person()
+    assert_refused(setup, sign_in(setup.browser(server), idp), "sso_bad_signature")
