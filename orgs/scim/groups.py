@@ -268,8 +268,12 @@ def check_update_group(
 
 
 def check_patch_group(group: ScimGroup, body: dict, *, actor: audit.Actor, if_match=None):
-    doc = documents.apply_patch(schema.GROUPS, writable_doc(group), body)
-    return check_update_group(group, doc, actor=actor, if_match=if_match)
+    """Apply a PatchOp to the group as it is under the row lock: IdPs send membership
+    changes of one group in parallel, and none may undo another."""
+    with transaction.atomic():
+        locked = ScimGroup.objects.select_for_update().get(pk=group.pk)
+        doc = documents.apply_patch(schema.GROUPS, writable_doc(locked), body)
+        return check_update_group(locked, doc, actor=actor, if_match=if_match)
 
 
 def check_delete_group(group: ScimGroup, *, actor: audit.Actor, if_match: str | None = None):

@@ -219,7 +219,7 @@ def _clean_user(doc: dict) -> tuple[str, str | None, bool, dict]:
     external_id = doc.get("externalId") or None
     if external_id is not None and len(external_id) > 255:
         raise invalid_value("externalId is at most 255 characters.")
-    active = doc.get("active", True)
+    active = doc.get("active")  # None: not given (a create makes the user active)
     data = {k: v for k, v in doc.items() if k not in CORE_KEYS}
     if len(_display_name(data)) > 200:
         raise invalid_value("displayName is at most 200 characters.")
@@ -240,6 +240,7 @@ def check_create_user(body: dict, *, actor: audit.Actor) -> User:
     username, external_id, active, data = _clean_user(documents.clean(schema.USERS, body))
     bound = external_id or username
     _check_unique(username, bound)
+    active = True if active is None else active
     role = role_for_groups([]) or MEMBER
     if not role_service.role_exists(role):
         role = MEMBER
@@ -309,6 +310,8 @@ def check_update_user(
         _check_unique(username, bound, pk=locked.pk)
         before = writable_doc(locked)
         before_active = locked.is_active
+        if active is None:  # a PUT without `active` leaves the account as it is
+            active = before_active
         if row is None:
             row = ScimUser(user=locked, data=_data(locked, None), updated_at=timezone.now())
         after_core = {"userName": username, "active": bool(active)}
@@ -359,8 +362,12 @@ def _set_active(user: User, active: bool, *, actor: audit.Actor) -> None:
 
 
 def check_patch_user(user: User, body: dict, *, actor: audit.Actor, if_match=None) -> User:
-    doc = documents.apply_patch(schema.USERS, writable_doc(user), body)
-    return check_update_user(user, doc, actor=actor, if_match=if_match)
+    """Apply a PatchOp to the user as it is under the row lock (two IdP requests at once
+    never undo each other's change)."""
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        doc = documents.apply_patch(schema.USERS, writable_doc(locked), body)
+        return check_update_user(locked, doc, actor=actor, if_match=if_match)
 
 
 def check_delete_user(user: User, *, actor: audit.Actor, if_match: str | None = None) -> None:

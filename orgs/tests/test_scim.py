@@ -846,3 +846,31 @@ def test_hostile_input_is_a_clear_4xx_never_a_500(scim):
     for method in ("PUT", "PATCH"):
         response = scim.request(method, f"/Users/{uid}", content=b"null")
         assert_scim_error(response, 400, "invalidSyntax")
+
+
+def test_parallel_membership_patches_of_one_group_all_stick(scim):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [new_user(scim)["id"] for _ in range(12)]
+    gid = new_group(scim)["id"]
+
+    def add(uid):
+        body = patch_body({"op": "add", "path": "members", "value": [{"value": uid}]})
+        return scim.patch(f"/Groups/{gid}", json=body).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert set(pool.map(add, ids)) == {200}
+    members = {m["value"] for m in scim.get(f"/Groups/{gid}").json()["members"]}
+    assert members == set(ids)
+
+
+def test_a_put_without_active_leaves_a_deactivated_user_deactivated(scim, org):
+    created = new_user(scim)
+    scim.patch(
+        f"/Users/{created['id']}",
+        json=patch_body({"op": "replace", "path": "active", "value": False}),
+    )
+    body = {"schemas": [USER], "userName": created["userName"], "title": "Gone"}
+    replaced = scim.put(f"/Users/{created['id']}", json=body)
+    assert replaced.status_code == 200 and replaced.json()["active"] is False
+    assert not db_user(org, created["id"]).is_active
