@@ -18,18 +18,16 @@ DEMO_PASSWORD="${DEMO_PASSWORD:-demo-pass-123}"
 export DEMO_PASSWORD
 mkdir -p "$VAR_DIR"
 
-# With DEBUG off the server refuses the placeholder SECRET_KEY (siphera/settings.py): unless
-# one is given, use the key made on the first run and kept in var/secret_key (mode 600).
-if [[ -z ${SECRET_KEY:-} ]]; then
-    KEY_FILE="$VAR_DIR/secret_key"
-    if [[ ! -s $KEY_FILE ]]; then
-        (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(50))' >"$KEY_FILE.tmp")
-        mv "$KEY_FILE.tmp" "$KEY_FILE"
-        note "SECRET_KEY is not set: generated one in $KEY_FILE (kept for the next runs)"
-    fi
-    SECRET_KEY="$(<"$KEY_FILE")"
-    export SECRET_KEY
+# With DEBUG off the server refuses the placeholder SECRET_KEY. Unless one is given, make
+# one on the first run and keep it in var/secret_key (mode 600): siphera/settings.py reads
+# it whenever SECRET_KEY is unset (web, worker, beat, and manage.py in another shell).
+KEY_FILE="$VAR_DIR/secret_key"
+if [[ -z ${SECRET_KEY:-} && ! -s $KEY_FILE ]]; then
+    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(50))' >"$KEY_FILE.tmp")
+    mv "$KEY_FILE.tmp" "$KEY_FILE"
+    note "SECRET_KEY is not set: generated one in $KEY_FILE (kept for the next runs)"
 fi
+export SIPHERA_VAR_DIR="$VAR_DIR"
 
 # Fail before migrating if the port is taken, with a message that says what to do.
 if ! "$PY" - "$HOST" "$PORT" <<'PY'; then

@@ -34,9 +34,15 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 DEBUG = env_bool("DEBUG", False)
 # Known to everyone who reads this file: accepted only with DEBUG on (checked below, once
-# SECRET_KEYS is read too). `make run` keeps a generated key in var/secret_key instead.
+# SECRET_KEYS is read too).
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"  # noqa: S105
-SECRET_KEY = env("SECRET_KEY", DEV_SECRET_KEY)
+# `make run` generates a key in $SIPHERA_VAR_DIR/secret_key (default var/) on its first run
+# (scripts/run.sh): with SECRET_KEY unset, every process of this checkout (web, worker,
+# beat, manage.py) uses that one.
+SECRET_KEY_FILE = Path(env("SIPHERA_VAR_DIR") or BASE_DIR / "var") / "secret_key"
+SECRET_KEY = env("SECRET_KEY") or (
+    SECRET_KEY_FILE.read_text().strip() if SECRET_KEY_FILE.is_file() else DEV_SECRET_KEY
+)
 # Host validation for org hosts happens against the Domain table (siphera.tenancy);
 # ALLOWED_HOSTS is a second, coarse filter an operator may narrow (e.g. ".example.com").
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
@@ -234,8 +240,8 @@ if _weak_keys and not DEBUG:
         "Refusing to start: SECRET_KEY (or a key of SECRET_KEYS) is empty or the development "
         "placeholder, and DEBUG is off. Set SECRET_KEY to a long random value, e.g. "
         "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))'); "
-        "`make run` generates one in var/secret_key. (DEBUG=true allows the placeholder, "
-        "for development only.)"
+        f"`make run` generates one in {SECRET_KEY_FILE}, used when SECRET_KEY is unset. "
+        "(DEBUG=true allows the placeholder, for development only.)"
     )
 # Shown in authenticator apps next to the account name.
 MFA_TOTP_ISSUER = env("MFA_TOTP_ISSUER", "Siphera")
