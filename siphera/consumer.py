@@ -122,12 +122,11 @@ class ClientConsumer(JsonFrameConsumer):
                 log.exception("ws.cleanup_failed", extra={"extension": extension.name})
         layer = self.channel_layer
         for group in self.groups_joined:
-            if redis_outage.active():
-                break  # Redis gone (said once, siphera.redis_outage): the entries expire
             try:
                 await layer.group_discard(group, self.channel_name)
             except Exception:  # Redis gone: the group entry expires by itself
-                log.warning("ws.group_discard_failed", exc_info=True)
+                if not redis_outage.active():  # an outage is logged once, not per socket
+                    log.warning("ws.group_discard_failed", exc_info=True)
 
     def _leave_local(self) -> None:
         for group in self.groups_joined:

@@ -43,9 +43,9 @@ def send_now(group: str, payload: dict) -> None:
     With Redis unreachable the event is dropped (logged once per outage by
     siphera.redis_outage), never raised into the request or frame that caused it: what it
     is about is committed, and no socket can miss it, because every socket is closed
-    when its process loses Redis and reads its state afresh when it connects again."""
-    if redis_outage.skip():
-        return
+    when its process loses Redis and reads its state afresh when it connects again. Each
+    event is still tried (not skipped during a known outage, as rate limits are): a blip
+    that one call saw must not cost live sockets their wake-ups."""
     loop = _loop.get()
     try:
         if loop is not None and not loop.is_closed() and not _on_a_loop():
@@ -129,8 +129,6 @@ def _sent(task: asyncio.Task) -> None:
 
 
 async def _send_remote(remote: list[str], payload: dict) -> None:
-    if redis_outage.skip():
-        return
     layer = get_channel_layer()
     try:
         await asyncio.gather(*(layer.group_send(group, payload) for group in remote))

@@ -10,9 +10,9 @@ request that cannot do without Redis answers 503 `redis_unavailable` (never a 50
 
 Every caller reports what it saw here. The first failure logs one warning ("redis
 unavailable"), the first success after it one info line ("redis available again"); in
-between, callers that can do without Redis skip it (`skip()`) and try it again at most once
-per PROBE_SECONDS, so an outage costs neither a log line nor a connection attempt per
-request.
+between, rate limits and handshakes skip Redis (`skip()`) and try it again at most once per
+PROBE_SECONDS, so an outage costs neither a log line nor a connection attempt per request.
+Wake-ups are always tried (siphera.events): one call's blip must not silence live sockets.
 """
 
 from __future__ import annotations
