@@ -51,8 +51,8 @@ class AuditEvent(StrEnum):
     SSO_KEYS_REFRESHED = "sso.keys_refreshed"
     SSO_METADATA_REFRESH_FAILED = "sso.metadata_refresh_failed"
     SSO_LOGOUT = "sso.logout"
-    SCIM_TOKEN_ROTATED = "scim.token_rotated"
-    SCIM_TOKEN_REVOKED = "scim.token_revoked"
+    SCIM_TOKEN_ROTATED = "scim.token_rotated"  # noqa: S105 (an event name)
+    SCIM_TOKEN_REVOKED = "scim.token_revoked"  # noqa: S105 (an event name)
     SCIM_USER_PROVISIONED = "scim.user_provisioned"
     SCIM_USER_UPDATED = "scim.user_updated"
     SCIM_USER_DEPROVISIONED = "scim.user_deprovisioned"
