@@ -28,6 +28,13 @@ def test_scim2_tester_finds_no_failed_check_for_users_and_groups(server, conform
     )
     results = check_server(SyncSCIMClient(client), raise_exceptions=False)
 
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status.name] = counts.get(r.status.name, 0) + 1
+    print(f"scim2-tester: {counts}")  # shown with -s / -rP
+    for r in results:
+        if r.status == Status.SKIPPED:
+            print(f"  skipped {r.title} [{r.resource_type}]: {r.reason}")
     failed = [r for r in results if r.status in (Status.ERROR, Status.CRITICAL)]
     ran = [r for r in results if r.status == Status.SUCCESS]
     report = "\n".join(f"{r.status.name} {r.title} [{r.resource_type}]: {r.reason}" for r in failed)
