@@ -269,7 +269,6 @@ SCHEMAS = (USER_SCHEMA, GROUP_SCHEMA, ENTERPRISE_SCHEMA)
 def service_provider_config(base: str, max_body: int) -> dict:
     return {
         "schemas": [SPC],
-        "documentationUri": "https://github.com/siphera/siphera/blob/main/docs/scim.md",
         "patch": {"supported": True},
         "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
         "filter": {"supported": True, "maxResults": MAX_PAGE},

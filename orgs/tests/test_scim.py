@@ -726,6 +726,10 @@ def test_scim_spends_its_own_budget_not_the_per_ip_one(org, tmp_path):
         refused = scim.get("/Users")
         body = assert_scim_error(refused, 429)
         assert int(refused.headers["retry-after"]) >= 1 and "retry" in body["detail"].lower()
+        # Without a valid token, SCIM spends the per-IP budget like any other request.
+        guesser = Scim(live, org, "sph_s_" + "g" * 43)
+        guesses = [guesser.get("/Users").status_code for _ in range(6)]
+        assert guesses[:5] == [401] * 5 and guesses[5] == 429
 
 
 # --- manage.py scim_token ---------------------------------------------------------------------
