@@ -339,8 +339,9 @@ def _local_add(key: str, window: int, n: int = 1) -> tuple[int, int]:
         if n <= 0:
             return 0, 0
         if len(_local) > 10_000:
-            for stale in [k for k, (_, until) in _local.items() if until <= now]:
-                del _local[stale]
+            # A copy first: sync views' threads and the event loop share the table.
+            for stale in [k for k, (_, until) in list(_local.items()) if until <= now]:
+                _local.pop(stale, None)
         entry = _local[key] = [0, now + window]
     entry[0] = max(entry[0] + n, 0)
     return entry[0], max(math.ceil(entry[1] - now), 1)
