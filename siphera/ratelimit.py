@@ -342,6 +342,8 @@ def _local_add(key: str, window: int, n: int = 1) -> tuple[int, int]:
             # A copy first: sync views' threads and the event loop share the table.
             for stale in [k for k, (_, until) in list(_local.items()) if until <= now]:
                 _local.pop(stale, None)
+            if len(_local) > 100_000:  # a flood of distinct keys: memory before counts
+                _local.clear()
         entry = _local[key] = [0, now + window]
     entry[0] = max(entry[0] + n, 0)
     return entry[0], max(math.ceil(entry[1] - now), 1)
