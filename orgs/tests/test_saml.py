@@ -304,6 +304,19 @@ def test_sp_initiated_sign_in_creates_the_user_just_in_time_with_the_role_of_the
     assert sign_in(browser2, idp).status_code == 302
     assert user_count(setup.org) == count and is_signed_in(browser2)
 
+    # Out of the admins group at the IdP: the next sign-in (an app's) makes them a member.
+    who.attributes["groups"] = ["everyone"]
+    _verifier, challenge = pkce()
+    done = sign_in(
+        setup.browser(server),
+        idp,
+        purpose="client",
+        redirect_uri="http://127.0.0.1:8765/done",
+        code_challenge=challenge,
+    )
+    assert done.status_code == 302, done.text
+    assert user_by_subject(setup.org, who.name_id).role == "member"
+
 
 def idp_request_id(location: str) -> str:
     import zlib
