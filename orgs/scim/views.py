@@ -18,7 +18,7 @@ from orgs.scim import documents, groups, schema, tokens, users
 from orgs.scim.errors import ScimError, invalid_filter, invalid_syntax, invalid_value, not_found
 from orgs.scim.filters import parse_filter
 from orgs.services import audit
-from siphera import ratelimit
+from siphera import api_errors, ratelimit
 from siphera.api_errors import ApiError
 from siphera.net import client_ip
 
@@ -99,6 +99,19 @@ def endpoint(*methods: str):
                 return error_response(exc.status_code, exc.message, "", exc.headers)
             except RequestDataTooBig:
                 return error_response(413, f"Request bodies are at most {max_body()} bytes.")
+            except Exception:
+                # The project's answer (503 + Retry-After when PostgreSQL or Redis is out
+                # of reach, else 500), in SCIM's shape: IdPs retry on 503.
+                fallback = api_errors.handler500(request)
+                if fallback.status_code == 500:
+                    log.exception("SCIM request failed")
+                message = json.loads(fallback.content)["error"]["message"]
+                retry = (
+                    {"Retry-After": fallback["Retry-After"]}
+                    if fallback.has_header("Retry-After")
+                    else None
+                )
+                return error_response(fallback.status_code, message, "", retry)
 
         return wrapped
 
