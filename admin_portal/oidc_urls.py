@@ -6,4 +6,5 @@ from admin_portal import oidc_views
 
 urlpatterns = [
     path("callback", oidc_views.callback, name="sso-oidc-callback"),
+    path("initiate", oidc_views.initiate, name="sso-oidc-initiate"),
 ]

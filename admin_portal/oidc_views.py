@@ -1,4 +1,5 @@
-"""The OpenID Connect callback: where the org's IdP sends the browser back with a code.
+"""The OpenID Connect callback: where the org's IdP sends the browser back with a code;
+and the login initiation endpoint an IdP's app launcher (an Okta or Entra ID tile) opens.
 
 Everything protocol-specific happens in orgs.sso.oidc; this view only reads the query,
 turns refusals into the sign-in error page and hands a verified `Assertion` to
@@ -8,14 +9,18 @@ needs no CSRF token: `state` (single-use, unguessable, kept server-side) is the 
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+from urllib.parse import urlencode, urlsplit
+
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET
 
 from admin_portal import sso_views
 from admin_portal.decorators import portal_public
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
-from orgs.sso import flow, oidc
+from orgs.sso import flow, oidc, provider
 from orgs.sso.models import IdentityProvider
 from siphera.api_errors import ApiError
 
@@ -61,6 +66,37 @@ def _keep_logout_hint(request: HttpRequest, assertion, id_token: str) -> None:
         and len(id_token) <= oidc.MAX_ID_TOKEN_CHARS
     ):
         request.session[sso_views.SSO_SESSION] = {**sso, "id_token": id_token}
+
+
+@require_GET
+@portal_public
+def initiate(request: HttpRequest) -> HttpResponse:
+    """GET /sso/oidc/initiate?iss=...&target_link_uri=... (OpenID Connect Core 4,
+    third-party initiated login): the IdP asks us to start a sign-in with it. Nothing is
+    trusted from the request but the issuer's name, which must be the org's IdP; the
+    sign-in then runs exactly as one started here (GET /sso/login: rate limit, policy,
+    state, nonce, PKCE), landing on `target_link_uri` when that is a page of this host."""
+    idp = provider.get_provider()
+    issuer = request.GET.get("iss", "")
+    if idp is None or idp.kind != IdentityProvider.OIDC:
+        return sso_views.refuse(
+            request, "sso_not_configured", "OpenID Connect sign-in is not set up.", 404
+        )
+    if issuer != idp.config.get("issuer"):
+        return sso_views.refuse(
+            request,
+            "sso_wrong_issuer",
+            "This sign-in was started by an identity provider this organisation does not use.",
+            400,
+        )
+    params = {"purpose": "portal"}
+    target = request.GET.get("target_link_uri", "")[:_MAX_PARAM]
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        parts = urlsplit(target)
+        params["next"] = parts.path + (f"?{parts.query}" if parts.query else "")
+    return HttpResponseRedirect(f"{reverse('sso-login')}?{urlencode(params)}")
 
 
 def _code_part(error: str) -> str:

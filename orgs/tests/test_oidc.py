@@ -347,6 +347,32 @@ def test_a_wrong_client_secret_is_refused_by_the_idp_and_shown_as_such(oidc_org,
     assert not is_signed_in(browser)
 
 
+def test_an_idp_app_tile_starts_a_sign_in_that_lands_on_the_page_it_names(oidc_org, idp, server):
+    setup = oidc_org()
+    idp.user = person(ADMINS)
+    browser = setup.browser(server)
+    wrong = browser.get("/sso/oidc/initiate", params={"iss": "https://idp.example"})
+    assert_refused(setup, wrong, "sso_wrong_issuer", 400)
+    elsewhere = browser.get(
+        "/sso/oidc/initiate", params={"iss": idp.issuer, "target_link_uri": "https://x.example/"}
+    )
+    assert elsewhere.status_code == 302
+    assert elsewhere.headers["location"] == "/sso/login?purpose=portal"
+
+    target = f"http://{setup.host}/portal/users/?q=a"
+    started = browser.get(
+        "/sso/oidc/initiate", params={"iss": idp.issuer, "target_link_uri": target}
+    )
+    assert started.status_code == 302
+    to_login = started.headers["location"]
+    assert to_login == "/sso/login?purpose=portal&next=%2Fportal%2Fusers%2F%3Fq%3Da"
+    at = browser.get(to_login)
+    assert at.status_code == 302 and at.headers["location"].startswith(idp.issuer)
+    done = browser.get(at_idp(at.headers["location"]))
+    assert done.status_code == 302 and done.headers["location"] == "/portal/users/?q=a"
+    assert is_signed_in(browser)
+
+
 def test_the_org_can_trust_the_idps_mfa_or_still_require_its_own_totp(oidc_org, idp, server):
     setup = oidc_org(trust_idp_mfa=True, mfa_policy="required_for_admins")
     idp.user = person(ADMINS)
