@@ -213,6 +213,10 @@ SSO_CLIENT_REDIRECT_SCHEMES = env_list("SSO_CLIENT_REDIRECT_SCHEMES", "siphera")
 SAML_CLOCK_SKEW_SECONDS = env_int("SAML_CLOCK_SKEW_SECONDS", 120)
 # Largest SCIM request body (413 beyond): a group PUT of 10,000 members is ~0.7 MB.
 SCIM_MAX_BODY_BYTES = env_int("SCIM_MAX_BODY_BYTES", 2 * 1024 * 1024)
+# Networks the server may fetch from at an org admin's request (IdP metadata, OIDC
+# discovery): by default only public addresses (siphera.outbound); list an internal IdP's
+# network here, e.g. "10.20.0.0/16".
+OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS", "")
 # Failed logins per window (orgs.services.auth.login_attempt; docs/rate-limits.md): per
 # client IP, per (username, client IP), and per username from anywhere, past which only
 # addresses that have not failed for that username get a verdict (a backoff, not a lockout).

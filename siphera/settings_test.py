@@ -47,4 +47,8 @@ os.environ.setdefault("OIDC_ALLOW_HTTP", "true")
 # Likewise the SAML identity provider of the SAML tests (orgs/tests/saml_idp.py).
 os.environ.setdefault("SAML_ALLOW_HTTP", "true")
 
+# The tests' IdPs (pysaml2, authlib) listen on loopback, which the server otherwise refuses
+# to fetch from (siphera.outbound).
+os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+
 from siphera.settings import *  # noqa: E402, F403

@@ -49,7 +49,7 @@ from orgs.services import audit
 from orgs.sso import flow
 from orgs.sso.models import IdentityProvider, SsoRequest
 from orgs.sso.provisioning import Assertion
-from siphera import crypto, ratelimit
+from siphera import crypto, outbound, ratelimit
 from siphera.api_errors import ApiError
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -115,61 +115,46 @@ class IdpError(Exception):
 def _check_url(value: Any, what: str) -> str:
     """An absolute https URL (http too where OIDC_ALLOW_HTTP, for development), or raise
     IdpError."""
-    if not isinstance(value, str) or not value or len(value) > 2000:
-        raise IdpError(f"{what} is missing or too long.")
-    parts = urlsplit(value)
-    allowed = ("https", "http") if settings.OIDC_ALLOW_HTTP else ("https",)
-    if parts.scheme not in allowed or not parts.hostname or parts.fragment:
-        raise IdpError(f"{what} ({value}) must be an https:// URL without a #fragment.")
-    if parts.username or parts.password:
-        raise IdpError(f"{what} must not carry a user name or password.")
-    return value
-
-
-def _client() -> httpx.Client:
-    timeout = settings.OIDC_HTTP_TIMEOUT_SECONDS
-    # No redirects: an endpoint is where discovery says, not wherever it points us next.
-    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
-
-
-def _read_json(response: httpx.Response, what: str) -> Any:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-        raise IdpError(f"The {what} is larger than {MAX_RESPONSE_BYTES // 1024} KiB.")
-    # httpx's timeout is per read: a peer dripping a byte at a time would never trip it.
-    deadline = time.monotonic() + 2 * settings.OIDC_HTTP_TIMEOUT_SECONDS
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise IdpError(f"The {what} is larger than {MAX_RESPONSE_BYTES // 1024} KiB.")
-        if time.monotonic() > deadline:
-            raise IdpError(f"The {what} did not answer in time.")
     try:
-        return json.loads(body)
+        return outbound.check_url(value, what, allow_http=settings.OIDC_ALLOW_HTTP)
+    except outbound.OutboundError as exc:
+        raise IdpError(str(exc)) from None
+
+
+def _json(answer: outbound.Answer, what: str) -> Any:
+    try:
+        return json.loads(answer.body)
     except (ValueError, RecursionError):
-        raise IdpError(f"The {what} is not JSON (HTTP {response.status_code}).") from None
+        raise IdpError(f"The {what} is not JSON (HTTP {answer.status}).") from None
 
 
 def _request_json(
     method: str, url: str, what: str, *, ok_statuses=(200,), **kwargs
 ) -> tuple[int, Any]:
-    """(status, JSON body) of one request to the IdP; IdpError when it cannot be had."""
+    """(status, JSON body) of one request to the IdP (siphera.outbound: public addresses
+    only unless allowed, no redirects, bounded time and size); IdpError when it cannot be
+    had."""
     try:
-        with _client() as client, client.stream(method, url, **kwargs) as response:
-            if response.status_code not in ok_statuses:
-                if 400 <= response.status_code < 500 and method == "POST":
-                    # The token endpoint explains a refusal in a JSON body (RFC 6749 5.2).
-                    try:
-                        return response.status_code, _read_json(response, what)
-                    except IdpError:
-                        pass
-                raise IdpError(f"The {what} answered HTTP {response.status_code}.")
-            return response.status_code, _read_json(response, what)
-    except httpx.TimeoutException:
-        raise IdpError(f"The {what} did not answer in time.") from None
-    except httpx.HTTPError as exc:
-        raise IdpError(f"The {what} could not be reached ({type(exc).__name__}).") from None
+        answer = outbound.request(
+            method,
+            url,
+            what=f"The {what}",
+            timeout=settings.OIDC_HTTP_TIMEOUT_SECONDS,
+            max_bytes=MAX_RESPONSE_BYTES,
+            allow_http=settings.OIDC_ALLOW_HTTP,
+            **kwargs,
+        )
+    except outbound.OutboundError as exc:
+        raise IdpError(str(exc)) from None
+    if answer.status not in ok_statuses:
+        if 400 <= answer.status < 500 and method == "POST":
+            # The token endpoint explains a refusal in a JSON body (RFC 6749 5.2).
+            try:
+                return answer.status, _json(answer, what)
+            except IdpError:
+                pass
+        raise IdpError(f"The {what} answered HTTP {answer.status}.")
+    return answer.status, _json(answer, what)
 
 
 def _get_json_object(url: str, what: str, **kwargs) -> dict:

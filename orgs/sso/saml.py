@@ -29,9 +29,7 @@ import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -54,7 +52,7 @@ from orgs.services import audit
 from orgs.sso import flow
 from orgs.sso.models import IdentityProvider, SsoRequest
 from orgs.sso.provisioning import Assertion
-from siphera import crypto
+from siphera import crypto, outbound
 from siphera.api_errors import ApiError
 
 log = logging.getLogger("siphera.sso.saml")
@@ -230,46 +228,32 @@ def _check_own_key_pair(cert_raw: Any, key_pem: str) -> str:
 
 
 def _check_url(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 2000:
-        raise MetadataError(f"{what} is missing or longer than 2000 characters.")
-    value = value.strip()
-    parts = urlsplit(value)
-    allowed = ("https", "http") if settings.SAML_ALLOW_HTTP else ("https",)
-    if parts.scheme not in allowed or not parts.hostname or parts.fragment:
-        raise MetadataError(f"{what} ({value}) must be an https:// URL without a #fragment.")
-    if parts.username or parts.password:
-        raise MetadataError(f"{what} must not carry a user name or password.")
-    return value
+    try:
+        return outbound.check_url(value, what, allow_http=settings.SAML_ALLOW_HTTP)
+    except outbound.OutboundError as exc:
+        raise MetadataError(str(exc)) from None
 
 
 def fetch_metadata(url: str) -> str:
-    """The IdP's metadata XML from `url` (timeout SAML_HTTP_TIMEOUT_SECONDS, at most
-    1 MiB, no redirects followed), or MetadataError."""
-    url = _check_url(url, "metadata_url")
-    too_big = MetadataError(f"The metadata is larger than {MAX_METADATA_BYTES // 1024} KiB.")
+    """The IdP's metadata XML from `url` (siphera.outbound: public addresses only unless
+    the operator allows the network, timeout SAML_HTTP_TIMEOUT_SECONDS, at most 1 MiB, no
+    redirects followed), or MetadataError."""
     try:
-        with (
-            httpx.Client(
-                timeout=settings.SAML_HTTP_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False
-            ) as client,
-            client.stream("GET", url, headers={"Accept": "application/samlmetadata+xml"}) as r,
-        ):
-            if r.status_code != 200:
-                raise MetadataError(f"The metadata URL answered HTTP {r.status_code}.")
-            declared = r.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_METADATA_BYTES:
-                raise too_big
-            body = bytearray()
-            for chunk in r.iter_bytes():
-                body += chunk
-                if len(body) > MAX_METADATA_BYTES:
-                    raise too_big
-    except httpx.TimeoutException:
-        raise MetadataError("The metadata URL did not answer in time.") from None
-    except httpx.HTTPError as exc:
-        raise MetadataError(f"The metadata URL could not be read ({type(exc).__name__}).") from None
+        answer = outbound.request(
+            "GET",
+            url,
+            what="The metadata URL",
+            timeout=settings.SAML_HTTP_TIMEOUT_SECONDS,
+            max_bytes=MAX_METADATA_BYTES,
+            allow_http=settings.SAML_ALLOW_HTTP,
+            headers={"Accept": "application/samlmetadata+xml"},
+        )
+    except outbound.OutboundError as exc:
+        raise MetadataError(str(exc)) from None
+    if answer.status != 200:
+        raise MetadataError(f"The metadata URL answered HTTP {answer.status}.")
     try:
-        return bytes(body).decode("utf-8")
+        return answer.body.decode("utf-8")
     except UnicodeDecodeError:
         raise MetadataError("The metadata is not UTF-8 XML.") from None
 

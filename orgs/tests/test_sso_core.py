@@ -258,3 +258,48 @@ def test_sso_start_refuses_clearly(fresh_org, new_session, api_for):
         response = api.get(f"/sso/login?{query}")
         assert response.status_code == 400, (query, response.status_code)
     assert host_of(fresh_org)
+
+
+# --- what the server fetches at an admin's word ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",  # the cloud metadata service
+        "http://10.1.2.3/",
+        "http://192.168.0.1/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://0.0.0.0/",
+    ],
+)
+def test_idp_urls_pointing_inside_the_network_are_refused(fresh_org, new_session, url):
+    owner = new_session(fresh_org, role="owner")
+    for body in (
+        {"kind": "oidc", "config": {"issuer": url, "client_id": "x"}, "secret": "s"},
+        {"kind": "saml", "config": {"metadata_url": url}},
+    ):
+        response = owner.api.put("/api/v1/org/sso", json=body)
+        assert response.status_code == 400 and code_of(response) == "invalid_sso_config"
+        assert "internal address" in response.json()["error"]["message"], response.text
+    assert owner.api.get("/api/v1/org/sso").status_code == 404
+
+
+def test_by_default_the_server_does_not_fetch_from_loopback(fresh_org, new_session, tmp_path):
+    """The tests' own IdPs listen on 127.0.0.1, allowed by the test settings only; a server
+    with the default (no allowed networks) refuses them, IdP or not."""
+    from tests.fixtures import Api, server_with_env
+
+    owner = new_session(fresh_org, role="owner")
+    with server_with_env(tmp_path / "server.log", OUTBOUND_ALLOWED_NETWORKS="") as strict:
+        api = Api(strict, host_of(fresh_org)).as_device(owner.token)
+        response = api.put(
+            "/api/v1/org/sso",
+            json={
+                "kind": "oidc",
+                "config": {"issuer": "http://127.0.0.1:9/", "client_id": "x"},
+                "secret": "s",
+            },
+        )
+    assert response.status_code == 400, response.text
+    assert "internal address (127.0.0.1)" in response.json()["error"]["message"]
