@@ -35,6 +35,7 @@ from orgs.sso.provisioning import role_for_groups
 from siphera.api_errors import ApiError
 
 CORE_KEYS = ("userName", "externalId", "active")
+KEPT_AFTER_DELETE = ("displayName", "name")
 
 
 def etag(version: int) -> str:
@@ -227,10 +228,16 @@ def _clean_user(doc: dict) -> tuple[str, str | None, bool, dict]:
 
 
 def _check_unique(username: str, external_id: str, pk=None) -> None:
+    """409 uniqueness when another user has the username or the external id (one query)."""
     others = User.objects.exclude(pk=pk) if pk else User.objects.all()
-    if others.filter(username=username).exists():
+    taken = list(
+        others.filter(Q(username=username) | Q(external_id=external_id)).values_list(
+            "username", flat=True
+        )[:2]
+    )
+    if username in taken:
         raise uniqueness(f"userName {username!r} is already taken.")
-    if others.filter(external_id=external_id).exists():
+    if taken:
         raise uniqueness(f"externalId {external_id!r} belongs to another user.")
 
 
@@ -373,7 +380,8 @@ def check_patch_user(user: User, body: dict, *, actor: audit.Actor, if_match=Non
 def check_delete_user(user: User, *, actor: audit.Actor, if_match: str | None = None) -> None:
     """SCIM DELETE: deactivate (409 for the org's last owner), leave every SCIM group,
     free the username (renamed `deleted.<id>`) and external id, and hide the user from
-    SCIM. Audited `scim.user_deleted` (with the old username) and `member.deactivated`."""
+    SCIM, erasing the profile but the name. Audited `scim.user_deleted` (with the old
+    username) and `member.deactivated`."""
     with transaction.atomic():
         locked = User.objects.select_for_update().get(pk=user.pk)
         row = ScimUser.objects.select_for_update().filter(user=locked).first()
@@ -388,10 +396,13 @@ def check_delete_user(user: User, *, actor: audit.Actor, if_match: str | None = 
             group.updated_at = timezone.now()
             group.save(update_fields=["version", "updated_at"])
         User.objects.filter(pk=locked.pk).update(
-            username=f"deleted.{locked.pk.hex}", external_id=None
+            username=f"deleted.{locked.pk.hex}", external_id=None, email=""
         )
         if row is None:
             row = ScimUser(user=locked, data=_data(locked, None))
+        # The name stays for the org's records (who wrote what); the rest of the profile
+        # the IdP sent (e-mails, phones, addresses, enterprise data) has no use any more.
+        row.data = {k: v for k, v in row.data.items() if k in KEPT_AFTER_DELETE}
         row.deleted_at = row.updated_at = timezone.now()
         row.version += 1
         row.save()

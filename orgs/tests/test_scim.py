@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from orgs.accounts.models import AuditEntry, Device, LoginGrant, User
-from orgs.scim.models import ScimGroup
+from orgs.scim.models import ScimGroup, ScimUser
 from orgs.services import audit
 from orgs.sso.models import IdentityProvider
 from orgs.sso.provisioning import Assertion, check_set_group_roles, check_sso_user
@@ -552,6 +552,9 @@ def test_delete_revokes_devices_and_grants_and_hides_the_user(scim, org, new_ses
     assert listed["totalResults"] == 0
     gone = db_user(org, created["id"])
     assert not gone.is_active and gone.external_id is None and gone.username.startswith("deleted.")
+    assert gone.email == "" and gone.display_name == "Ada Lovelace"
+    kept = in_tenant(org, lambda: ScimUser.objects.get(user_id=created["id"]).data)
+    assert kept == {"name": {"givenName": "Ada", "familyName": "Lovelace"}}
     [entry] = events(org, "scim.user_deleted", target_id=created["id"])
     assert entry.data["username"] == "leaver@example.com" and entry.actor_label == "scim:okta"
     # The name and the external id are free again: a new hire may get them.
