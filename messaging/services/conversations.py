@@ -9,6 +9,7 @@ from messaging.error_codes import MessagingError
 from messaging.models import Conversation, Member
 from orgs.accounts.models import User
 from orgs.roles import Perm, has_perm
+from orgs.services.directory import sees_all
 from siphera.api_errors import ApiError, not_found
 
 MAX_GROUP_MEMBERS = 1000
@@ -38,6 +39,17 @@ def _active_users(user_ids) -> dict[str, User]:
         ) from None
 
 
+def _require_visible(user: User, user_ids) -> None:
+    # Putting someone in a conversation makes them a contact (directory and key claims
+    # follow), so a guest may only bring in people it can already see.
+    if not sees_all(user, user_ids):
+        raise ApiError(
+            403,
+            MessagingError.NOT_ALLOWED,
+            "You can only add people you share a conversation with.",
+        )
+
+
 def direct_key(a: User, b: User) -> str:
     low, high = sorted([str(a.pk), str(b.pk)])
     return f"{low}:{high}"
@@ -47,8 +59,11 @@ def check_create_conversation(
     *, creator: User, kind: str, member_ids: list[str], title: bytes | None
 ) -> tuple[Conversation, bool]:
     """Create a conversation (or find the existing direct one). Returns (conversation,
-    created). Unknown or inactive member ids -> 400 `invalid_members`."""
+    created). A member the creator may not look up in the directory -> 403 `not_allowed`
+    (checked first, so a guest learns nothing of ids it cannot see); unknown or inactive
+    member ids -> 400 `invalid_members`."""
     wanted = {str(m) for m in member_ids} - {str(creator.pk)}
+    _require_visible(creator, wanted)
     users = _active_users(wanted)
     unknown = sorted(wanted - set(users))
     if unknown:
@@ -117,6 +132,7 @@ def check_add_members(
     from messaging.services.delivery import do_append_event
 
     _require_group_admin(conversation, acting_user)
+    _require_visible(acting_user, member_ids)
     users = _active_users({str(m) for m in member_ids})
     unknown = sorted({str(m) for m in member_ids} - set(users))
     if unknown:

@@ -108,3 +108,41 @@ def test_another_orgs_user_cannot_see_or_post_to_a_conversation(org_a, org_b, ne
     # and org A's token is useless at org B's host
     assert outsider.api.as_device(alice.token).get("/api/v1/conversations").status_code == 401
     assert in_tenant(org_a, Conversation.objects.get, pk=cid).last_seq == 0
+
+
+def test_a_guest_opens_a_direct_conversation_only_with_people_it_is_in_touch_with(
+    org_a, new_session
+):
+    owner, stranger = new_session(org_a), new_session(org_a)
+    guest = new_session(org_a, role="guest")
+    start_conversation(owner, guest, kind="group")
+
+    # In touch (a shared group): allowed.
+    assert start_conversation(guest, owner)["kind"] == "direct"
+    # Anyone else, an unknown id or garbage: one 403, so nothing says which ids exist.
+    unknown = "00000000-0000-0000-0000-000000000000"
+    for member in (str(stranger.user.pk), unknown, "not-an-id"):
+        refused = guest.api.post(
+            "/api/v1/conversations", json={"kind": "direct", "members": [member]}
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "not_allowed"
+        assert "unknown" not in refused.json()
+    # ...and so no key claim or directory look-up of the stranger either.
+    assert guest.api.get(f"/api/v1/keys/{stranger.user.pk}").status_code == 404
+    assert guest.api.get(f"/api/v1/users/{stranger.user.pk}").status_code == 404
+    # Members see the whole directory: an unknown id is still a 400 naming it.
+    missing = owner.api.post("/api/v1/conversations", json={"kind": "direct", "members": [unknown]})
+    assert missing.status_code == 400 and missing.json()["unknown"] == [unknown]
+
+
+def test_a_guest_group_admin_adds_only_people_it_is_in_touch_with(org_a, new_session):
+    owner, stranger = new_session(org_a), new_session(org_a)
+    guest = new_session(org_a, role="guest")
+    group = start_conversation(owner, guest, kind="group")
+    owner.api.delete(f"/api/v1/conversations/{group['id']}/members/{owner.user.pk}")
+    # The guest is now the group's admin (the longest-standing member took over).
+    refused = guest.api.post(
+        f"/api/v1/conversations/{group['id']}/members", json={"user_ids": [str(stranger.user.pk)]}
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_allowed"

@@ -6,6 +6,7 @@ queries orgs' tables directly.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Q, QuerySet
 
 from orgs import hooks
@@ -45,20 +46,37 @@ def all_user_devices(user: User) -> QuerySet[Device]:
     return Device.objects.filter(user=user).order_by("device_id")
 
 
-def access_directory_user(viewer: User, user_id) -> User:
-    """The user with this id as `viewer` may look them up, or a 404 (the same answer as
-    for an unknown id, so nothing confirms that a hidden user exists).
+def can_see(viewer: User, user: User, codes=None) -> bool:
+    """Whether `viewer` may look `user` up: `directory.view` sees everyone in the org;
+    `directory.contacts` alone (guests) sees only themselves and the people they are in
+    touch with (orgs.hooks.are_contacts: messaging says, they share a conversation)."""
+    codes = codes_for(viewer) if codes is None else codes
+    if Perm.DIRECTORY_VIEW in codes or user.pk == viewer.pk:
+        return True
+    return Perm.DIRECTORY_CONTACTS in codes and hooks.are_contacts.any(viewer, user)
 
-    `directory.view` sees everyone in the org; `directory.contacts` alone (guests) sees
-    only themselves and the people they are in touch with (orgs.hooks.are_contacts:
-    messaging says, they share a conversation).
-    """
+
+def access_directory_user(viewer: User, user_id) -> User:
+    """The user with this id as `viewer` may look them up (`can_see`), or a 404 (the same
+    answer as for an unknown id, so nothing confirms that a hidden user exists)."""
     from orgs.services.users import access_user
 
     user = access_user(user_id)
-    codes = codes_for(viewer)
-    if Perm.DIRECTORY_VIEW in codes or user.pk == viewer.pk:
-        return user
-    if Perm.DIRECTORY_CONTACTS in codes and hooks.are_contacts.any(viewer, user):
+    if can_see(viewer, user):
         return user
     raise not_found("No such user.")
+
+
+def sees_all(viewer: User, user_ids) -> bool:
+    """Whether `viewer` may look up every one of `user_ids`. Without `directory.view`, an
+    unknown or malformed id counts as one they may not see, so a caller refusing on False
+    gives the same answer for a hidden user as for one that does not exist."""
+    codes = codes_for(viewer)
+    if Perm.DIRECTORY_VIEW in codes:
+        return True
+    wanted = {str(i) for i in user_ids}
+    try:
+        users = list(User.objects.filter(pk__in=list(wanted)))
+    except (ValidationError, ValueError):
+        return False
+    return len(users) == len(wanted) and all(can_see(viewer, u, codes) for u in users)
