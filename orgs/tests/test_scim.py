@@ -884,3 +884,27 @@ def test_a_put_without_active_leaves_a_deactivated_user_deactivated(scim, org):
     replaced = scim.put(f"/Users/{created['id']}", json=body)
     assert replaced.status_code == 200 and replaced.json()["active"] is False
     assert not db_user(org, created["id"]).is_active
+
+
+def test_concurrent_creates_of_one_person_make_one_user(scim, org):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"schemas": [USER], "userName": "racer@example.com", "externalId": "ext-racer"}
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sorted(pool.map(lambda _: scim.post("/Users", json=body).status_code, range(6)))
+    assert statuses == [201] + [409] * 5
+    assert in_tenant(org, User.objects.filter(username="racer@example.com").count) == 1
+    assert len(events(org, "scim.user_provisioned", data__username="racer@example.com")) == 1
+
+
+def test_and_binds_tighter_than_or_in_filters(scim):
+    a = new_user(scim, userName="prec-a@example.com", title="x")
+    b = new_user(scim, userName="prec-b@example.com", title="y")
+    text = 'userName eq "prec-a@example.com" or userName eq "prec-b@example.com" and title eq "x"'
+    found = scim.get("/Users", params={"filter": text}).json()
+    assert [r["id"] for r in found["Resources"]] == [a["id"]]  # b fails its `and`
+    grouped = (
+        '(userName eq "prec-a@example.com" or userName eq "prec-b@example.com") and title eq "y"'
+    )
+    found = scim.get("/Users", params={"filter": grouped}).json()
+    assert [r["id"] for r in found["Resources"]] == [b["id"]]
