@@ -492,8 +492,16 @@ def check_regenerate_recovery_codes(user: User, otp: str, *, actor: audit.Actor)
 def check_reset_mfa(user: User, *, actor: audit.Actor) -> None:
     """An admin resets another user's MFA. Refused (403 `forbidden`) when the user holds
     a permission the acting admin lacks: resetting a more powerful account's second factor
-    would be a step towards taking it over."""
+    would be a step towards taking it over. Refused too for the admin's own account: that
+    goes through `check_disable`, which asks for a current code, so a stolen session
+    cannot drop its user's second factor."""
     acting = actor.user
+    if acting is not None and acting.pk == user.pk:
+        raise ApiError(
+            403,
+            "forbidden",
+            "Reset your own MFA in your account settings (it asks for a current code).",
+        )
     if acting is not None and any(
         has_perm(user, perm) and not has_perm(acting, perm) for perm in Perm
     ):

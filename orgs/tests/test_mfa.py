@@ -476,3 +476,14 @@ def test_a_rotation_batch_commits_with_its_audit_entry_or_not_at_all(settings, f
     assert stale() == [False, False, True]
     [entry] = events(fresh_org, "mfa.secrets_rotated")
     assert entry.data == {"rotated": 2} and entry.actor_label == "key-rotation"
+
+
+def test_a_holder_of_mfa_reset_cannot_reset_their_own_mfa_without_a_code(org_a, new_session):
+    # Resetting your own second factor goes through DELETE /mfa/totp, which asks for a
+    # current code: a stolen session of an admin must not drop the admin's MFA.
+    admin = new_session(org_a, role="admin")
+    enable_totp(admin)
+    refused = admin.api.delete(f"/api/v1/users/{admin.user.pk}/mfa")
+    assert refused.status_code == 403 and code_of(refused) == "forbidden"
+    assert in_tenant(org_a, mfa.mfa_status, admin.user).enabled
+    assert not events(org_a, "mfa.reset", target_id=str(admin.user.pk))
