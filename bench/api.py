@@ -346,6 +346,7 @@ def main():
     os.environ.setdefault("LOGIN_RATE_PER_IP", "100000000")
     os.environ.setdefault("LOGIN_RATE_PER_USERNAME", "100000000")
     os.environ.setdefault("KEYS_CLAIM_RATE", "100000000")
+    os.environ.setdefault("KEYS_TARGET_CLAIM_RATE", "100000000")
     url = relay.setup_django(args.database)
     os.environ["RATE_LIMITS"] = LIFTED_LIMITS
     relay.ensure_database(url, fresh=not args.keep_db)

@@ -280,6 +280,9 @@ KEYS_MAX_PER_DEVICE = env_int("KEYS_MAX_PER_DEVICE", 500)
 KEYS_RATE_WINDOW_SECONDS = env_int("KEYS_RATE_WINDOW_SECONDS", 60)
 KEYS_UPLOAD_RATE = env_int("KEYS_UPLOAD_RATE", 30)
 KEYS_CLAIM_RATE = env_int("KEYS_CLAIM_RATE", 1000)
+# One-time (and PQ) prekeys a target device hands out per window, whoever claims: past it
+# claims get the signed prekey alone (the last resort), so nobody drains a device's keys.
+KEYS_TARGET_CLAIM_RATE = env_int("KEYS_TARGET_CLAIM_RATE", 100)
 # A claim leaving a device with fewer one-time prekeys than this pushes `keys.low` to it,
 # at most once per interval per device (the interval restarts when the device uploads).
 KEYS_LOW_THRESHOLD = env_int("KEYS_LOW_THRESHOLD", 10)

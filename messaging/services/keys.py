@@ -310,7 +310,8 @@ def check_claim_bundles(
     `device_id`), for the device `requester`.
 
     Raises 429 `rate_limited` (per requesting device, KEYS_CLAIM_RATE per
-    KEYS_RATE_WINDOW_SECONDS) and 404 `not_found` for an unknown, other-org or malformed
+    KEYS_RATE_WINDOW_SECONDS; the per-target budget never refuses, see do_claim_bundles)
+    and 404 `not_found` for an unknown, other-org or malformed
     user id, or an unknown/revoked `device_id`. The requesting device never receives its
     own bundle; a deactivated user has no devices to claim.
     """
@@ -332,17 +333,38 @@ def check_claim_bundles(
     return user, do_claim_bundles(targets)
 
 
+def _within_target_budget(device: Device) -> bool:
+    # One member's many devices (or scripts) must not drain everyone's one-time prekeys:
+    # each target device hands out at most KEYS_TARGET_CLAIM_RATE of them per window,
+    # whoever claims. Past it a claim still opens a session with the signed (last-resort)
+    # prekey, as when the device has run out.
+    return (
+        ratelimit.hit(
+            "keys-claimed",
+            _rate_ident(device),
+            limit=settings.KEYS_TARGET_CLAIM_RATE,
+            window=settings.KEYS_RATE_WINDOW_SECONDS,
+        )
+        is None
+    )
+
+
 def do_claim_bundles(devices: list[Device]) -> list[DeviceBundle]:
     """One bundle per device, consuming at most one one-time and one PQ prekey of each,
-    oldest upload first, in one transaction. No key is ever returned twice. A device left
-    with fewer than KEYS_LOW_THRESHOLD one-time prekeys is told (`keys.low`) after commit.
+    oldest upload first, in one transaction. No key is ever returned twice. A device
+    whose KEYS_TARGET_CLAIM_RATE is spent for the window gives its signed prekey only
+    (its keys are not touched). A device left with fewer than KEYS_LOW_THRESHOLD one-time
+    prekeys by a claim is told (`keys.low`) after commit.
     """
+    # Counted before the transaction: Redis is not asked while row locks are held.
+    budget = {device.pk: _within_target_budget(device) for device in devices}
     bundles = []
     with transaction.atomic():
         signed = {s.device_id: s for s in SignedPrekey.objects.filter(device__in=devices)}
         for device in devices:
-            one_time = _claim_one_time(device)
-            pq = _claim_pq(device)
+            take = budget[device.pk]
+            one_time = _claim_one_time(device) if take else None
+            pq = _claim_pq(device) if take else None
             spk = signed.get(device.pk)
             bundles.append(
                 DeviceBundle(
@@ -356,6 +378,8 @@ def do_claim_bundles(devices: list[Device]) -> list[DeviceBundle]:
                     pq_prekey=pq,
                 )
             )
+            if not take:
+                continue  # nothing taken: the device's count has not moved
             counts = key_counts(device)
             if counts.one_time < settings.KEYS_LOW_THRESHOLD:
                 notify_keys_low(device, counts)

@@ -460,7 +460,9 @@ def test_a_token_of_org_a_does_nothing_on_org_b(org_a, org_b, new_session, serve
 @pytest.fixture(scope="module")
 def limited_server(_database, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("limited") / "server.log"
-    with server_with_env(log_path, KEYS_CLAIM_RATE="3", KEYS_UPLOAD_RATE="2") as live:
+    with server_with_env(
+        log_path, KEYS_CLAIM_RATE="3", KEYS_UPLOAD_RATE="2", KEYS_TARGET_CLAIM_RATE="4"
+    ) as live:
         yield live
 
 
@@ -476,6 +478,32 @@ def test_claims_are_rate_limited_per_requesting_device(org_a, new_session, limit
     # another device still has its own budget
     other_api = Api(limited_server, host_of(org_a), other.token)
     assert other_api.get(f"/api/v1/keys/{target.user.pk}").status_code == 200
+
+
+def test_one_time_prekeys_handed_out_per_target_device_are_limited_whoever_claims(
+    org_a, new_session, limited_server
+):
+    # One member must not drain everyone's one-time prekeys through many claiming devices:
+    # past the target device's budget a claim still opens a session, with the signed
+    # (last-resort) prekey alone.
+    target = new_session(org_a)
+    first, second = new_session(org_a), new_session(org_a)
+    upload(target, pq_prekeys=pq(target, range(10)))
+    for claimer, times in ((first, 3), (second, 1)):
+        api = Api(limited_server, host_of(org_a), claimer.token)
+        for _ in range(times):
+            full = bundle_of(api.get(f"/api/v1/keys/{target.user.pk}"), target.device_id)
+            assert full["one_time_prekey"] is not None and full["pq_prekey"] is not None
+    api = Api(limited_server, host_of(org_a), second.token)
+    spent = bundle_of(api.get(f"/api/v1/keys/{target.user.pk}"), target.device_id)
+    assert spent["one_time_prekey"] is None and spent["pq_prekey"] is None
+    assert spent["signed_prekey"] == full["signed_prekey"]
+    assert spent["identity_key"] == full["identity_key"]
+    assert counts(target) == {"one_time": REGISTERED_ONE_TIME - 4, "pq": 10 - 4}
+    # The budget is the target device's: another device is claimed as usual.
+    other = new_session(org_a)
+    fresh = bundle_of(api.get(f"/api/v1/keys/{other.user.pk}"), other.device_id)
+    assert fresh["one_time_prekey"] is not None
 
 
 def test_uploads_are_rate_limited_per_device(org_a, new_session, limited_server):
