@@ -151,9 +151,10 @@ def _q(node) -> Q | None:
     name = node[1][0].lower()
     derived = Q(scim__external_id_from_username=True)
     if kind == "pr":
+        # Not Q(): an empty Q vanishes when combined (Q() | x is x), `pr` must match all.
         return {
-            "username": Q(),
-            "id": Q(),
+            "username": Q(pk__isnull=False),
+            "id": Q(pk__isnull=False),
             "externalid": Q(external_id__isnull=False) & ~derived,
         }.get(name)
     _, _, op, value = node
@@ -174,6 +175,24 @@ def _q(node) -> Q | None:
     return None
 
 
+def _narrowing(node) -> Q | None:
+    """A condition in SQL that every match of `node` meets (it may let more through):
+    the SQL parts of an `and`, so `userName sw "a" and title eq "x"` reads few rows.
+    None: nothing to narrow by."""
+    q = _q(node)
+    if q is not None:
+        return q
+    if node[0] == "and":
+        left, right = _narrowing(node[1]), _narrowing(node[2])
+        if left is None or right is None:
+            return left if right is None else right
+        return left & right
+    if node[0] == "or":
+        left, right = _narrowing(node[1]), _narrowing(node[2])
+        return None if left is None or right is None else left | right
+    return None
+
+
 def search(node, start: int, count: int, base: str) -> tuple[int, list[dict]]:
     """(totalResults, the page of rendered users) for a parsed filter (or None)."""
     users = visible_users()
@@ -183,6 +202,9 @@ def search(node, start: int, count: int, base: str) -> tuple[int, list[dict]]:
         total = users.count()
         page = list(users[start - 1 : start - 1 + count]) if count else []
         return total, [render(u, base) for u in page]
+    narrowed = _narrowing(node)
+    if narrowed is not None:
+        users = users.filter(narrowed).distinct()
     hits = [doc for u in users.iterator(chunk_size=500) if matches(node, doc := render(u, base))]
     return len(hits), hits[start - 1 : start - 1 + count] if count else []
 

@@ -908,3 +908,19 @@ def test_and_binds_tighter_than_or_in_filters(scim):
     )
     found = scim.get("/Users", params={"filter": grouped}).json()
     assert [r["id"] for r in found["Resources"]] == [b["id"]]
+
+
+def test_filters_mixing_sql_and_other_attributes(scim):
+    a = new_user(scim, userName="mix-a@example.com", title="Pilot")
+    b = new_user(scim, userName="mix-b@example.com", title="Pilot")
+    new_user(scim, userName="other-c@example.com", title="Pilot")
+    narrowed = scim.get("/Users", params={"filter": 'userName sw "mix-" and title eq "pilot"'})
+    assert {r["id"] for r in narrowed.json()["Resources"]} == {a["id"], b["id"]}
+    everyone = scim.get(
+        "/Users", params={"filter": 'userName pr or userName eq "mix-a@example.com"'}
+    )
+    assert everyone.json()["totalResults"] == 3
+    either = scim.get(
+        "/Users", params={"filter": 'userName eq "mix-a@example.com" or title eq "nobody"'}
+    ).json()
+    assert [r["id"] for r in either["Resources"]] == [a["id"]]
