@@ -535,6 +535,12 @@ def sp_metadata(request, idp: IdentityProvider | None) -> str:
         # Offer the key for encryption whether or not this org requires it (python3-saml
         # lists it only where encryption is required): an IdP may always encrypt.
         data["security"]["wantAssertionsEncrypted"] = True
+        # Valid as long as its certificate (python3-saml's default is two days, after which
+        # an IdP holding a saved copy may refuse it); cacheDuration still says re-read weekly.
+        cert = x509.load_der_x509_certificate(base64.b64decode(data["sp"]["x509cert"]))
+        data["security"]["metadataValidUntil"] = cert.not_valid_after_utc.strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
     settings_obj = OneLogin_Saml2_Settings(data, sp_validation_only=True)
     metadata = settings_obj.get_sp_metadata()
     return metadata.decode() if isinstance(metadata, bytes) else metadata

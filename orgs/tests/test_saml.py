@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -214,6 +215,8 @@ def test_each_org_has_its_own_sp_metadata_entity_id_and_key(saml_org, server, id
         assert f'Location="http://{setup.host}/sso/saml/sls"' in meta.text
         assert 'AuthnRequestsSigned="true"' in meta.text
         assert 'use="signing"' in meta.text and 'use="encryption"' in meta.text
+        valid_until = meta.text.split('validUntil="', 1)[1][:4]
+        assert int(valid_until) >= datetime.now(UTC).year + 5  # as long as the SP certificate
     shown_a = a.owner.api.get("/api/v1/org/sso").json()["config"]
     shown_b = b.owner.api.get("/api/v1/org/sso").json()["config"]
     assert shown_a["sp_cert"] != shown_b["sp_cert"]  # a key pair per org
