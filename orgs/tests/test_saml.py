@@ -921,3 +921,30 @@ def test_a_certificate_the_admin_removes_stops_verifying_at_once(saml_org, idp, 
     assert "previous_idp_certs" not in answer.json()["config"]
     idp.next_user = person()
     assert_refused(setup, sign_in(setup.browser(server), idp), "sso_bad_signature")
+
+
+def test_a_tampered_or_wrapped_response_is_refused(saml_org, idp, server):
+    """Editing a signed response (another NameID), or slipping a second, unsigned assertion
+    beside the signed one (signature wrapping), is refused and signs nobody in."""
+    import re
+
+    setup = saml_org()
+    idp.next_user = who = person()
+    browser = setup.browser(server)
+    sent = at_idp(to_idp(browser, idp))
+    xml = sent.xml()
+    evil = f"evil-{secrets.token_hex(6)}"
+
+    tampered = xml.replace(who.name_id, evil)
+    refused = post(browser, SentResponse(sent.acs, base64.b64encode(tampered.encode()).decode()))
+    assert refused.status_code == 403 and refused_code(refused) == "sso_bad_signature"
+
+    assertion = re.search(r"<ns1:Assertion .*?</ns1:Assertion>", xml, re.S).group(0)
+    forged = re.sub(r"<ns2:Signature .*?</ns2:Signature>", "", assertion, flags=re.S)
+    forged = forged.replace(who.name_id, evil).replace('ID="', 'ID="x', 1)
+    wrapped = xml.replace(assertion, forged + assertion)
+    refused = post(browser, SentResponse(sent.acs, base64.b64encode(wrapped.encode()).decode()))
+    assert refused.status_code == 403 and refused_code(refused).startswith("sso_")
+    assert user_by_subject(setup.org, evil) is None and not is_signed_in(browser)
+    # The genuine response still works (nothing was used up by the forgeries).
+    assert post(browser, sent).status_code == 302 and is_signed_in(browser)
