@@ -3,7 +3,10 @@ last use and the provisioning activity; and SCIM deactivation ending portal sess
 
 from __future__ import annotations
 
+import asyncio
 import re
+
+import pytest
 
 from orgs.tests.scim_support import Scim, patch_body
 from tests.fixtures import make_user, unique
@@ -80,3 +83,33 @@ def test_scim_deactivation_ends_the_users_portal_sessions(server, org_p, portal)
     after = admin.get("/portal/")
     assert after.status_code == 302 and "/portal/login" in after.headers["location"]
     assert owner.get("/portal/").status_code == 200  # nobody else is signed out
+
+
+@pytest.mark.browser
+async def test_an_owner_creates_the_token_in_a_real_browser_and_sees_the_activity(
+    server, org_p, chromium
+):
+    from playwright.async_api import expect
+
+    from admin_portal.tests.test_portal_admin_browser import browser_page, sign_in
+
+    owner = await asyncio.to_thread(make_user, org_p, role="owner")
+    async with browser_page(chromium, org_p, server) as page:
+        await sign_in(page, owner.username)
+        nav = page.get_by_role("navigation", name="Main")
+        await nav.get_by_role("link", name="Provisioning").click()
+        await expect(page.get_by_test_id("scim-base-url")).to_contain_text("/scim/v2/")
+        await page.get_by_label("Label").fill("entra")
+        await page.get_by_test_id("scim-rotate").click()
+        token = (await page.get_by_test_id("scim-new-token").inner_text()).strip()
+        assert token.startswith("sph_s_")
+
+        name = f"{unique('p')}@example.com"
+        scim = Scim(server, org_p, token)
+        created = await asyncio.to_thread(scim.post, "/Users", json={"userName": name})
+        assert created.status_code == 201
+
+        await page.goto(f"{page.base}/portal/scim/")
+        await expect(page.get_by_test_id("scim-new-token")).to_have_count(0)  # shown once
+        await expect(page.get_by_test_id("scim-token-status")).to_contain_text("entra")
+        await expect(page.get_by_test_id("scim-activity")).to_contain_text(name)
