@@ -485,7 +485,7 @@ OIDC_ALLOW_HTTP = env_bool("OIDC_ALLOW_HTTP", False)
 # Seconds to wait for an IdP's metadata URL; how often beat re-reads every org's metadata
 # URL (certificate rollover, changed endpoints). SAML_CLOCK_SKEW_SECONDS is above.
 SAML_HTTP_TIMEOUT_SECONDS = env_int("SAML_HTTP_TIMEOUT_SECONDS", 5)
-SAML_METADATA_REFRESH_SECONDS = env_int("SAML_METADATA_REFRESH_SECONDS", 6 * 3600)
+SAML_METADATA_REFRESH_SECONDS = env_int("SAML_METADATA_REFRESH_SECONDS", 24 * 3600)
 # Accept http:// metadata URLs and IdP endpoints (development and tests only; never in
 # production: whoever sits on the path could swap the IdP's certificate).
 SAML_ALLOW_HTTP = env_bool("SAML_ALLOW_HTTP", False)
