@@ -274,6 +274,9 @@ if not 3 <= PRESENCE_TTL_SECONDS <= 3600:
 # One-time and PQ prekeys held per device and kind (PITFALLS 16: a looping client must not
 # grow the table without bound). Uploads beyond it are refused whole.
 KEYS_MAX_PER_DEVICE = env_int("KEYS_MAX_PER_DEVICE", 500)
+# Live devices per user: a key claim answers one bundle per device and a message carries
+# one envelope per device, so neither may grow without bound (409 past it).
+DEVICES_MAX_PER_USER = env_int("DEVICES_MAX_PER_USER", 100)
 # Rate limits per device and window: uploads (PUT /api/v1/keys) and bundle claims
 # (GET /api/v1/keys/{user_id}). Claims are generous: a new device joining large groups
 # claims one bundle per member.

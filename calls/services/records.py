@@ -25,7 +25,7 @@ from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
 from siphera.api_errors import ApiError
-from siphera.params import parse_int
+from siphera.params import page_limit
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -51,13 +51,7 @@ def parse_page(params) -> tuple[datetime | None, int]:
             raise ApiError(
                 400, CallError.INVALID_CALL, "`before` is an ISO 8601 time with its offset."
             )
-    limit = parse_int(
-        params.get("limit", str(DEFAULT_PAGE)),
-        name="limit",
-        lo=1,
-        hi=MAX_PAGE,
-        code=CallError.INVALID_CALL,
-    )
+    limit = page_limit(params, default=DEFAULT_PAGE, hi=MAX_PAGE, code=CallError.INVALID_CALL)
     return parsed, limit
 
 

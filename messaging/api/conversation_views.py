@@ -11,10 +11,14 @@ from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import conversations, delivery
 from orgs.api.permissions import require
 from orgs.roles import Perm
-from siphera.params import BIGINT_MAX, parse_int
+from siphera.params import BIGINT_MAX, page_limit, parse_int
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
 MessagingPerm = require(Perm.MESSAGING_USE)
+PAGE = [
+    OpenApiParameter("limit", int, description=f"1-{conversations.MAX_PAGE} (the default)"),
+    OpenApiParameter("after", str, description="the last id of the previous page"),
+]
 
 
 def _int_param(request, name: str, default: int, *, lo: int, hi: int) -> int:
@@ -28,9 +32,21 @@ def _int_param(request, name: str, default: int, *, lo: int, hi: int) -> int:
 class ConversationsView(APIView):
     permission_classes = [MessagingPerm]
 
-    @extend_schema(responses={200: s.ConversationSerializer(many=True)}, tags=["conversations"])
+    @extend_schema(
+        parameters=PAGE,
+        responses={200: s.ConversationSerializer(many=True), 400: ERROR, 404: ERROR},
+        tags=["conversations"],
+        description="Your conversations, oldest first, a page at a time: a full page means "
+        "there may be more after its last id.",
+    )
     def get(self, request):
-        rows = conversations.conversations_of(request.user)
+        rows = conversations.conversations_of(
+            request.user,
+            limit=page_limit(
+                request.query_params, default=conversations.MAX_PAGE, hi=conversations.MAX_PAGE
+            ),
+            after=request.query_params.get("after"),
+        )
         return Response([conversations.conversation_payload(c) for c in rows])
 
     @extend_schema(

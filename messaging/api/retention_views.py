@@ -12,6 +12,7 @@ from messaging.services import conversations, retention
 from orgs.api.permissions import require
 from orgs.roles import Perm
 from orgs.services import audit
+from siphera.params import page_limit
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
 CompliancePerm = require(Perm.COMPLIANCE_MANAGE)
@@ -74,13 +75,26 @@ class HoldsView(APIView):
     permission_classes = [CompliancePerm]
 
     @extend_schema(
-        parameters=[OpenApiParameter("active", bool)],
-        responses={200: s.HoldSerializer(many=True), 403: ERROR},
+        parameters=[
+            OpenApiParameter("active", bool),
+            OpenApiParameter(
+                "limit", int, description=f"1-{retention.MAX_HOLD_PAGE} (the default)"
+            ),
+            OpenApiParameter("after", str, description="the last id of the previous page"),
+        ],
+        responses={200: s.HoldSerializer(many=True), 400: ERROR, 403: ERROR, 404: ERROR},
         tags=["retention"],
+        description="Legal holds, oldest first, a page at a time: a full page means there "
+        "may be more after its last id.",
     )
     def get(self, request):
-        active_only = request.query_params.get("active", "").lower() in {"1", "true", "yes"}
-        holds = retention.list_holds(active_only=active_only)
+        params = request.query_params
+        active_only = params.get("active", "").lower() in {"1", "true", "yes"}
+        holds = retention.list_holds(
+            active_only=active_only,
+            limit=page_limit(params, default=retention.MAX_HOLD_PAGE, hi=retention.MAX_HOLD_PAGE),
+            after=params.get("after"),
+        )
         return Response([retention.hold_payload(h) for h in holds])
 
     @extend_schema(

@@ -11,6 +11,7 @@ from orgs.accounts.models import User
 from orgs.roles import Perm, has_perm
 from orgs.services.directory import sees_all
 from siphera.api_errors import ApiError, not_found
+from siphera.params import after_row
 
 MAX_GROUP_MEMBERS = 1000
 
@@ -213,12 +214,20 @@ def _require_group_admin(conversation: Conversation, user: User) -> None:
         raise ApiError(403, MessagingError.NOT_ALLOWED, "Only group admins can do this.")
 
 
-def conversations_of(user: User):
-    return (
+MAX_PAGE = 500
+
+
+def conversations_of(user: User, *, limit: int = MAX_PAGE, after=None) -> list[Conversation]:
+    """`user`'s conversations, oldest first, at most `limit` of them; `after` (a
+    conversation id) starts after that conversation, which must be one of theirs (404)."""
+    rows = (
         Conversation.objects.filter(members__user=user)
         .prefetch_related("members")
-        .order_by("created_at")
+        .order_by("created_at", "pk")
     )
+    if after is not None:
+        rows = after_row(rows, access_conversation(user, after), "created_at")
+    return list(rows[:limit])
 
 
 def conversation_payload(conversation: Conversation) -> dict:

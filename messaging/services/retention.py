@@ -56,6 +56,7 @@ from orgs.audit_events import AuditEvent
 from orgs.roles import Perm, has_perm
 from orgs.services import audit
 from siphera.api_errors import ApiError, not_found
+from siphera.params import after_row
 
 log = logging.getLogger("siphera.retention")
 
@@ -233,9 +234,18 @@ def hold_payload(hold: LegalHold) -> dict:
     }
 
 
-def list_holds(*, active_only: bool = False):
-    rows = LegalHold.objects.order_by("placed_at")
-    return rows.filter(released_at__isnull=True) if active_only else rows
+MAX_HOLD_PAGE = 500
+
+
+def list_holds(*, active_only: bool = False, limit: int = MAX_HOLD_PAGE, after=None) -> list:
+    """Legal holds, oldest first, at most `limit`; `after` (a hold id) starts after that
+    hold (404 for an unknown one)."""
+    rows = LegalHold.objects.order_by("placed_at", "pk")
+    if active_only:
+        rows = rows.filter(released_at__isnull=True)
+    if after is not None:
+        rows = after_row(rows, access_hold(after), "placed_at")
+    return list(rows[:limit])
 
 
 def access_hold(hold_id) -> LegalHold:

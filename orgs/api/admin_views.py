@@ -17,7 +17,9 @@ from orgs.api.views import ERROR
 from orgs.roles import PERM_LABELS, Perm
 from orgs.services import audit, audit_export, audit_query, directory, policy, users
 from orgs.services import roles as role_service
-from siphera.params import parse_int
+from siphera.params import page_limit
+
+USERS_PAGE = 1000
 
 
 def invitation_url(request, token: str) -> str:
@@ -29,12 +31,22 @@ class UsersView(APIView):
     permission_classes = [require_by_method(GET=Perm.USERS_VIEW, POST=Perm.USERS_MANAGE)]
 
     @extend_schema(
-        parameters=[OpenApiParameter("q", str, description="Search username, name, email")],
-        responses={200: s.AdminUserSerializer(many=True)},
+        parameters=[
+            OpenApiParameter("q", str, description="Search username, name, email"),
+            OpenApiParameter("limit", int, description=f"1-{USERS_PAGE} (the default)"),
+            OpenApiParameter("after", str, description="the last username of the previous page"),
+        ],
+        responses={200: s.AdminUserSerializer(many=True), 400: ERROR},
         tags=["users"],
+        description="Users by username, a page at a time: a full page means there may be "
+        "more after its last username.",
     )
     def get(self, request):
-        rows = directory.users_with_device_counts(request.query_params.get("q", ""))[:1000]
+        params = request.query_params
+        limit = page_limit(params, default=USERS_PAGE, hi=USERS_PAGE)
+        rows = directory.users_with_device_counts(
+            params.get("q", ""), after=params.get("after", "")
+        )[:limit]
         return Response(s.AdminUserSerializer(rows, many=True).data)
 
     @extend_schema(
@@ -225,11 +237,10 @@ class AuditLogView(APIView):
     )
     def get(self, request):
         filters = audit_query.check_filter_from_query(request.query_params)
-        limit = request.query_params.get("limit", "50")
         page = audit_query.list_entries(
             filters,
             before=audit_query.parse_before(request.query_params.get("before")),
-            limit=parse_int(limit, name="limit", lo=1, hi=200),
+            limit=page_limit(request.query_params, default=50, hi=200),
         )
         return Response({"entries": page.entries, "next_before": page.next_before})
 

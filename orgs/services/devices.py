@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -10,7 +11,7 @@ from orgs import hooks
 from orgs.accounts.models import Device, User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, tokens
-from siphera.api_errors import not_found
+from siphera.api_errors import ApiError, not_found
 from siphera.events import notify_on_commit
 from siphera.tenancy import group_name
 
@@ -22,11 +23,20 @@ def do_create_device(
     `device.registered`). Its prekeys are the key directory's business: devices register
     through messaging.services.devices, which calls this in its transaction.
 
-    Returns the device and its bearer token (shown once; only its hash is kept)."""
+    Returns the device and its bearer token (shown once; only its hash is kept). A user
+    holding DEVICES_MAX_PER_USER live devices already is refused (409 `too_many_devices`):
+    every claim of their keys and every message to them covers all their devices."""
     with transaction.atomic():
-        # Lock the user row so concurrent registrations get distinct device ids; ids are
-        # never reused (revoked devices keep theirs).
+        # Lock the user row so concurrent registrations get distinct device ids (ids are
+        # never reused: revoked devices keep theirs) and cannot pass the cap together.
         User.objects.select_for_update().filter(pk=user.pk).first()
+        cap = settings.DEVICES_MAX_PER_USER
+        if user_devices(user).count() >= cap:
+            raise ApiError(
+                409,
+                "too_many_devices",
+                f"A user has at most {cap} devices: revoke one you no longer use first.",
+            )
         highest = Device.objects.filter(user=user).aggregate(m=Max("device_id"))["m"] or 0
         token, token_hash = tokens.new_secret(tokens.DEVICE_TOKEN_PREFIX)
         device = Device.objects.create(

@@ -25,12 +25,15 @@ def count_active_devices() -> int:
     return Device.objects.filter(revoked_at__isnull=True, user__is_active=True).count()
 
 
-def users_with_device_counts(search: str = "") -> QuerySet[User]:
+def users_with_device_counts(search: str = "", *, after: str = "") -> QuerySet[User]:
     """All users by username, each annotated with `device_count` (live devices only);
-    `search` matches username, display name or email, case-insensitively."""
+    `search` matches username, display name or email, case-insensitively; `after` keeps
+    the usernames after it (the next page)."""
     rows = User.objects.annotate(
         device_count=Count("devices", filter=Q(devices__revoked_at__isnull=True))
     ).order_by("username")
+    if after:
+        rows = rows.filter(username__gt=after)
     search = (search or "").strip()
     if search:
         rows = rows.filter(

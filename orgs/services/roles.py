@@ -127,6 +127,9 @@ def _clean_name(name: str) -> str:
     return name
 
 
+MAX_CUSTOM_ROLES = 100
+
+
 def check_create_role(
     *, slug: str, name: str, codes, description: str = "", actor: audit.Actor
 ) -> Role:
@@ -145,6 +148,11 @@ def check_create_role(
     check_can_grant(actor.user, clean)
     if slug in BUILTIN_ROLES or Role.objects.filter(slug=slug).exists():
         raise ApiError(409, "role_exists", f"A role {slug!r} already exists.")
+    # GET /roles lists every role in one answer: the list stays bounded.
+    if Role.objects.count() >= MAX_CUSTOM_ROLES:
+        raise ApiError(
+            409, "too_many_roles", f"An org has at most {MAX_CUSTOM_ROLES} custom roles."
+        )
     try:
         return do_create_role(
             slug=slug, name=name, codes=clean, description=(description or "")[:300], actor=actor
