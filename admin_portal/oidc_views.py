@@ -32,6 +32,7 @@ _MAX_PARAM = 2000
 @portal_public
 def callback(request: HttpRequest) -> HttpResponse:
     """GET /sso/oidc/callback?code=...&state=... (or ?error=...&state=...)."""
+    sso_views.check_rate(request)
     state = request.GET.get("state", "")
     if not state or len(state) > _MAX_PARAM:
         return sso_views.refuse(

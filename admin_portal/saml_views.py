@@ -64,6 +64,7 @@ def metadata(request: HttpRequest) -> HttpResponse:
 def acs(request: HttpRequest) -> HttpResponse:
     """POST /sso/saml/acs: SAMLResponse (+ RelayState, ignored: where to land comes from
     the sign-in's own row, never from the IdP's round trip)."""
+    sso_views.check_rate(request)
     idp = _saml_provider()
     if idp is None:
         return _not_configured(request)
@@ -90,6 +91,7 @@ def sls(request: HttpRequest) -> HttpResponse:
     """/sso/saml/sls: a LogoutRequest from the IdP (IdP-initiated single logout) or the
     IdP's LogoutResponse to ours; HTTP-Redirect (GET, what our metadata announces) or
     HTTP-POST (CSRF-exempt like the ACS: the IdP's signature is the check)."""
+    sso_views.check_rate(request)
     idp = _saml_provider()
     if idp is None:
         return _not_configured(request)

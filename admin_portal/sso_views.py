@@ -68,6 +68,15 @@ def refuse(request: HttpRequest, code: str, message: str, status: int = 403) -> 
     return secure_headers(response)
 
 
+def check_rate(request: HttpRequest) -> None:
+    """Every SSO step (start, the IdP's answer, single logout) spends the client IP's
+    `sso.ip` budget: an answer can mean parsing up to 1 MiB of XML and checking signatures,
+    so a flood is cut off long before the general per-IP limit (429 page)."""
+    ip = client_ip(request)
+    if ip:
+        ratelimit.enforce_named("sso.ip", ip)
+
+
 @require_GET
 @portal_public
 def start(request: HttpRequest) -> HttpResponse:
@@ -77,9 +86,7 @@ def start(request: HttpRequest) -> HttpResponse:
     allowed app scheme) and `code_challenge` (PKCE S256); `test` is for a signed-in owner
     and works while SSO sign-in is still off, so the set-up can be tried first.
     """
-    ip = client_ip(request)
-    if ip:
-        ratelimit.enforce_named("sso.ip", ip)
+    check_rate(request)
     purpose = request.GET.get("purpose", SsoRequest.PORTAL)
     if purpose not in flow.PURPOSES:
         raise ApiError(400, "invalid_purpose", "purpose is portal, client or test.")

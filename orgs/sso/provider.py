@@ -142,7 +142,14 @@ def check_configure(data: dict[str, Any], *, actor: audit.Actor) -> IdentityProv
         elif switching:
             changes["secret"] = ""
     elif secret is not None:
-        changes["secret"] = secret
+        # A new secret alone (an OIDC client secret rotated, a SAML key) is checked with
+        # the settings as they stand, so the two can never disagree.
+        module = protocol(kind)
+        config, new_secret = module.check_config(
+            module.public_config(existing), secret, existing=existing
+        )
+        changes["config"] = config
+        changes["secret"] = new_secret if new_secret is not None else secret
     return do_configure(kind, changes, actor=actor)
 
 

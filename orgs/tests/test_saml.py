@@ -948,3 +948,16 @@ def test_a_tampered_or_wrapped_response_is_refused(saml_org, idp, server):
     assert user_by_subject(setup.org, evil) is None and not is_signed_in(browser)
     # The genuine response still works (nothing was used up by the forgeries).
     assert post(browser, sent).status_code == 302 and is_signed_in(browser)
+
+
+def test_a_new_sp_key_alone_is_checked_against_the_sp_certificate(saml_org):
+    """A `secret` sent without `config` goes through the SAML checks with the stored
+    settings: a private key that is not the SP certificate's is refused, nothing saved."""
+    setup = saml_org()
+    before = setup.owner.api.get("/api/v1/org/sso").json()
+    refused = setup.owner.api.put(
+        "/api/v1/org/sso", json={"secret": "-----BEGIN PRIVATE KEY-----\nnope\n"}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_sso_config"
+    assert setup.owner.api.get("/api/v1/org/sso").json() == before
