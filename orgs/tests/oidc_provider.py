@@ -43,7 +43,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import AuthorizationCodeMixin, UserInfo
 from authlib.oidc.core.grants import OpenIDCode
 from joserfc import jwt
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import ECKey, KeySet, RSAKey
 
 # The provider speaks plain http on loopback; authlib refuses that unless told.
 os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
@@ -55,8 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def new_key() -> RSAKey:
-    return RSAKey.generate_key(2048, parameters={"kid": secrets.token_hex(6), "use": "sig"})
+def new_key(alg: str = "RS256"):
+    """A signing key for `alg` (RS256, or ES256 on P-256)."""
+    parameters = {"kid": secrets.token_hex(6), "use": "sig"}
+    if alg == "ES256":
+        return ECKey.generate_key("P-256", parameters=parameters)
+    return RSAKey.generate_key(2048, parameters=parameters)
 
 
 @dataclass
@@ -230,10 +234,10 @@ class _OpenIdCode(OpenIDCode):
         return p.foreign_key if p.sign_with_foreign_key else p.signing_key
 
     def get_client_algorithm(self, client):
-        return "RS256"
+        return self.provider.alg
 
     def get_encode_header(self, client):
-        return {"alg": "RS256", "kid": self.provider.signing_key.kid}
+        return {"alg": self.provider.alg, "kid": self.provider.signing_key.kid}
 
     def get_client_claims(self, client):
         now = int(time.time())
@@ -301,6 +305,7 @@ class OpenIdProvider:
         self.keys: list[RSAKey] = [new_key()]
         self.signing_key = self.keys[0]
         self.foreign_key = new_key()
+        self.alg = "RS256"  # what it signs ID tokens with (and advertises)
         self.sign_with_foreign_key = False
         self.forge_alg: str | None = None  # "none" or "HS256" (see `forge`)
         self.claim_overrides: dict = {}
@@ -370,7 +375,7 @@ class OpenIdProvider:
             "end_session_endpoint": f"{self.issuer}/logout",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
+            "id_token_signing_alg_values_supported": [self.alg],
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",

@@ -41,6 +41,7 @@ def idp():
 def _honest_provider(idp):
     """Every test starts with a provider that behaves; a test turns on what it needs."""
     yield
+    idp.alg = "RS256"
     idp.sign_with_foreign_key = False
     idp.forge_alg = None
     idp.claim_overrides = {}
@@ -464,6 +465,26 @@ def test_an_id_token_that_fails_a_check_is_refused_and_nobody_is_signed_in(
     assert_refused(setup, sign_in(browser, idp), code)
     assert not is_signed_in(browser)
     assert user_by_subject(setup.org, idp.user["sub"]) is None
+
+
+def test_an_es256_idp_is_verified_and_only_the_algorithms_it_advertises_count(
+    oidc_org, idp, server
+):
+    rsa_keys, rsa_key = idp.keys, idp.signing_key
+    ec_key = new_key("ES256")
+    idp.alg, idp.keys, idp.signing_key = "ES256", [ec_key, *rsa_keys], ec_key
+    try:
+        setup = oidc_org()
+        shown = setup.owner.api.get("/api/v1/org/sso").json()["config"]
+        assert shown["signing_algorithms"] == ["ES256"]
+        idp.user = person(ADMINS)
+        assert sign_in(setup.browser(server), idp).status_code == 302
+        # RS256 with a key the IdP does publish, though its discovery names ES256 only.
+        idp.alg, idp.signing_key = "RS256", rsa_key
+        idp.user = person(ADMINS)
+        assert_refused(setup, sign_in(setup.browser(server), idp), "sso_invalid_signature")
+    finally:
+        idp.alg, idp.keys, idp.signing_key = "RS256", rsa_keys, rsa_key
 
 
 def test_a_replayed_or_unknown_state_is_refused(oidc_org, idp, server):
