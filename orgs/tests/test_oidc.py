@@ -374,6 +374,22 @@ def test_an_idp_app_tile_starts_a_sign_in_that_lands_on_the_page_it_names(oidc_o
     assert is_signed_in(browser)
 
 
+def test_a_refused_app_sign_in_shows_the_reason_and_never_calls_the_app(oidc_org, idp, server):
+    setup = oidc_org(auth_method="none")
+    idp.user = person()
+    idp.sign_with_foreign_key = True
+    _verifier, challenge = pkce()
+    refused = sign_in(
+        setup.browser(server),
+        idp,
+        purpose="client",
+        redirect_uri="http://127.0.0.1:8765/done",
+        code_challenge=challenge,
+    )
+    assert_refused(setup, refused, "sso_invalid_signature")
+    assert "location" not in refused.headers and "127.0.0.1:8765" not in refused.text
+
+
 def test_the_org_can_trust_the_idps_mfa_or_still_require_its_own_totp(oidc_org, idp, server):
     setup = oidc_org(trust_idp_mfa=True, mfa_policy="required_for_admins")
     idp.user = person(ADMINS)
@@ -501,6 +517,11 @@ def test_a_replayed_or_unknown_state_is_refused(oidc_org, idp, server):
     assert_refused(setup, replay.get("/sso/oidc/callback?code=abc"), "sso_request_unknown", 400)
     huge = replay.get("/sso/oidc/callback", params={"state": "s" * 5000, "code": "c" * 5000})
     assert_refused(setup, huge, "sso_request_unknown", 400)
+    # A known state without a code (nor an error) is refused, and used up.
+    no_code = at_idp(to_idp(browser, idp)).split("code=", 1)[1].split("&", 1)[1]
+    assert no_code.startswith("state=")
+    assert_refused(setup, browser.get(f"/sso/oidc/callback?{no_code}"), "sso_invalid_response")
+    assert_refused(setup, browser.get(f"/sso/oidc/callback?{no_code}"), "sso_request_unknown", 400)
 
 
 def test_an_answer_to_a_sign_in_started_in_another_browser_is_refused(oidc_org, idp, server):
