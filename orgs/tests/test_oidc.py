@@ -288,6 +288,21 @@ def test_a_later_sign_in_follows_the_group_claim_even_when_only_userinfo_has_it(
     assert user_by_subject(setup.org, idp.user["sub"]).role == "member"
 
 
+def test_people_are_bound_to_the_claim_the_org_names_as_their_immutable_id(oidc_org, idp, server):
+    setup = oidc_org()
+    changed = setup.owner.api.put("/api/v1/org/sso", json={"subject_attribute": "oid"})
+    assert changed.status_code == 200, changed.text
+    idp.id_token_claims = {"preferred_username", "email", "name", "groups", "oid"}
+    oid = f"oid-{secrets.token_hex(8)}"
+    idp.user = person(ADMINS, oid=oid)
+    assert sign_in(setup.browser(server), idp).status_code == 302
+    assert user_by_subject(setup.org, oid) is not None
+    assert user_by_subject(setup.org, idp.user["sub"]) is None
+    # An IdP that leaves the claim out gives no usable id: refused, nobody created.
+    idp.user = person(ADMINS)
+    assert_refused(setup, sign_in(setup.browser(server), idp), "sso_no_subject")
+
+
 def test_app_sign_in_ends_in_a_login_grant_that_registers_a_device(oidc_org, idp, server):
     setup = oidc_org(auth_method="none")  # a public client: PKCE only, no secret
     idp.user = person()
