@@ -18,10 +18,12 @@ MAX_GROUP_MEMBERS = 1000
 
 def access_conversation(user: User, conversation_id, *, for_update: bool = False) -> Conversation:
     """The conversation if `user` is a member, else 404 (whether or not it exists)."""
-    rows = Conversation.objects.filter(pk=conversation_id, members__user=user)
-    if for_update:
-        rows = rows.select_for_update(of=("self",))
     try:
+        # A malformed id fails as the filter is built (UUIDField.get_prep_value), not
+        # when it runs: both are inside the try.
+        rows = Conversation.objects.filter(pk=conversation_id, members__user=user)
+        if for_update:
+            rows = rows.select_for_update(of=("self",))
         conversation = rows.first()
     except (ValidationError, ValueError):
         conversation = None

@@ -146,3 +146,12 @@ def test_a_guest_group_admin_adds_only_people_it_is_in_touch_with(org_a, new_ses
         f"/api/v1/conversations/{group['id']}/members", json={"user_ids": [str(stranger.user.pk)]}
     )
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_allowed"
+
+
+def test_a_malformed_conversation_id_is_a_404_not_a_500(org_a, new_session):
+    # Found by the API fuzzer: the id failed UUID validation while the filter was built.
+    alice = new_session(org_a)
+    for path in ("/api/v1/conversations/0", "/api/v1/conversations/%7C/messages"):
+        assert alice.api.get(path).status_code == 404
+    removed = alice.api.delete("/api/v1/conversations/0/members/0")
+    assert removed.status_code == 404

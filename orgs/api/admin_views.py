@@ -260,7 +260,11 @@ class AuditExportView(APIView):
 
     @extend_schema(
         parameters=[*AUDIT_FILTERS, OpenApiParameter("format", str, enum=["csv", "jsonl"])],
-        responses={(200, "text/csv"): OpenApiTypes.STR, 400: ERROR},
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/x-ndjson"): OpenApiTypes.STR,
+            400: ERROR,
+        },
         tags=["audit"],
         description="Streams the matching entries (audited `audit.exported`).",
     )
