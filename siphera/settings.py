@@ -343,6 +343,15 @@ MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
 ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 100 * 1024 * 1024)
 # The most an org's policy may set its own limit to (1 GiB).
 ATTACHMENT_MAX_BYTES_CEILING = env_int("ATTACHMENT_MAX_BYTES_CEILING", 1024 * 1024 * 1024)
+# Request bodies are refused (413) from Content-Length, or as they arrive, past these
+# limits before Django reads them (siphera.body_limit): a path prefix's own limit, else
+# DATA_UPLOAD_MAX_MEMORY_SIZE. Views keep their own, smaller checks (an org's attachment
+# limit); these protect the process from spooling a huge body to disk first.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2621440)
+REQUEST_BODY_LIMITS = {
+    "/api/v1/attachments": max(ATTACHMENT_MAX_BYTES, ATTACHMENT_MAX_BYTES_CEILING),
+    "/scim/v2/": SCIM_MAX_BODY_BYTES,
+}
 # Uploads never referenced by a message are purged after this long (a day).
 ATTACHMENT_UNBOUND_TTL_SECONDS = env_int("ATTACHMENT_UNBOUND_TTL_SECONDS", 24 * 3600)
 ATTACHMENTS_S3_BUCKET = env("ATTACHMENTS_S3_BUCKET")

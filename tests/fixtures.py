@@ -109,6 +109,7 @@ def media_root(tmp_path_factory) -> Path:
 class LiveServer:
     port: int
     log_path: Path
+    pid: int = 0  # the web process (one worker: it serves the requests itself)
 
     @property
     def url(self) -> str:
@@ -151,7 +152,7 @@ def server(_database, tmp_path_factory) -> LiveServer:
         )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc, log_path)
-        yield LiveServer(port=port, log_path=log_path)
+        yield LiveServer(port=port, log_path=log_path, pid=proc.pid)
     finally:
         stop_process(proc)
 
@@ -172,7 +173,7 @@ def server_with_env(log_path: Path, **env: str) -> Iterator[LiveServer]:
         )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc, log_path)
-        yield LiveServer(port=port, log_path=log_path)
+        yield LiveServer(port=port, log_path=log_path, pid=proc.pid)
     finally:
         stop_process(proc)
 

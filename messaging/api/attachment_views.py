@@ -1,6 +1,5 @@
 """Attachments: streamed upload of an encrypted blob, download by those who may read it."""
 
-from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -11,6 +10,7 @@ from rest_framework.views import APIView
 from messaging.services import attachments
 from orgs.api.permissions import require
 from orgs.roles import Perm
+from siphera.streaming import file_pieces, streaming_response
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
 UPLOADED = inline_serializer(
@@ -75,10 +75,12 @@ class AttachmentDetailView(APIView):
     )
     def get(self, request, attachment_id):
         attachment = attachments.access_attachment(request.user, attachment_id)
-        response = FileResponse(
-            attachments.open_blob(attachment), content_type=attachments.CONTENT_TYPE
+        # Streamed a piece at a time as the client takes it (siphera.streaming): a
+        # FileResponse would be read whole into memory first under ASGI (PITFALLS 28).
+        response = streaming_response(
+            file_pieces(attachments.open_blob(attachment), attachments.CHUNK_BYTES),
+            content_type=attachments.CONTENT_TYPE,
         )
-        response.block_size = attachments.CHUNK_BYTES
         response["Content-Length"] = str(attachment.size)
         response["Content-Disposition"] = f'attachment; filename="{attachment.pk}"'
         response["ETag"] = f'"{attachment.sha256}"'

@@ -18,6 +18,7 @@ from orgs.roles import PERM_LABELS, Perm
 from orgs.services import audit, audit_export, audit_query, directory, policy, users
 from orgs.services import roles as role_service
 from siphera.params import page_limit
+from siphera.streaming import streaming_response
 
 USERS_PAGE = 1000
 
@@ -279,7 +280,9 @@ def export_response(request, params) -> StreamingHttpResponse:
     export = audit_export.check_export(
         fmt=fmt, filters=filters, actor=audit.Actor.from_request(request)
     )
-    response = StreamingHttpResponse(export.lines(), content_type=export.content_type)
+    # Streamed as the client takes it: a generator given to StreamingHttpResponse would be
+    # read whole into memory first under ASGI (PITFALLS 28).
+    response = streaming_response(export.lines(), content_type=export.content_type)
     slug = getattr(request.tenant, "slug", "org")
     response["Content-Disposition"] = f'attachment; filename="audit-{slug}.{export.fmt}"'
     return response
