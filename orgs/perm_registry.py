@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.permissions import AllowAny
 
-from orgs.api.permissions import AUTHENTICATED, PUBLIC, UNDECLARED, PermRequirement
+from orgs.api.permissions import (
+    AUTHENTICATED,
+    PUBLIC,
+    SCIM_TOKEN,
+    UNDECLARED,
+    PermRequirement,
+)
 from orgs.roles import Perm
 
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -120,6 +126,23 @@ def portal_views() -> list[Endpoint]:
             requires = needed[-1]  # (portal.access, *codes): the last is the specific one
         out.append(Endpoint(route, "", requires, pattern.name or ""))
     return out
+
+
+def scim_endpoints() -> list[Endpoint]:
+    """Every route under /scim/v2/ with the credential it needs: the org's SCIM token
+    (SCIM_TOKEN, declared by orgs.scim.views.endpoint), UNDECLARED otherwise."""
+    return [
+        Endpoint(
+            route,
+            "",
+            SCIM_TOKEN
+            if getattr(pattern.callback, "required_credential", None) == SCIM_TOKEN
+            else UNDECLARED,
+            pattern.name or "",
+        )
+        for route, pattern in _walk(get_resolver(TENANT_URLCONF).url_patterns)
+        if route.startswith("scim/v2/")
+    ]
 
 
 def frames() -> list[Endpoint]:

@@ -29,6 +29,8 @@ from siphera.api_errors import ApiError
 AUTHENTICATED = "authenticated"  # any signed-in user or device, no code
 PUBLIC = "public"  # no authentication at all
 UNDECLARED = "undeclared"  # the view or method says nothing: refused
+# The org's SCIM bearer token (an IdP, not a user): orgs.scim.views.endpoint declares it.
+SCIM_TOKEN = "scim_token"  # noqa: S105 (a requirement's name, not a secret)
 
 Requirement = Perm | str  # a code, AUTHENTICATED or PUBLIC
 

@@ -14,6 +14,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from orgs.api.permissions import SCIM_TOKEN
 from orgs.scim import documents, groups, schema, tokens, users
 from orgs.scim.errors import ScimError, invalid_filter, invalid_syntax, invalid_value, not_found
 from orgs.scim.filters import parse_filter
@@ -113,6 +114,8 @@ def endpoint(*methods: str):
                 )
                 return error_response(fallback.status_code, message, "", retry)
 
+        # The permission registry lists the route as needing the org's SCIM token.
+        wrapped.required_credential = SCIM_TOKEN
         return wrapped
 
     return decorate

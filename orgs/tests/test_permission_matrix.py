@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from orgs import perm_registry
-from orgs.perm_registry import AUTHENTICATED, PUBLIC, UNDECLARED
+from orgs.perm_registry import AUTHENTICATED, PUBLIC, SCIM_TOKEN, UNDECLARED
 from orgs.roles import BUILTIN_ROLES, Perm, role_codes
 from orgs.services import audit
 from orgs.services import roles as role_service
@@ -119,10 +119,14 @@ def test_every_url_pattern_declares_who_may_use_it():
     # declaration; the only other route is "/" (a redirect to the portal).
     api = perm_registry.api_endpoints()
     portal = perm_registry.portal_views()
-    covered = {e.route for e in api} | {e.route for e in portal} | {""}
+    scim = perm_registry.scim_endpoints()
+    covered = {e.route for e in [*api, *portal, *scim]} | {""}
     assert set(perm_registry.all_routes()) == covered
-    undeclared = [(e.method, e.route) for e in [*api, *portal] if e.requires == UNDECLARED]
+    everything = [*api, *portal, *scim]
+    undeclared = [(e.method, e.route) for e in everything if e.requires == UNDECLARED]
     assert undeclared == []
+    # SCIM answers an IdP's token only (test_scim.py: a device token or none is a 401).
+    assert scim and {e.requires for e in scim} == {SCIM_TOKEN}
 
 
 def test_every_frame_handler_declares_its_permission():

@@ -118,8 +118,11 @@ def test_unknown_paths_and_methods_get_scim_error_bodies(scim):
 # --- the token ------------------------------------------------------------------------------
 
 
-def test_requests_without_a_valid_token_are_refused_with_a_scim_401(server, org, scim):
+def test_requests_without_a_valid_token_are_refused_with_a_scim_401(server, org, scim, new_session):
     anonymous = Scim(server, org, None)
+    # Not even an owner's device token: SCIM answers the org's IdP token only.
+    owner = new_session(org, role="owner")
+    assert_scim_error(Scim(server, org, owner.token).get("/Users"), 401)
     body = assert_scim_error(anonymous.get("/Users"), 401)
     assert "token" in body["detail"]
     assert anonymous.get("/Users").headers["www-authenticate"].startswith("Bearer")
