@@ -19,7 +19,7 @@ help:
 	@echo "make test        set up, then run the whole test suite (pytest)"
 	@echo "make lint        ruff, import layers (lint-imports), bash -n on scripts"
 	@echo "make format      ruff format + ruff check --fix"
-	@echo "make bench       run bench/*.py: relay rate, latency, 10k idle sockets; call set-up; SCIM push of 10k users (~10 min)"
+	@echo "make bench       run bench/*.py: relay rate, latency, 10k idle sockets; call set-up; SCIM push of 10k users; the HTTP path under wrk (~14 min)"
 	@echo "make clean       remove caches, collected static files and logs (keeps .venv, data)"
 	@echo "make stop-local  stop the PostgreSQL/Redis that the scripts started under var/"
 
