@@ -297,39 +297,14 @@ def scenario_requests(name: str, data: dict, cookie: str) -> tuple[list[dict], b
 
 
 def start_bare(port: int, workers: int) -> subprocess.Popen:
-    log = open(ROOT / "var" / "bench-bare.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.ceiling.bare_django:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    """The ceiling: bench/ceiling/bare_django.py under the same uvicorn."""
+    return relay.start_server(
+        port,
+        workers,
+        program=["-m", "uvicorn", "bench.ceiling.bare_django:application", "--no-access-log"],
+        health="/ping",
+        log_name="bench-bare.log",
     )
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the bare Django server did not start; see var/bench-bare.log")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -229,14 +229,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen:
-    log = open(ROOT / "var" / "bench-server.log", "wb")  # noqa: SIM115
+def start_server(
+    port: int,
+    workers: int,
+    *,
+    program: list[str] | None = None,
+    health: str = "/health",
+    log_name: str = "bench-server.log",
+) -> subprocess.Popen:
+    """Start the server (or `program`, run with the same host/port/workers/log-level
+    arguments, e.g. bench/api.py's bare Django ceiling) and wait until `health` answers."""
+    log = open(ROOT / "var" / log_name, "wb")  # noqa: SIM115
+    # BENCH_SERVER replaces `-m siphera.serve`, e.g. with a script that wraps it in a
+    # profiler; it gets the same arguments.
+    program = program or os.environ.get("BENCH_SERVER", "-m siphera.serve").split()
     proc = subprocess.Popen(
-        # BENCH_SERVER replaces `-m siphera.serve`, e.g. with a script that wraps it in a
-        # profiler; it gets the same arguments.
         [
             sys.executable,
-            *os.environ.get("BENCH_SERVER", "-m siphera.serve").split(),
+            *program,
             "--host",
             "127.0.0.1",
             "--port",
@@ -257,12 +267,12 @@ def start_server(port: int, workers: int) -> subprocess.Popen:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit("server did not start; see var/bench-server.log")
+    raise SystemExit(f"server did not start; see var/{log_name}")
 
 
 def server_pids(proc: subprocess.Popen) -> list[int]:

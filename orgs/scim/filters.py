@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
+
+from django.db.models import Q
 
 from orgs.scim import schema
 from orgs.scim.errors import invalid_filter, invalid_path
@@ -291,3 +294,21 @@ def matches(node, doc: dict) -> bool:
     if op == "ne":
         return all(_compare(v, "ne", expected, case_exact) for v in found)
     return any(_compare(v, op, expected, case_exact) for v in found)
+
+
+def narrowing(node, leaf: Callable[[Any], Q | None]) -> Q | None:
+    """A condition in SQL that every match of `node` meets (it may let more through): the
+    parts `leaf` can say in SQL, joined through `and`/`or`, so `userName sw "a" and title
+    eq "x"` reads few rows before the rest is matched in Python. None: nothing to narrow by."""
+    q = leaf(node)
+    if q is not None:
+        return q
+    if node[0] == "and":
+        left, right = narrowing(node[1], leaf), narrowing(node[2], leaf)
+        if left is None or right is None:
+            return left if right is None else right
+        return left & right
+    if node[0] == "or":
+        left, right = narrowing(node[1], leaf), narrowing(node[2], leaf)
+        return None if left is None or right is None else left | right
+    return None

@@ -19,7 +19,7 @@ from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
 from orgs.scim import documents, schema
 from orgs.scim.errors import invalid_value, not_found, uniqueness
-from orgs.scim.filters import matches
+from orgs.scim.filters import matches, narrowing
 from orgs.scim.models import ScimGroup
 from orgs.scim.users import check_if_match, etag, users_by_ids
 from orgs.services import audit
@@ -124,24 +124,6 @@ def _q(node) -> Q | None:
     return None
 
 
-def _narrowing(node) -> Q | None:
-    """A condition in SQL that every match of `node` meets (it may let more through):
-    the SQL parts of an `and`, so `userName sw "a" and title eq "x"` reads few rows.
-    None: nothing to narrow by."""
-    q = _q(node)
-    if q is not None:
-        return q
-    if node[0] == "and":
-        left, right = _narrowing(node[1]), _narrowing(node[2])
-        if left is None or right is None:
-            return left if right is None else right
-        return left & right
-    if node[0] == "or":
-        left, right = _narrowing(node[1]), _narrowing(node[2])
-        return None if left is None or right is None else left | right
-    return None
-
-
 def search(node, start: int, count: int, base: str, *, with_members: bool) -> tuple[int, list]:
     groups = all_groups()
     q = _q(node) if node is not None else Q()
@@ -150,7 +132,7 @@ def search(node, start: int, count: int, base: str, *, with_members: bool) -> tu
         total = groups.count()
         page = list(groups[start - 1 : start - 1 + count]) if count else []
         return total, [render(g, base, with_members=with_members) for g in page]
-    narrowed = _narrowing(node)
+    narrowed = narrowing(node, _q)
     if narrowed is not None:
         groups = groups.filter(narrowed).distinct()
     hits = [doc for g in groups.iterator(chunk_size=200) if matches(node, doc := render(g, base))]

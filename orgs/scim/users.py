@@ -26,7 +26,7 @@ from orgs.audit_events import AuditEvent
 from orgs.roles import MEMBER
 from orgs.scim import documents, schema
 from orgs.scim.errors import ScimError, invalid_value, not_found, uniqueness
-from orgs.scim.filters import matches
+from orgs.scim.filters import matches, narrowing
 from orgs.scim.models import ScimGroup, ScimUser
 from orgs.services import audit
 from orgs.services import roles as role_service
@@ -175,24 +175,6 @@ def _q(node) -> Q | None:
     return None
 
 
-def _narrowing(node) -> Q | None:
-    """A condition in SQL that every match of `node` meets (it may let more through):
-    the SQL parts of an `and`, so `userName sw "a" and title eq "x"` reads few rows.
-    None: nothing to narrow by."""
-    q = _q(node)
-    if q is not None:
-        return q
-    if node[0] == "and":
-        left, right = _narrowing(node[1]), _narrowing(node[2])
-        if left is None or right is None:
-            return left if right is None else right
-        return left & right
-    if node[0] == "or":
-        left, right = _narrowing(node[1]), _narrowing(node[2])
-        return None if left is None or right is None else left | right
-    return None
-
-
 def search(node, start: int, count: int, base: str) -> tuple[int, list[dict]]:
     """(totalResults, the page of rendered users) for a parsed filter (or None)."""
     users = visible_users()
@@ -202,7 +184,7 @@ def search(node, start: int, count: int, base: str) -> tuple[int, list[dict]]:
         total = users.count()
         page = list(users[start - 1 : start - 1 + count]) if count else []
         return total, [render(u, base) for u in page]
-    narrowed = _narrowing(node)
+    narrowed = narrowing(node, _q)
     if narrowed is not None:
         users = users.filter(narrowed).distinct()
     hits = [doc for u in users.iterator(chunk_size=500) if matches(node, doc := render(u, base))]
