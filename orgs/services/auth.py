@@ -93,6 +93,24 @@ _NOT_A_FAILURE = frozenset(
 
 
 @contextlib.contextmanager
+def ip_attempt(actor: audit.Actor) -> Iterator[None]:
+    """The per-client-IP part of `login_attempt`, for a login step that names no username
+    (an app exchanging its SSO code): refused with 429 past LOGIN_RATE_PER_IP failures in
+    the window; only failures count."""
+    ip = actor.ip or "-"
+    count, reset = ratelimit.reserve("login-ip", ip, window=settings.LOGIN_RATE_WINDOW_SECONDS)
+    if count > settings.LOGIN_RATE_PER_IP:
+        raise ratelimit.too_many(reset)
+    try:
+        yield
+    except ApiError as exc:
+        if exc.code in _NOT_A_FAILURE:
+            ratelimit.release("login-ip", ip)
+        raise
+    ratelimit.release("login-ip", ip)
+
+
+@contextlib.contextmanager
 def login_attempt(username: str, *, actor: audit.Actor) -> Iterator[None]:
     """Throttle failed logins without letting anyone lock a user out (OWASP
     Authentication Cheat Sheet, "Account lockout"; Synapse's `rc_login`): wrap the check

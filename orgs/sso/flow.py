@@ -28,7 +28,6 @@ from django.utils import timezone
 from orgs.accounts.models import User
 from orgs.services import audit, auth, mfa, tokens
 from orgs.sso.models import IdentityProvider, SsoRequest, UsedAssertion
-from siphera import ratelimit
 from siphera.api_errors import ApiError
 
 CLIENT_CODE_PREFIX = "sph_c_"  # noqa: S105 (a prefix, not a secret)
@@ -174,15 +173,13 @@ def check_exchange_code(
     requires TOTP of this user and does not trust (or did not get) the IdP's MFA, the
     exchange asks for `otp` exactly as a password login does (`otp_required`,
     `invalid_otp`, `mfa_enrollment_required`) and the code stays good for the retry.
-    Rate-limited per client IP like logins.
+    Failed exchanges count against the client IP's login budget (auth.ip_attempt).
     """
-    if actor.ip:
-        ratelimit.enforce(
-            "login-ip",
-            actor.ip,
-            limit=settings.LOGIN_RATE_PER_IP,
-            window=settings.LOGIN_RATE_WINDOW_SECONDS,
-        )
+    with auth.ip_attempt(actor):
+        return _exchange(code, code_verifier, otp=otp, actor=actor)
+
+
+def _exchange(code, code_verifier, *, otp: str | None, actor: audit.Actor) -> tuple[str, int]:
     invalid = ApiError(401, "invalid_code", "The sign-in code is unknown, used or expired.")
     if not isinstance(code, str) or not code.startswith(CLIENT_CODE_PREFIX):
         raise invalid

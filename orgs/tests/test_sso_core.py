@@ -303,3 +303,14 @@ def test_by_default_the_server_does_not_fetch_from_loopback(fresh_org, new_sessi
         )
     assert response.status_code == 400, response.text
     assert "internal address (127.0.0.1)" in response.json()["error"]["message"]
+
+
+def test_failed_code_exchanges_spend_the_ip_login_budget(fresh_org, tmp_path):
+    from tests.fixtures import Api, server_with_env
+
+    with server_with_env(tmp_path / "server.log", LOGIN_RATE_PER_IP="3") as strict:
+        api = Api(strict, host_of(fresh_org))
+        body = {"code": "sph_c_nope", "code_verifier": "v" * 43}
+        answers = [api.post("/api/v1/auth/sso/token", json=body) for _ in range(4)]
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    assert "Retry-After" in answers[-1].headers
