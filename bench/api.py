@@ -42,6 +42,8 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -72,6 +74,14 @@ def parse_args():
     )
     parser.add_argument("--database", default="siphera_bench_api")
     parser.add_argument("--keep-db", action="store_true", help="reuse the bench database")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="also sample the server with py-spy during each scenario and write "
+        "DIR/<scenario>-<workers>.txt (collapsed stacks, for flamegraph.pl or speedscope) "
+        "and print the functions with the most samples; rates are lower while sampling",
+    )
     return parser.parse_args()
 
 
@@ -147,8 +157,6 @@ def prepare(user_count: int) -> dict:
 
 def portal_cookie(port: int, username: str) -> str:
     """A signed-in portal session (the `sessionid` cookie) of `username`."""
-    import httpx
-
     with httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"Host": relay.HOST}, timeout=30
     ) as http:
@@ -343,6 +351,7 @@ def main():
             bare = start_bare(port, workers)
             try:
                 script = lua_script([{"method": "GET", "path": "/ping", "headers": {}}])
+                run_wrk(wrk, port, script, seconds=1, connections=4)  # warm-up, as below
                 run["bare"] = run_wrk(
                     wrk, port, script, seconds=args.seconds, connections=args.connections
                 )
@@ -357,16 +366,32 @@ def main():
                 if name == "bare":
                     continue
                 requests, unique = scenario_requests(name, data, cookie)
+                # Warm up first: the first requests import the URL conf and views, open
+                # connections and fill caches (about a second of CPU), which would
+                # otherwise be counted against the scenario.
+                if not unique:  # one request alone (waits for the imports), then wrk
+                    httpx.request(
+                        requests[0]["method"],
+                        f"http://127.0.0.1:{port}{requests[0]['path']}",
+                        headers=requests[0]["headers"],
+                        content=requests[0].get("body"),
+                        timeout=60,
+                    )
+                warm_up = lua_script(requests, unique_send=unique)
+                run_wrk(wrk, port, warm_up, seconds=1, connections=4)
                 meter = relay.CpuMeter(proc)
+                spy = start_profiler(args.profile, f"{name}-{workers}", proc, args.seconds)
                 figures = run_wrk(
                     wrk,
                     port,
-                    lua_script(requests, unique_send=unique),
+                    lua_script(requests, unique_send=unique),  # new client_ids
                     seconds=args.seconds,
                     # Argon2 takes the CPU it takes: more connections only queue.
                     connections=min(4, args.connections) if name == "login" else args.connections,
                 )
                 cpu = meter.per_message(figures["requests"])
+                if spy is not None:
+                    print_profile(spy)
                 figures["server_cpu_ms_per_request"] = cpu["server_cpu_ms_per_message"]
                 # Backends that exit during the run take their CPU time with them: a
                 # negative figure means "not measurable", not a gain.
@@ -385,6 +410,50 @@ def main():
     print(json.dumps(results))
     out = ROOT / "bench" / "results" / "api-latest.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def start_profiler(directory: Path | None, label: str, proc, seconds: float):
+    """py-spy sampling the server (every worker) for one scenario, or None."""
+    if directory is None:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{label}.txt"
+    command = [
+        py_spy,
+        "record",
+        "--pid",
+        str(proc.pid),
+        "--subprocesses",
+        "--nonblocking",
+        "--gil",
+        "--rate",
+        "200",
+    ]
+    command += ["--duration", str(max(1, int(seconds))), "--format", "raw", "--output", str(out)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy.out = out
+    return spy
+
+
+def print_profile(spy, top: int = 25) -> None:
+    """The functions (of any module) present in the most samples, inclusive, and the share
+    of samples spent in each, from py-spy's collapsed stacks."""
+    spy.wait(60)
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in spy.out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for frame in set(stack.split(";")):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    print(f"  profile {spy.out} ({total} samples); most present frames:")
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * count / max(total, 1):5.1f} %  {frame}")
 
 
 def describe(f: dict) -> str:
