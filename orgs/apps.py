@@ -24,3 +24,24 @@ class OrgsConfig(AppConfig):
         from orgs import presence_socket
 
         presence_socket.register()  # presence frames (orgs.services.presence)
+
+        _connect_cache_invalidation()
+
+
+def _connect_cache_invalidation() -> None:
+    """Every process caches which org a host is (siphera.tenancy) and which device a token
+    is (orgs.services.auth); a save or delete of the rows behind them bumps the cache's
+    generation (siphera.generations). Bulk `.update()`s of those rows bump it themselves."""
+    from django.db.models.signals import post_delete, post_save
+
+    from orgs.accounts.models import Device, Role, User
+    from orgs.models import Domain, Org
+    from orgs.services.auth import forget_cached_auth
+    from siphera.tenancy import forget_cached_orgs
+
+    for model in (Org, Domain):
+        post_save.connect(forget_cached_orgs, sender=model, dispatch_uid=f"orgs-{model.__name__}")
+        post_delete.connect(forget_cached_orgs, sender=model, dispatch_uid=f"orgs-{model.__name__}")
+    for model in (User, Device, Role):
+        post_save.connect(forget_cached_auth, sender=model, dispatch_uid=f"auth-{model.__name__}")
+        post_delete.connect(forget_cached_auth, sender=model, dispatch_uid=f"auth-{model.__name__}")

@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "siphera.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from siphera.handler import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 

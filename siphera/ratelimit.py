@@ -4,7 +4,9 @@ Counters live in Redis under `<CACHE_KEY_PREFIX>:rl:<schema>:<scope>:<ident>`, s
 web process of the deployment spends one budget, and one org's traffic never spends
 another org's. Named limits (the table in docs/rate-limits.md) have generous defaults
 below, each overridable with `RATE_LIMITS="name=count/seconds,..."`; a few older limits
-(login, MFA, key directory) have their own settings and call `enforce` directly.
+(login, MFA, key directory) have their own settings and call `enforce` directly. Named
+limits are spent from leases of the Redis budget (`hit_named`), so most requests and
+frames cost no round trip; the others count each hit in Redis.
 
 Over a limit: HTTP answers 429 `rate_limited` with `Retry-After` (and `retry_after` in the
 body); a WebSocket frame gets an `error` frame with code `rate_limited` and `retry_after`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -103,8 +106,9 @@ def hit(
     )
 
 
-# One round trip and one small reply per hit (this runs for every WebSocket frame): count,
-# start the window on the first hit, and only past the limit read how long it has left.
+# One round trip and one small reply per hit (limits with their own settings: login, MFA,
+# key claims): count, start the window on the first hit, and only past the limit read how
+# long it has left.
 _HIT_LUA = """
 local count = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
@@ -125,52 +129,89 @@ def _verdict(reply: int) -> int | None:
 
 
 def hit_named(name: str, ident, *, schema: str | None = None) -> int | None:
-    """`hit` against a named limit of the table."""
-    rule = limit(name)
-    return hit(name, str(ident), limit=rule.count, window=rule.window, schema=schema)
-
-
-async def ahit_named(name: str, ident, *, schema: str) -> int | None:
-    """`hit_named` from async code (a consumer: every frame of every socket).
-
-    The process takes a lease of several hits of the window's budget from Redis at once
-    and spends it locally, so most frames cost no round trip; a refusal is remembered
-    until the window ends, so a flood costs none either. Every process still spends the
-    one budget in Redis. A lease is at most 1/50 of the limit (and 100 hits): hits leased
-    by one process and not spent are lost to the others for that window, so a user whose
-    sockets sit in several processes may be refused up to that much early, never late."""
+    """`hit` against a named limit of the table, spent from a lease (`_take_lease`): most
+    calls cost no Redis round trip. Runs on every HTTP request (`http.ip`, `api.user`)."""
     rule = limit(name)
     key = _key(name, str(ident), schema)
     now = time.monotonic()
-    lease = _leases.get(key)
-    if lease is not None and lease.until > now:
-        if lease.left > 0:
-            lease.left -= 1
-            return None
-        if lease.refused:
-            return max(math.ceil(lease.until - now), 1)
-    want = max(1, min(100, rule.count // 50))
+    decided, verdict = _take_lease(key, now)
+    if decided:
+        return verdict
     if redis_outage.skip():
         return _local_verdict(key, rule.window, rule.count)
     try:
-        granted, ttl_ms = await _lease_script(_aclient())(
-            keys=[key], args=[rule.window, rule.count, want]
+        granted, ttl_ms = _lease_script(_client())(
+            keys=[key], args=[rule.window, rule.count, _lease_size(rule)]
         )
     except REDIS_ERRORS as exc:
         redis_outage.failed(exc, where="ratelimit")
         return _local_verdict(key, rule.window, rule.count)
     redis_outage.succeeded()
-    until = time.monotonic() + max(int(ttl_ms), 0) / 1000
-    if len(_leases) > 10_000:
-        _forget_expired_leases(now)
-    if not granted:
-        _leases[key] = _Lease(until=until, left=0, refused=True)
-        return max(math.ceil(int(ttl_ms) / 1000), 1)
-    current = _leases.get(key)
-    left = int(granted) - 1
-    if current is not None and current.until > now and not current.refused:
-        left += current.left  # another frame of this key leased meanwhile
-    _leases[key] = _Lease(until=until, left=left, refused=False)
+    return _store_lease(key, now, int(granted), int(ttl_ms))
+
+
+async def ahit_named(name: str, ident, *, schema: str) -> int | None:
+    """`hit_named` from async code (a consumer: every frame of every socket)."""
+    rule = limit(name)
+    key = _key(name, str(ident), schema)
+    now = time.monotonic()
+    decided, verdict = _take_lease(key, now)
+    if decided:
+        return verdict
+    if redis_outage.skip():
+        return _local_verdict(key, rule.window, rule.count)
+    try:
+        granted, ttl_ms = await _lease_script(_aclient())(
+            keys=[key], args=[rule.window, rule.count, _lease_size(rule)]
+        )
+    except REDIS_ERRORS as exc:
+        redis_outage.failed(exc, where="ratelimit")
+        return _local_verdict(key, rule.window, rule.count)
+    redis_outage.succeeded()
+    return _store_lease(key, now, int(granted), int(ttl_ms))
+
+
+# Leases: the process takes several hits of a window's budget from Redis at once and
+# spends them locally, so most hits cost no round trip; a refusal is remembered until the
+# window ends, so a flood costs none either. Every process still spends the one budget in
+# Redis. A lease is at most 1/50 of the limit (and 100 hits): hits leased by one process
+# and not spent are lost to the others for that window, so a client whose requests or
+# sockets reach several processes may be refused up to that much early, never late.
+
+
+def _lease_size(rule: Limit) -> int:
+    return max(1, min(100, rule.count // 50))
+
+
+def _take_lease(key: str, now: float) -> tuple[bool, int | None]:
+    """(True, verdict) when this process's lease for `key` decides the hit, else
+    (False, None): a new lease is needed."""
+    with _lease_lock:
+        lease = _leases.get(key)
+        if lease is None or lease.until <= now:
+            return False, None
+        if lease.left > 0:
+            lease.left -= 1
+            return True, None
+        if lease.refused:
+            return True, max(math.ceil(lease.until - now), 1)
+        return False, None
+
+
+def _store_lease(key: str, now: float, granted: int, ttl_ms: int) -> int | None:
+    """Keep what Redis granted (one hit of it spent now); the verdict of this hit."""
+    until = time.monotonic() + max(ttl_ms, 0) / 1000
+    with _lease_lock:
+        if len(_leases) > 10_000:
+            _forget_expired_leases(now)
+        if not granted:
+            _leases[key] = _Lease(until=until, left=0, refused=True)
+            return max(math.ceil(ttl_ms / 1000), 1)
+        current = _leases.get(key)
+        left = granted - 1
+        if current is not None and current.until > now and not current.refused:
+            left += current.left  # another hit of this key leased meanwhile
+        _leases[key] = _Lease(until=until, left=left, refused=False)
     return None
 
 
@@ -182,6 +223,7 @@ class _Lease:
 
 
 _leases: dict[str, _Lease] = {}
+_lease_lock = threading.Lock()  # sync views' threads and the event loop share the table
 
 
 def _forget_expired_leases(now: float) -> None:

@@ -133,7 +133,26 @@ if _prepare_threshold:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         server_side_binding=True, prepare_threshold=int(_prepare_threshold)
     )
+# HTTP requests (and Celery tasks) take their connection from a pool in each process
+# (Django's psycopg pool) instead of opening a PostgreSQL session each, which cost more
+# than the request itself (PITFALLS 5, 26). At most DATABASE_POOL_SIZE at once per process;
+# a request that finds none free (or the database unreachable) waits up to
+# DATABASE_POOL_TIMEOUT_SECONDS, then gets 503 `database_unavailable`. The WebSocket DB
+# threads keep connections of their own (siphera.tenancy). DATABASE_POOL_SIZE=0: no pool.
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8)
+if DATABASE_POOL_SIZE > 0:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": float(env("DATABASE_POOL_TIMEOUT_SECONDS", "5")),
+        "max_idle": 120,  # seconds: idle connections beyond min_size are closed
+    }
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+# Which org a host is and which device a token is are cached in each process, and dropped
+# when a change bumps their generation in Redis (siphera.generations): other processes
+# notice within GENERATION_CHECK_SECONDS; no entry lives longer than the max age.
+GENERATION_CHECK_SECONDS = float(env("GENERATION_CHECK_SECONDS", "1"))
+GENERATION_CACHE_MAX_AGE_SECONDS = float(env("GENERATION_CACHE_MAX_AGE_SECONDS", "60"))
 # Issue `SET search_path` once per schema switch instead of before every query (the
 # connection forgets it on rollback; django-tenants resets its marker then).
 TENANT_LIMIT_SET_CALLS = True
@@ -258,8 +277,8 @@ MFA_VERIFY_RATE_PER_USER = env_int("MFA_VERIFY_RATE_PER_USER", 10)
 
 # --- WebSocket ----------------------------------------------------------------------------
 WS_AUTH_TIMEOUT_SECONDS = float(env("WS_AUTH_TIMEOUT_SECONDS", "5"))
-# Threads (each with its own PostgreSQL connection) that run WebSocket consumers' DB calls
-# in one web process (siphera.tenancy.tenant_db).
+# Threads (each with its own PostgreSQL connection, outside the pool) that run WebSocket
+# consumers' DB calls in one web process (siphera.tenancy.tenant_db).
 WS_DB_THREADS = env_int("WS_DB_THREADS", 16)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 # Presence (orgs.services.presence): a web process renews its heartbeat in Redis every

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections
 from django.http.request import split_domain_port, validate_host
 from django_tenants.utils import (
     get_public_schema_name,
@@ -26,7 +26,7 @@ from django_tenants.utils import (
     tenant_context,
 )
 
-from siphera import events
+from siphera import events, generations
 
 T = TypeVar("T")
 
@@ -57,12 +57,21 @@ def org_for_host(host: str):
 
     The same lookup serves HTTP (middleware) and WebSocket (ASGI middleware): the host must
     pass ALLOWED_HOSTS and be registered as one of the org's domains. Runs in `public`.
-    """
-    Domain = get_tenant_domain_model()  # orgs.Domain: the core names no app
 
+    Each process caches the answer per host until a save or delete of an Org or Domain
+    bumps the `tenancy` generation (siphera.generations): at once in the process that made
+    the change, within GENERATION_CHECK_SECONDS in the others. A host no org answers is
+    not cached. Each caller gets its own copy of the Org.
+    """
     domain = normalize_host(host)
     if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
         return None
+    return _orgs_by_host.get_or_fetch(domain, _TENANCY, lambda: _fetch_org(domain))
+
+
+def _fetch_org(domain: str):
+    Domain = get_tenant_domain_model()  # orgs.Domain: the core names no app
+
     with schema_context(get_public_schema_name()):
         row = (
             Domain.objects.select_related("tenant")
@@ -70,6 +79,16 @@ def org_for_host(host: str):
             .first()
         )
     return row.tenant if row else None
+
+
+_TENANCY = "tenancy"
+_orgs_by_host = generations.GenerationCache()
+
+
+def forget_cached_orgs(**_signal_kwargs) -> None:
+    """Which org a host is may have changed (an Org or Domain was saved or deleted): every
+    process drops its cached answers (after the current transaction commits)."""
+    generations.bump(_TENANCY)
 
 
 def public_schema():
@@ -147,6 +166,7 @@ class _DbPool:
         return await future
 
     def _work(self) -> None:
+        _use_unpooled_connection()
         checked = 0  # the connection-loss generation this thread's connection was checked at
         while True:
             loop, future, context, fn = self._jobs.get()
@@ -162,6 +182,21 @@ class _DbPool:
             except RuntimeError:
                 pass  # the loop closed while the call ran: nobody is waiting any more
             del future, outcome  # drop references while the thread waits for work
+
+
+def _use_unpooled_connection() -> None:
+    """Give this thread a connection of its own, outside the process's pool (Django keeps
+    connections per thread). A pool buys these long-lived threads nothing, and would cost
+    them: while the database is unreachable, a pooled connection is only handed out (or
+    refused) after DATABASE_POOL_TIMEOUT_SECONDS, where an own connection fails at once
+    and a socket's frame is answered `database_unavailable` straight away."""
+    options = dict(connections.settings[DEFAULT_DB_ALIAS].get("OPTIONS", {}))
+    if "pool" not in options:
+        return
+    del options["pool"]
+    settings_dict = {**connections.settings[DEFAULT_DB_ALIAS], "OPTIONS": options}
+    backend = type(connections[DEFAULT_DB_ALIAS])
+    connections[DEFAULT_DB_ALIAS] = backend(settings_dict, DEFAULT_DB_ALIAS)
 
 
 def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:

@@ -31,6 +31,7 @@ from orgs.scim.models import ScimGroup, ScimUser
 from orgs.services import audit
 from orgs.services import roles as role_service
 from orgs.services import users as user_service
+from orgs.services.auth import forget_cached_auth
 from orgs.sso.provisioning import role_for_groups
 from siphera.api_errors import ApiError
 
@@ -402,6 +403,7 @@ def check_delete_user(user: User, *, actor: audit.Actor, if_match: str | None = 
         User.objects.filter(pk=locked.pk).update(
             username=f"deleted.{locked.pk.hex}", external_id=None, email=""
         )
+        forget_cached_auth()  # a bulk update sends no post_save (orgs.apps)
         if row is None:
             row = ScimUser(user=locked, data=_data(locked, None))
         # The name stays for the org's records (who wrote what); the rest of the profile

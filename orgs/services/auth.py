@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from orgs.accounts.models import Device, LoginGrant, User
@@ -17,7 +18,7 @@ from orgs.audit_events import AuditEvent
 from orgs.roles import Perm, has_perm
 from orgs.services import audit, mfa, policy, tokens
 from orgs.services.users import normalize_username
-from siphera import ratelimit
+from siphera import generations, ratelimit
 from siphera.api_errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -324,14 +325,47 @@ def consume_grant(grant: str) -> User:
 
 
 def authenticate_token(token: str) -> Device | None:
-    """The live device a bearer token belongs to in the current org, or None."""
+    """The live device a bearer token belongs to in the current org, or None.
+
+    Asked on every API request, so each process caches the answer (by the token's hash)
+    until the org's auth generation moves: any save or delete of a user, device or role
+    of the org bumps it (`forget_cached_auth`, connected in orgs.apps), so a revoked
+    device or a deactivated user is refused at once by the process that made the change
+    and within GENERATION_CHECK_SECONDS by the others (siphera.generations). Each request
+    gets its own copy of the device and its user."""
     if not token or not token.startswith(tokens.DEVICE_TOKEN_PREFIX):
         return None
-    return (
-        Device.objects.select_related("user")
-        .filter(token_hash=tokens.hash_secret(token), revoked_at__isnull=True, user__is_active=True)
-        .first()
-    )
+    token_hash = tokens.hash_secret(token)
+    schema = connection.schema_name
+
+    def fetch() -> Device | None:
+        return (
+            Device.objects.select_related("user")
+            .filter(token_hash=token_hash, revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+
+    return _devices_by_token.get_or_fetch((schema, token_hash), _auth_generation(schema), fetch)
+
+
+def _copy_device(device: Device) -> Device:
+    clone = copy.copy(device)
+    clone.user = copy.copy(device.user)
+    return clone
+
+
+_devices_by_token = generations.GenerationCache(copy_value=_copy_device)
+
+
+def _auth_generation(schema: str) -> str:
+    return f"auth.{schema}"
+
+
+def forget_cached_auth(**_signal_kwargs) -> None:
+    """What any process cached about the current org's tokens, users and roles is stale
+    (after the current transaction commits). Connected to every save and delete of a
+    User, Device or Role (orgs.apps); a bulk `.update()` of those rows calls it itself."""
+    generations.bump(_auth_generation(connection.schema_name))
 
 
 def do_purge_expired_grants(*, older_than: timedelta = timedelta(0)) -> int:

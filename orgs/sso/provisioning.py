@@ -25,6 +25,7 @@ from orgs.roles import MEMBER, role_codes
 from orgs.services import audit
 from orgs.services import roles as role_service
 from orgs.services import users as user_service
+from orgs.services.auth import forget_cached_auth
 from orgs.sso.models import GroupRole, IdentityProvider
 from siphera.api_errors import ApiError
 
@@ -234,6 +235,7 @@ def check_sso_user(idp: IdentityProvider, assertion: Assertion, *, actor: audit.
         changes["display_name"] = display_name
     if changes:
         User.objects.filter(pk=user.pk).update(**changes)
+        forget_cached_auth()  # a bulk update sends no post_save (orgs.apps)
         for name, value in changes.items():
             setattr(user, name, value)
     return do_apply_group_role(user, groups, actor=actor.with_user(user))
