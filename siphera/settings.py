@@ -96,7 +96,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "siphera.middleware.OrgCsrfMiddleware",  # Django's, + the org host's https origin
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "siphera.middleware.PortalMessageMiddleware",  # Django's, not on /api/ and /scim/
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -349,8 +348,8 @@ def authenticate_token(token: str) -> Device | None:
 
 
 def _copy_device(device: Device) -> Device:
-    clone = copy.copy(device)
-    clone.user = copy.copy(device.user)
+    clone = generations.copy_model(device)
+    clone.user = generations.copy_model(device.user)
     return clone
 
 
