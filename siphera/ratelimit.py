@@ -32,6 +32,7 @@ from django.db import connection
 from siphera import redis_outage
 from siphera.api_errors import ApiError, json_error
 from siphera.channel_layer import blocking_pool
+from siphera.metrics import instruments as metrics
 from siphera.redis_outage import REDIS_ERRORS
 
 
@@ -97,10 +98,13 @@ def hit(
     until the window resets (for Retry-After). Keys carry the schema (default: the
     current one), so one org's traffic never spends another org's budget."""
     key = _key(scope, ident, schema)
-    return _guarded(
+    verdict = _guarded(
         lambda: _verdict(_script(_client())(keys=[key], args=[window, limit])),
         lambda: _local_verdict(key, window, limit),
     )
+    if verdict is not None:
+        metrics.rate_limited(scope)  # a limit's name, never the identity
+    return verdict
 
 
 # One round trip and one small reply per hit (this runs for every WebSocket frame): count,

@@ -505,3 +505,25 @@ CELERY_BEAT_SCHEDULE["refresh-saml-metadata"] = {
     "task": "orgs.sso.tasks.dispatch_refresh_saml_metadata",
     "schedule": SAML_METADATA_REFRESH_SECONDS,
 }
+
+# --- Metrics (siphera/metrics; docs/operations.md, "Metrics") --------------------------------
+# GET /metrics (Prometheus text format) on a host no org answers, to a scraper sending
+# `Authorization: Bearer <METRICS_TOKEN>` or coming from METRICS_ALLOWED_NETWORKS (e.g.
+# "10.0.0.0/8"; the client address as TRUSTED_PROXY_COUNT finds it). Neither set: not served.
+METRICS_TOKEN = env("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", "")
+if METRICS_ALLOWED_NETWORKS:
+    import ipaddress
+
+    for _net in METRICS_ALLOWED_NETWORKS:
+        try:
+            ipaddress.ip_network(_net, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"METRICS_ALLOWED_NETWORKS: {_net!r} is no network."
+            ) from None
+# A Celery worker serves its own /metrics (task durations and failures) on this port, same
+# token and networks; 0: off. METRICS_DIR (read by siphera.metrics.procdir, not here) holds
+# the processes' shared metric files.
+CELERY_METRICS_PORT = env_int("CELERY_METRICS_PORT", 0)
+CELERY_METRICS_HOST = env("CELERY_METRICS_HOST", "127.0.0.1")

@@ -51,4 +51,7 @@ os.environ.setdefault("SAML_ALLOW_HTTP", "true")
 # to fetch from (siphera.outbound).
 os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
 
+# The test servers serve /metrics to this token (siphera/tests/test_metrics.py).
+os.environ.setdefault("METRICS_TOKEN", f"metrics-token-{_RUN}")
+
 from siphera.settings import *  # noqa: E402, F403
