@@ -8,6 +8,7 @@ from admin_portal import (
     admin_views,
     call_views,
     login_views,
+    password_views,
     scim_views,
     sso_views,
     views,
@@ -22,6 +23,8 @@ portal = [
     path("login/setup-mfa", login_views.login_enroll, name="login-enroll"),
     path("logout", login_views.logout_view, name="logout"),
     path("invite/<str:token>", login_views.invitation, name="invitation"),
+    path("password/forgot", password_views.forgot, name="password-forgot"),
+    path("password/reset/<str:token>", password_views.reset, name="password-reset"),
     path("account/mfa", account_views.account_mfa, name="account-mfa"),
     path("users/", views.user_list, name="users"),
     path("users/new", views.user_new, name="user-new"),
@@ -30,6 +33,11 @@ portal = [
     path("users/<uuid:user_id>/deactivate", views.user_deactivate, name="user-deactivate"),
     path("users/<uuid:user_id>/reactivate", views.user_reactivate, name="user-reactivate"),
     path("users/<uuid:user_id>/mfa-reset", views.user_mfa_reset, name="user-mfa-reset"),
+    path(
+        "users/<uuid:user_id>/password-reset",
+        password_views.user_password_reset,
+        name="user-password-reset",
+    ),
     path(
         "users/<uuid:user_id>/devices/<int:device_id>/revoke",
         views.revoke_device,

@@ -14,6 +14,10 @@ class AuditEvent(StrEnum):
     MEMBER_REACTIVATED = "member.reactivated"
     MEMBER_LOGGED_IN = "member.logged_in"
     MEMBER_LOGIN_FAILED = "member.login_failed"
+    MEMBER_PASSWORD_CHANGED = "member.password_changed"  # noqa: S105 (an event name)
+    MEMBER_PASSWORD_RESET_SENT = "member.password_reset_sent"  # noqa: S105 (an event name)
+    MEMBER_PASSWORD_RESET = "member.password_reset"  # noqa: S105 (an event name)
+    MEMBER_PROFILE_CHANGED = "member.profile_changed"
     DEVICE_REGISTERED = "device.registered"
     DEVICE_REVOKED = "device.revoked"
     PORTAL_LOGGED_IN = "portal.logged_in"

@@ -5,11 +5,13 @@ org with that org's schema (PITFALLS 7, 8).
 """
 
 import logging
+from smtplib import SMTPException
 
 from celery import shared_task
 from django.db import connection
 
 from orgs.models import Org
+from orgs.services import mail
 from orgs.services.auth import do_purge_expired_grants
 from orgs.services.mfa import do_rotate_totp_secrets
 from siphera.tenancy import public_schema, send_task
@@ -56,3 +58,17 @@ def rotate_totp_secrets() -> dict:
     rotated = do_rotate_totp_secrets()
     log.info("rotated TOTP secrets", extra={"schema": connection.schema_name, "rotated": rotated})
     return {"schema": connection.schema_name, "rotated": rotated}
+
+
+@shared_task(
+    name="orgs.tasks.send_mail",
+    autoretry_for=(SMTPException, OSError),
+    retry_backoff=10,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=8,
+)
+def send_mail(message: dict) -> int:
+    """Send one rendered mail (orgs.services.mail.queue_mail). An SMTP or network failure
+    is retried with backoff (10 s doubling, at most 10 min apart, 8 tries)."""
+    return mail.do_send(message)

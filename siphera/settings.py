@@ -8,6 +8,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from siphera import logging as siphera_logging
+from siphera.mail_url import email_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,13 +196,37 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Auth -------------------------------------------------------------------------------
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.Argon2PasswordHasher"]
+# Every path that sets a password runs these (orgs.accounts.passwords): the org policy's
+# minimum length, and a local list of breached/common passwords (no network call):
+# Django's 20,000 by default, or PASSWORD_BREACHED_LIST (one per line, .gz allowed).
 AUTH_PASSWORD_VALIDATORS = [
-    {
-        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-        "OPTIONS": {"min_length": 8},
-    },
+    {"NAME": "orgs.accounts.passwords.OrgPolicyLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+if env("PASSWORD_BREACHED_LIST"):
+    AUTH_PASSWORD_VALIDATORS[1]["OPTIONS"] = {"password_list_path": env("PASSWORD_BREACHED_LIST")}
+# Password-reset links (orgs.services.passwords): lifetime, and requests per window per
+# client IP and per username/e-mail asked for (429 beyond).
+PASSWORD_RESET_TTL_SECONDS = env_int("PASSWORD_RESET_TTL_SECONDS", 1800)
+PASSWORD_RESET_RATE_PER_IP = env_int("PASSWORD_RESET_RATE_PER_IP", 20)
+PASSWORD_RESET_RATE_PER_ACCOUNT = env_int("PASSWORD_RESET_RATE_PER_ACCOUNT", 3)
+PASSWORD_RESET_RATE_WINDOW_SECONDS = env_int("PASSWORD_RESET_RATE_WINDOW_SECONDS", 3600)
+
+# --- Email (siphera/mail_url.py) --------------------------------------------------------------
+# console:// prints mails (development); smtp://, smtp+tls://, smtps:// send them. Mails are
+# rendered from templates/email/, sent by the Celery worker with retries (orgs.services.mail).
+EMAIL_URL = env("EMAIL_URL", "console://")
+globals().update(email_settings(EMAIL_URL))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "Siphera <noreply@localhost>")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20)
+EMAIL_SUBJECT_PREFIX = ""
+
+# --- Profiles (orgs.services.profiles) ---------------------------------------------------
+# Largest avatar upload, and the most pixels an upload may declare (a decompression bomb's
+# header is refused before it is decoded); avatars are stored as AVATAR_SIZE px squares.
+AVATAR_MAX_BYTES = env_int("AVATAR_MAX_BYTES", 2 * 1024 * 1024)
+AVATAR_MAX_PIXELS = env_int("AVATAR_MAX_PIXELS", 40_000_000)
+AVATAR_SIZE = 256
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "/portal/login"
 LOGIN_GRANT_TTL_SECONDS = env_int("LOGIN_GRANT_TTL_SECONDS", 300)

@@ -21,6 +21,8 @@ os.environ.setdefault("TENANT_DB_VERIFY_SCHEMA", "true")
 # Every test logs in from 127.0.0.1: the per-IP login limit would trip across tests. The
 # per-username limit (what the rate-limit test exercises) keeps its default.
 os.environ.setdefault("LOGIN_RATE_PER_IP", "1000000")
+# Likewise forgot-password requests per IP (the per-account limit keeps its default).
+os.environ.setdefault("PASSWORD_RESET_RATE_PER_IP", "1000000")
 # Likewise the named limits (siphera/ratelimit.py): per IP for the same reason, per user
 # because load-style tests (many messages or claims by one user) must not meet them. A
 # test that exercises a limit starts its own server with a low one (RATE_LIMITS_TEST

@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.services.mfa import MFA_POLICIES
 from orgs.services.policy import SESSION_MINUTES_MAX, SESSION_MINUTES_MIN
 
@@ -81,6 +82,11 @@ class PolicySerializer(serializers.Serializer):
     read_receipts = serializers.BooleanField()
     presence_hidden = serializers.BooleanField(
         help_text="Nobody sees anyone else's presence (own status still settable)."
+    )
+    password_min_length = serializers.IntegerField(
+        min_value=MIN_LENGTH_FLOOR,
+        max_value=MIN_LENGTH_CEILING,
+        help_text="Shortest password anyone of the org may set (new passwords only).",
     )
 
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from orgs.accounts.models import Invitation, LoginGrant, User
@@ -129,19 +130,37 @@ def check_invite_user(
     display_name: str = "",
     email: str = "",
     actor: audit.Actor,
+    base_url: str = "",
 ) -> tuple[User, str]:
     """Create a user without a password and a single-use invitation for them to set one
     (valid INVITATION_TTL). Returns the user and the invitation token, shown once: the
-    admin passes the link on. Same validation as `check_create_user`."""
-    user = check_create_user(
-        username=username,
-        password=None,
-        role=role,
-        display_name=display_name,
-        email=email,
-        actor=actor,
-    )
-    return user, do_issue_invitation(user, actor=actor)
+    admin passes the link on, and when the user has an e-mail address and `base_url` (the
+    org host's origin) is given it is also mailed to them (orgs.services.mail, after
+    commit). Same validation as `check_create_user`."""
+    with transaction.atomic():
+        user = check_create_user(
+            username=username,
+            password=None,
+            role=role,
+            display_name=display_name,
+            email=email,
+            actor=actor,
+        )
+        token = do_issue_invitation(user, actor=actor)
+        if user.email and base_url:
+            from orgs.services import mail
+
+            mail.queue_mail(
+                "invitation",
+                to=[user.email],
+                context={
+                    "name": user.display_name or user.username,
+                    "username": user.username,
+                    "link": base_url.rstrip("/") + reverse("portal:invitation", args=[token]),
+                    "days": INVITATION_TTL.days,
+                },
+            )
+    return user, token
 
 
 def do_issue_invitation(user: User, *, actor: audit.Actor) -> str:

@@ -31,7 +31,15 @@ CUSTOM_ROLES = {
 }
 ROLES = [*BUILTIN_ROLES, *CUSTOM_ROLES]
 # Portal pages anyone may open: signing in, out, and accepting an invitation.
-PUBLIC_PORTAL = {"login", "login-otp", "login-enroll", "logout", "invitation"}
+PUBLIC_PORTAL = {
+    "login",
+    "login-otp",
+    "login-enroll",
+    "logout",
+    "invitation",
+    "password-forgot",  # asks for a reset mail; answers the same whoever is named
+    "password-reset",  # the mailed single-use link is the proof
+}
 CSRF = "m" * 32
 
 
@@ -143,11 +151,14 @@ def test_only_sign_in_pages_of_the_portal_are_public():
 
 
 def test_every_api_view_states_who_may_call_it():
-    # Public API endpoints are login, device registration (grant), the API docs and
-    # LiveKit's webhook (signed with the LiveKit API key, checked by the view).
+    # Public API endpoints are login, device registration (grant), forgot-password (the
+    # mailed single-use token is the proof), the API docs and LiveKit's webhook (signed
+    # with the LiveKit API key, checked by the view).
     public = {(e.method, e.route) for e in perm_registry.api_endpoints() if e.requires == PUBLIC}
     assert public == {
         ("POST", "api/v1/auth/login"),
+        ("POST", "api/v1/auth/password-reset"),
+        ("POST", "api/v1/auth/password-reset/confirm"),
         ("GET", "api/v1/auth/sso"),
         ("POST", "api/v1/auth/sso/token"),
         ("POST", "api/v1/devices"),
@@ -162,6 +173,10 @@ def test_every_api_view_states_who_may_call_it():
     }
     assert own == {
         ("GET", "api/v1/me"),
+        ("PATCH", "api/v1/me"),
+        ("POST", "api/v1/me/password"),
+        ("PUT", "api/v1/me/avatar"),
+        ("DELETE", "api/v1/me/avatar"),
         ("GET", "api/v1/me/presence"),
         ("PUT", "api/v1/me/presence"),
         ("GET", "api/v1/devices"),
