@@ -3,12 +3,16 @@ sends its mail there (EMAIL_URL is set before they start), and tests read what a
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import logging
+import os
 import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -90,19 +94,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def mailbox() -> Mailbox:
-    """This run's SMTP server. Autouse and session-wide so EMAIL_URL is in the environment
-    before any server or worker subprocess starts (they inherit it)."""
-    import logging
-    import os
-
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
-    box = Mailbox(host="127.0.0.1", port=_free_port())
+@contextlib.contextmanager
+def smtp_server(port: int | None = None) -> Iterator[Mailbox]:
+    """An aiosmtpd server on 127.0.0.1 (a free port unless given) collecting every mail."""
+    box = Mailbox(host="127.0.0.1", port=port or _free_port())
     controller = Controller(_Handler(box), hostname=box.host, port=box.port)
     controller.start()
-    os.environ["EMAIL_URL"] = box.url
     try:
         yield box
     finally:
         controller.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mailbox() -> Iterator[Mailbox]:
+    """This run's SMTP server. Autouse and session-wide so EMAIL_URL is in the environment
+    before any server or worker subprocess starts (they inherit it)."""
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
+    with smtp_server() as box:
+        os.environ["EMAIL_URL"] = box.url
+        yield box
