@@ -43,7 +43,10 @@ def allowed(authorization: str | None, client_ip: str | None) -> bool:
     token = settings.METRICS_TOKEN
     if token and authorization:
         scheme, _, given = authorization.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+        # As bytes: compare_digest refuses a str with non-ASCII characters (a 500 then).
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
             return True
     if client_ip and settings.METRICS_ALLOWED_NETWORKS:
         try:

@@ -153,6 +153,26 @@ def test_metrics_are_a_404_without_the_token_or_with_a_wrong_one(server):
         assert (response.status_code, response.json()) == (other.status_code, other.json())
 
 
+def test_hostile_credentials_and_methods_get_the_404_never_a_500(server):
+    for authorization, expected in (
+        ("Bearer \xe9\xff" + _token(), 404),  # not ASCII (sent as Latin-1 bytes)
+        ("Bearer " + "x" * 6000, 404),
+        ("Bearer", 404),
+        ("Basic " + _token(), 404),
+        ("bearer  " + _token(), 200),  # any case, extra spaces: accepted
+    ):
+        response = httpx.get(
+            f"{server.url}/metrics",
+            headers=[(b"Authorization", authorization.encode("latin-1"))],
+            timeout=10,
+        )
+        assert response.status_code == expected, authorization[:40]
+    posted = httpx.post(
+        f"{server.url}/metrics", headers={"Authorization": f"Bearer {_token()}"}, timeout=10
+    )
+    assert posted.status_code == 404
+
+
 def test_an_org_host_never_serves_metrics_even_with_the_token(server, org_a, org_b):
     for org in (org_a, org_b):
         response = _get(server.url, token=_token(), host=host_of(org))
