@@ -6,19 +6,13 @@ from __future__ import annotations
 import pytest
 
 from orgs.accounts.models import AuditEntry, PasswordReset, User
+from orgs.tests.test_passwords import with_email
 from siphera.tenancy import in_tenant
 from tests.fixtures import PASSWORD, create_org, make_user, unique
 from tests.smtp import link_in
 
 NEW_PASSWORD = "Quiet-Harbour-Lamp-77"
 RESET_LINK = r"/portal/password/reset/sph_r_"
-
-
-def with_email(org, user) -> User:
-    address = f"{user.username}@mail.test"
-    in_tenant(org, User.objects.filter(pk=user.pk).update, email=address)
-    user.email = address
-    return user
 
 
 @pytest.fixture

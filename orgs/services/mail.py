@@ -35,6 +35,12 @@ def render_mail(name: str, context: dict) -> dict:
     }
 
 
+def addressee(user) -> dict:
+    """What every mail to a person says about them: `name` (their display name, else
+    their username) and `username`."""
+    return {"name": user.display_name or user.username, "username": user.username}
+
+
 def queue_mail(name: str, *, to: list[str], context: dict) -> None:
     """Render the mail `name` now and have the worker send it to `to` after this
     transaction commits (nothing is sent if it rolls back)."""

@@ -41,6 +41,16 @@ def reset_link(base_url: str, token: str) -> str:
     return base_url.rstrip("/") + reverse("portal:password-reset", args=[token])
 
 
+def _check_may_use_password(user: User) -> None:
+    """403 `login_method_disabled` when the org's policy keeps `user` on single sign-on."""
+    if not policy.password_login_allowed(user):
+        raise ApiError(
+            403,
+            "login_method_disabled",
+            "Your organisation signs you in with single sign-on: you have no password here.",
+        )
+
+
 # --- change your own -------------------------------------------------------------------------
 
 
@@ -52,12 +62,7 @@ def check_change_password(
     policy (400 `weak_password`) and differ from the current one (400 `same_password`);
     an org that turned passwords off for this user refuses (403 `login_method_disabled`).
     Then `do_set_password`, keeping `keep_device` (the caller's own) signed in."""
-    if not policy.password_login_allowed(user):
-        raise ApiError(
-            403,
-            "login_method_disabled",
-            "Your organisation signs you in with single sign-on: there is no password to change.",
-        )
+    _check_may_use_password(user)
     _check_password(new, user)
     with login_attempt(user.username, actor=actor):
         if not user.check_password(current or ""):
@@ -112,11 +117,8 @@ def do_set_password(
             mail.queue_mail(
                 "password_changed",
                 to=[locked.email],
-                context={
-                    "name": locked.display_name or locked.username,
-                    "username": locked.username,
-                    "reset": event == AuditEvent.MEMBER_PASSWORD_RESET,
-                },
+                context=mail.addressee(locked)
+                | {"reset": event == AuditEvent.MEMBER_PASSWORD_RESET},
             )
     return locked
 
@@ -172,8 +174,7 @@ def do_send_reset(user: User, *, actor: audit.Actor, base_url: str, by_admin: bo
     """Issue a fresh reset link for `user` (earlier unused ones stop working) and mail it
     after commit; audited `member.password_reset_sent`. A user who may not use a password
     gets the SSO notice instead, and no link."""
-    name = user.display_name or user.username
-    context = {"name": name, "username": user.username}
+    context = mail.addressee(user)
     with transaction.atomic():
         if not policy.password_login_allowed(user):
             audit.record(
@@ -233,12 +234,7 @@ def check_confirm_reset(token: str, password: str, *, actor: audit.Actor) -> Use
     `member.password_reset`. A second factor stays required at the next sign-in."""
     reset = access_reset(token)
     user = reset.user
-    if not policy.password_login_allowed(user):
-        raise ApiError(
-            403,
-            "login_method_disabled",
-            "Your organisation signs you in with single sign-on: there is no password to set.",
-        )
+    _check_may_use_password(user)
     _check_password(password, user)
     with transaction.atomic():
         spent = PasswordReset.objects.filter(pk=reset.pk, used_at__isnull=True).update(

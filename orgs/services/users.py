@@ -20,7 +20,7 @@ from django.utils import timezone
 from orgs.accounts.models import Invitation, LoginGrant, User
 from orgs.audit_events import AuditEvent
 from orgs.roles import OWNER, codes_for, role_codes
-from orgs.services import audit, tokens
+from orgs.services import audit, mail, tokens
 from orgs.services import roles as role_service
 from siphera.api_errors import ApiError, not_found
 from siphera.events import notify_on_commit
@@ -148,14 +148,11 @@ def check_invite_user(
         )
         token = do_issue_invitation(user, actor=actor)
         if user.email and base_url:
-            from orgs.services import mail
-
             mail.queue_mail(
                 "invitation",
                 to=[user.email],
-                context={
-                    "name": user.display_name or user.username,
-                    "username": user.username,
+                context=mail.addressee(user)
+                | {
                     "link": base_url.rstrip("/") + reverse("portal:invitation", args=[token]),
                     "days": INVITATION_TTL.days,
                 },

@@ -13,9 +13,9 @@ import secrets
 import httpx
 
 from admin_portal.tests.conftest import CSRF_INPUT
-from orgs.accounts.models import User
 from orgs.services import audit, users
 from orgs.tests.test_mfa import now_step, rfc6238
+from orgs.tests.test_passwords import with_email
 from siphera.logging import redact
 from siphera.tenancy import in_tenant
 from tests.fixtures import Api, DeviceKeys, create_org, host_of, unique
@@ -135,8 +135,7 @@ def test_password_resets_and_changes_leave_no_password_or_token_in_any_log(
     # Given a user with an e-mail address and a device
     org = create_org(unique("logs"))
     session = new_session(org)
-    address = f"{session.user.username}@mail.test"
-    in_tenant(org, User.objects.filter(pk=session.user.pk).update, email=address)
+    address = with_email(org, session.user).email
     host = host_of(org)
     api = Api(server, host)
 
