@@ -65,3 +65,6 @@ class AuditEvent(StrEnum):
     SCIM_GROUP_CREATED = "scim.group_created"
     SCIM_GROUP_UPDATED = "scim.group_updated"
     SCIM_GROUP_DELETED = "scim.group_deleted"
+    # Written once per org by migration accounts.0008: the first keyed entry, sealing the
+    # entries from before the chain was keyed (orgs.services.audit).
+    AUDIT_CHAIN_KEYED = "audit.chain_keyed"

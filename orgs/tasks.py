@@ -11,7 +11,7 @@ from celery import shared_task
 from django.db import connection
 
 from orgs.models import Org
-from orgs.services import mail
+from orgs.services import audit, mail
 from orgs.services.auth import do_purge_expired_grants
 from orgs.services.mfa import do_rotate_totp_secrets
 from siphera.tenancy import public_schema, send_task
@@ -42,6 +42,28 @@ def purge_expired_grants() -> dict:
         "purged expired login grants", extra={"schema": connection.schema_name, "deleted": deleted}
     )
     return {"schema": connection.schema_name, "deleted": deleted}
+
+
+@shared_task(name="orgs.tasks.dispatch_anchor_audit_chains")
+def dispatch_anchor_audit_chains() -> int:
+    """Beat (every AUDIT_ANCHOR_EVERY_SECONDS): anchor each org's audit chain head outside
+    the database, one task per org."""
+    sent = for_each_org(anchor_audit_chain)
+    log.info("dispatched anchor_audit_chain", extra={"orgs": sent})
+    return sent
+
+
+@shared_task(name="orgs.tasks.anchor_audit_chain")
+def anchor_audit_chain() -> dict:
+    """Anchor this org's chain head if what was written since its last anchor links to it
+    (audit.anchor_head logs an error and writes nothing otherwise)."""
+    report = audit.anchor_head()
+    return {
+        "schema": connection.schema_name,
+        "ok": report.ok,
+        "anchor_id": report.anchor_id,
+        "problem": report.problem,
+    }
 
 
 @shared_task(name="orgs.tasks.dispatch_rotate_totp_secrets")

@@ -272,6 +272,18 @@ if _weak_keys and not DEBUG:
         f"`make run` generates one in {SECRET_KEY_FILE}, used when SECRET_KEY is unset. "
         "(DEBUG=true allows the placeholder, for development only.)"
     )
+# The audit chain's HMAC key and its anchors' signing key are derived from SECRET_KEYS too
+# (siphera.mac_keys). Signed anchors of each org's chain head are appended to
+# <AUDIT_ANCHOR_DIR>/<schema>.jsonl, a directory kept apart from the database and backed
+# up (docs/audit.md); beat writes them every AUDIT_ANCHOR_EVERY_SECONDS.
+AUDIT_ANCHOR_DIR = Path(env("AUDIT_ANCHOR_DIR") or SECRET_KEY_FILE.parent / "audit-anchors")
+AUDIT_ANCHOR_EVERY_SECONDS = env_int("AUDIT_ANCHOR_EVERY_SECONDS", 900)
+if not 10 <= AUDIT_ANCHOR_EVERY_SECONDS <= 86400:
+    raise ImproperlyConfigured("AUDIT_ANCHOR_EVERY_SECONDS must be between 10 and 86400.")
+CELERY_BEAT_SCHEDULE["anchor-audit-chains"] = {
+    "task": "orgs.tasks.dispatch_anchor_audit_chains",
+    "schedule": AUDIT_ANCHOR_EVERY_SECONDS,
+}
 # Shown in authenticator apps next to the account name.
 MFA_TOTP_ISSUER = env("MFA_TOTP_ISSUER", "Siphera")
 # Time steps of clock drift tolerated either side of now (30 s each).

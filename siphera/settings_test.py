@@ -6,6 +6,7 @@ one machine never clobber each other. Only environment defaults are set here.
 """
 
 import os
+import tempfile
 
 _RUN = f"t{os.getpid()}"
 # DEBUG stays off in tests (as in production), so the placeholder key would be refused
@@ -15,6 +16,10 @@ os.environ.setdefault("TEST_DATABASE_NAME", f"test_siphera_{_RUN}")
 os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CACHE_KEY_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CELERY_QUEUE", f"siphera-{_RUN}")
+# Audit anchors are files named by org schema, and every run has orgs of the same names.
+os.environ.setdefault(
+    "AUDIT_ANCHOR_DIR", os.path.join(tempfile.gettempdir(), f"siphera-{_RUN}-audit-anchors")
+)
 # Every consumer DB call checks with PostgreSQL that it runs in its socket's org schema
 # (siphera.tenancy.verify_schema): a cross-org mix-up fails loudly instead of passing.
 os.environ.setdefault("TENANT_DB_VERIFY_SCHEMA", "true")

@@ -157,8 +157,9 @@ class LoginGrant(models.Model):
 class AuditEntry(models.Model):
     """Append-only, hash-chained record of what admins and the platform did in this org.
 
-    `hash` = sha256(prev_hash + canonical JSON of this entry's fields); see
-    orgs.services.audit.
+    `hash` = HMAC-SHA256 (key `key_id`, from the key ring) of prev_hash + canonical JSON of
+    this entry's fields, or plain SHA-256 for entries from before the chain was keyed
+    (`key_id` "sha256"); see orgs.services.audit.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -171,6 +172,9 @@ class AuditEntry(models.Model):
     target_type = models.CharField(max_length=40, blank=True)
     target_id = models.CharField(max_length=100, blank=True)
     data = models.JSONField(default=dict)
+    # Which key of the ring made `hash` (orgs.services.audit): no default, so a row
+    # written without naming its key is refused.
+    key_id = models.CharField(max_length=16)
     # Unique: each entry has exactly one successor, so the chain cannot fork.
     prev_hash = models.CharField(max_length=64, unique=True)
     hash = models.CharField(max_length=64, unique=True)

@@ -101,6 +101,7 @@ class AuditEntrySerializer(serializers.Serializer):
     target_type = serializers.CharField()
     target_id = serializers.CharField()
     data = serializers.JSONField()
+    key_id = serializers.CharField()
     prev_hash = serializers.CharField()
     hash = serializers.CharField()
 
@@ -117,3 +118,6 @@ class ChainReportSerializer(serializers.Serializer):
     broken_id = serializers.IntegerField(allow_null=True)
     problem = serializers.CharField(allow_null=True)
     detail = serializers.CharField()
+    # The latest anchor (signed head kept outside the database) the log matched, if any.
+    anchor_id = serializers.IntegerField(allow_null=True)
+    anchored_at = serializers.CharField(allow_blank=True)

@@ -304,5 +304,7 @@ class AuditVerifyView(APIView):
                 "broken_id": report.broken_id,
                 "problem": report.problem,
                 "detail": report.describe(),
+                "anchor_id": report.anchor_id,
+                "anchored_at": report.anchored_at,
             }
         )
