@@ -438,6 +438,8 @@ else:
 RETENTION_DEFAULT_DAYS = env_int("RETENTION_DEFAULT_DAYS", 30)
 # Messages deleted per transaction by the purge (progress is logged per batch).
 RETENTION_PURGE_BATCH = env_int("RETENTION_PURGE_BATCH", 500)
+# Longest range of one compliance export (orgs/services/compliance.py), in days.
+COMPLIANCE_EXPORT_MAX_DAYS = env_int("COMPLIANCE_EXPORT_MAX_DAYS", 3660)
 
 # --- 1:1 calls (calls/services/signaling.py; docs/protocol.md, "Calls") ------------------
 # An unanswered call ends as missed after this long (`call.ended` reason `timeout`).
