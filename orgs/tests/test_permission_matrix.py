@@ -290,6 +290,26 @@ def test_api_endpoints_allow_or_refuse_each_role_as_its_codes_say(
 
 
 @pytest.mark.parametrize("role", ROLES)
+def test_operator_routes_refuse_every_role_on_every_host(role, org_m, sessions_by_role, server):
+    # An operator route (/metrics) opens to the deployment's METRICS_TOKEN or networks
+    # only: no org role's device token opens it, on the org's host or on the bare address.
+    _, _, token = sessions_by_role[role]
+    assert not any(e.allows(_codes(role, org_m)) for e in perm_registry.operator_routes())
+    wrong = []
+    for endpoint in perm_registry.operator_routes():
+        for host in (host_of(org_m), f"127.0.0.1:{server.port}"):
+            response = httpx.request(
+                endpoint.method,
+                f"{server.url}/{endpoint.route}",
+                headers={"Host": host, "Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            if response.status_code != 404:
+                wrong.append((endpoint.route, host, response.status_code))
+    assert wrong == [], f"{role}: {wrong}"
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_portal_views_allow_or_refuse_each_role_as_its_codes_say(
     role, org_m, sessions_by_role, server
 ):
