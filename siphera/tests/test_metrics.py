@@ -4,6 +4,8 @@ every answer is read with prometheus-client's own text-format parser."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from messaging.tests.helpers import start_conversation
 from tests.fixtures import ROOT, host_of, server_with_env, worker_with_env
-from tests.ws import authed_socket, recv_type, send
+from tests.ws import authed_socket, recv, recv_type, send
 
 
 def _token() -> str:
@@ -201,7 +203,7 @@ def test_the_permission_registry_lists_metrics_as_an_operator_route():
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """Two web processes (WEB_WORKERS=2) behind one trusted proxy, serving metrics to
-    10.0.0.0/8 only (no token), with a low per-IP request limit."""
+    10.0.0.0/8 only (no token), with low per-IP request and per-user frame limits."""
     from siphera.settings_test import RATE_LIMITS_TEST
 
     log_path = tmp_path_factory.mktemp("metrics") / "server.log"
@@ -211,7 +213,7 @@ def guarded(tmp_path_factory):
         METRICS_TOKEN="",
         METRICS_ALLOWED_NETWORKS="10.0.0.0/8",
         TRUSTED_PROXY_COUNT="1",
-        RATE_LIMITS=f"{RATE_LIMITS_TEST},http.ip=3/600",
+        RATE_LIMITS=f"{RATE_LIMITS_TEST},http.ip=3/600,ws.frame.user=5/600",
     ) as live:
         yield live
 
@@ -265,6 +267,29 @@ def test_a_rate_limit_refusal_is_counted_by_the_limits_name(guarded, org_a):
         - value(before, "siphera_http_requests_total", status="4xx")
         == 5
     )  # 3 x 401 (no token) and 2 x 429
+
+
+async def test_a_refused_socket_frame_is_counted_by_the_limits_name(guarded, org_a, new_session):
+    inside = {"X-Forwarded-For": "10.1.2.3"}
+    user = new_session(org_a)  # registered through the session's server: same database
+    before = scrape(guarded.url, token="-", **inside)
+    ws = await authed_socket(guarded, user)
+    try:
+        codes = []
+        for i in range(8):
+            await send(ws, {"type": "ping", "ref": i})
+            reply = await recv(ws)
+            while reply["type"] not in ("pong", "error"):
+                reply = await recv(ws)
+            codes.append(reply.get("code", "pong"))
+    finally:
+        await ws.close()
+    assert codes.count("rate_limited") == 3, codes
+    after = scrape(guarded.url, token="-", **inside)
+    refused = value(after, "siphera_rate_limit_refusals_total", limit="ws.frame.user") - value(
+        before, "siphera_rate_limit_refusals_total", limit="ws.frame.user"
+    )
+    assert refused == 3
 
 
 # --- the Celery worker's own endpoint ------------------------------------------------------
@@ -330,3 +355,43 @@ def test_the_grafana_dashboard_is_valid_json_with_a_panel_for_every_metric():
 def test_the_operations_guide_lists_every_metric():
     text = (ROOT / "docs" / "operations.md").read_text()
     assert [name for name in sorted(_exported_names()) if f"`{name}" not in text] == []
+
+
+def test_open_sockets_leave_out_a_web_process_that_died_and_counters_keep_its_counts(tmp_path):
+    # Two real processes count into one multiprocess directory, as WEB_WORKERS processes
+    # do: one is killed (no clean exit), one stays. A scrape adds up both counters, but
+    # only the live process's open sockets.
+    import signal
+
+    from siphera.metrics.exposition import _Processes
+
+    script = (
+        "import os, sys, time\n"
+        "from siphera.metrics import instruments as m\n"
+        "m.WEBSOCKETS_OPEN.inc(int(sys.argv[1])); m.MESSAGES_SENT.inc(int(sys.argv[1]))\n"
+        "print('counted', flush=True); time.sleep(60)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(n)], cwd=ROOT, env=env, stdout=subprocess.PIPE
+        )
+        for n in (2, 5)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == b"counted"
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(10)
+        samples = {
+            sample.name: sample.value
+            for family in _Processes(str(tmp_path)).collect()
+            for sample in family.samples
+        }
+        assert samples["siphera_websockets_open"] == 2
+        assert samples["siphera_messages_sent_total"] == 7
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
