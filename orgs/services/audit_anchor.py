@@ -64,9 +64,12 @@ class Latest:
 
     anchor: Anchor | None
     unverified: int = 0
+    error: str = ""  # the anchor file could not be read (truncation was not checked)
 
     @property
     def note(self) -> str:
+        if self.error:
+            return f"anchors could not be read ({self.error}): a log cut short is not detected"
         if not self.unverified:
             return ""
         return (
@@ -112,13 +115,19 @@ def write(schema: str, *, entry_id: int, hash: str, entry_ts: str) -> Anchor:
 
 def latest(schema: str) -> Latest:
     """The org's newest anchor that verifies with a key of the ring (reading the file from
-    its end), or an empty Latest when the org has none."""
+    its end), or an empty Latest when the org has none, or (logged as an error) when the
+    file cannot be read."""
     unverified = 0
-    for raw in _lines_backwards(anchor_path(schema)):
-        anchor = _parsed(raw, schema)
-        if anchor is not None:
-            return Latest(anchor, unverified)
-        unverified += 1
+    path = anchor_path(schema)
+    try:
+        for raw in _lines_backwards(path):
+            anchor = _parsed(raw, schema)
+            if anchor is not None:
+                return Latest(anchor, unverified)
+            unverified += 1
+    except OSError as exc:
+        log.error("audit anchors unreadable", extra={"path": str(path), "error": str(exc)})
+        return Latest(None, unverified, error=f"{path}: {exc.strerror or exc}")
     return Latest(None, unverified)
 
 

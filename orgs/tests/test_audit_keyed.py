@@ -237,6 +237,14 @@ def test_new_entries_since_an_anchor_must_link_to_it_before_the_next_anchor():
     assert [a["entry_id"] for a in anchors(org)] == [head.id]
 
 
+def test_unreadable_anchors_are_reported_not_taken_for_a_clean_log():
+    org = fresh_org()
+    audit_anchor.anchor_path(org.schema_name).mkdir(parents=True)  # not a file
+    result = report(org)
+    assert result.ok and result.note.startswith("anchors could not be read")
+    assert "a log cut short is not detected" in verify(org, "--no-anchor")
+
+
 # --- key rotation -----------------------------------------------------------------------------
 
 
