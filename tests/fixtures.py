@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,6 +104,16 @@ def media_root(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("media")
     os.environ["MEDIA_ROOT"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_anchor_dir() -> Iterator[None]:
+    """Remove this run's audit anchor files (siphera/settings_test.py names the directory
+    per run, outside pytest's tmp dirs, so servers and workers share it) at the end."""
+    yield
+    from django.conf import settings
+
+    shutil.rmtree(settings.AUDIT_ANCHOR_DIR, ignore_errors=True)
 
 
 @dataclass
