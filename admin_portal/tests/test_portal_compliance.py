@@ -94,3 +94,22 @@ def test_members_and_admins_are_refused_what_their_role_lacks(org_p, portal, sig
         signed_in_admin.get("/portal/compliance/", params={"subject": "no-one-x"}).status_code
         == 400
     )
+
+
+def test_erasure_ends_the_users_portal_session(org_p, portal):
+    owner = make_user(org_p, role="owner")
+    boss = portal(org_p)
+    assert boss.login(owner.username).status_code == 302
+    clerk = make_user(org_p, role="billing_admin")
+    session = portal(org_p)
+    assert session.login(clerk.username).status_code == 302
+    assert session.get("/portal/").status_code == 200
+
+    boss.get("/portal/compliance/", params={"subject": clerk.username})
+    erased = boss.post(
+        f"/portal/compliance/users/{clerk.pk}/erase",
+        {"reason": "left the company", "confirm": clerk.username},
+    )
+    assert erased.status_code == 200, erased.text
+    after = session.get("/portal/")
+    assert after.status_code == 302 and "/portal/login" in after.headers["location"]

@@ -6,11 +6,13 @@ atomic), each for its permission only and blind to the other org."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 
 import pytest
 from django.core.management import call_command
+from PIL import Image
 
 from calls.tests.test_compliance_export import MARKER
 from calls.tests.test_records import _call
@@ -80,6 +82,7 @@ def test_the_personal_data_export_holds_everything_about_the_user_and_no_secret(
     assert [c["call_id"] for c in doc["calls"]] == [people["call"]]
     assert any(e["event"] == "device.registered" for e in doc["audit_entries"])
     assert any(s["kind"] == "login_grant" for s in doc["sign_ins"])
+    assert {"title", "time_zone", "has_avatar"} <= set(doc["user"])
     text = response.text
     assert bob.token not in text and "marker" not in text
     assert not [key for key in _keys(doc) if any(w in key for w in SECRET_WORDS)]
@@ -104,7 +107,7 @@ def test_the_personal_data_export_is_refused_without_the_code_or_across_orgs(
 # --- erasure ---------------------------------------------------------------------------
 
 
-def test_erasure_revokes_everything_redacts_messages_and_records_why(people, server):
+def test_erasure_revokes_everything_redacts_messages_and_records_why(people, server, media_root):
     bob, officer, alice = people["bob"], people["officer"], people["alice"]
 
     async def erase_while_connected():
@@ -116,6 +119,18 @@ def test_erasure_revokes_everything_redacts_messages_and_records_why(people, ser
         )
         return response, await wait_closed(ws)
 
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
+    uploaded = bob.api.put(
+        "/api/v1/me/avatar", content=buffer.getvalue(), headers={"Content-Type": "image/png"}
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    in_tenant(
+        people["org"],
+        lambda: User.objects.filter(pk=bob.user.pk).update(title="Eng", time_zone="Europe/Paris"),
+    )
+    avatar = in_tenant(people["org"], lambda: User.objects.get(pk=bob.user.pk).avatar)
+    assert (media_root / avatar).exists()
     response, close_code = asyncio.run(erase_while_connected())
     assert response.status_code == 200, response.text
     assert close_code == 4403
@@ -141,6 +156,9 @@ def test_erasure_revokes_everything_redacts_messages_and_records_why(people, ser
     user, bodies, memberships, devices, alices = in_tenant(people["org"], stored)
     assert user.username == f"erased-{user.pk.hex}" and not user.is_active
     assert (user.email, user.display_name, user.external_id) == ("", "", None)
+    assert (user.title, user.time_zone, user.avatar) == ("", "", "")
+    assert report["removed"]["avatar"] == 1
+    assert not (media_root / avatar).exists()  # the blob went after commit
     assert not user.has_usable_password()
     assert bodies == [(None,)] * 3 and memberships == 0
     assert [(name, token) for name, token, _ in devices] == [("", None)]

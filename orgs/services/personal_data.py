@@ -37,13 +37,14 @@ from orgs.accounts.models import (
     Device,
     Invitation,
     LoginGrant,
+    PasswordReset,
     PresenceStatus,
     RecoveryCode,
     TotpFactor,
     User,
 )
 from orgs.audit_events import AuditEvent
-from orgs.services import audit, users
+from orgs.services import audit, profiles, users
 from orgs.services.compliance import iso
 from siphera.api_errors import ApiError
 from siphera.tenancy import tenant_context
@@ -71,6 +72,9 @@ def profile_payload(user: User) -> dict[str, Any]:
         "username": user.username,
         "display_name": user.display_name,
         "email": user.email,
+        "title": user.title,
+        "time_zone": user.time_zone,
+        "has_avatar": bool(user.avatar),
         "role": user.role,
         "is_active": user.is_active,
         "source": user.source,
@@ -104,6 +108,14 @@ def _sign_ins(user: User) -> Iterator[dict]:
             "created_at": iso(g.created_at),
             "expires_at": iso(g.expires_at),
             "used_at": iso(g.used_at),
+        }
+    for r in PasswordReset.objects.filter(user=user).order_by("created_at"):
+        yield {
+            "kind": "password_reset",
+            "requested_by": str(r.requested_by) if r.requested_by else None,
+            "created_at": iso(r.created_at),
+            "expires_at": iso(r.expires_at),
+            "used_at": iso(r.used_at),
         }
     for i in Invitation.objects.filter(user=user).order_by("created_at"):
         yield {
@@ -260,7 +272,7 @@ def check_erase_user(user: User, *, reason: str, actor: audit.Actor) -> ErasureR
         locked.refresh_from_db()
         report = ErasureReport(user_id=str(locked.pk), reason=reason)
         hooks.user_erasing(locked, report)
-        _erase_identity(locked, report)
+        _erase_identity(locked, report, actor=actor)
         audit.record(
             AuditEvent.MEMBER_ERASED,
             actor=actor,
@@ -271,11 +283,12 @@ def check_erase_user(user: User, *, reason: str, actor: audit.Actor) -> ErasureR
     return report
 
 
-def _erase_identity(user: User, report: ErasureReport) -> None:
+def _erase_identity(user: User, report: ErasureReport, *, actor: audit.Actor) -> None:
     report.remove("second_factors", TotpFactor.objects.filter(user=user).delete()[0])
     report.remove("recovery_codes", RecoveryCode.objects.filter(user=user).delete()[0])
     report.remove("login_grants", LoginGrant.objects.filter(user=user).delete()[0])
     report.remove("invitations", Invitation.objects.filter(user=user).delete()[0])
+    report.remove("password_resets", PasswordReset.objects.filter(user=user).delete()[0])
     report.remove("presence_status", PresenceStatus.objects.filter(user=user).delete()[0])
     # Revoked already; their names ("Alice's phone") and public keys go, the rows stay so
     # a device id in message metadata is never reused.
@@ -291,9 +304,16 @@ def _erase_identity(user: User, report: ErasureReport) -> None:
     )
     if report.profile != "pseudonymised":
         return
+    if user.avatar:
+        # Its blob is deleted after commit (orgs.services.profiles).
+        profiles.check_remove_avatar(user, actor=actor)
+        report.remove("avatar", 1)
     user.username = f"erased-{user.pk.hex}"
     user.display_name = ""
     user.email = ""
+    user.title = ""
+    user.time_zone = ""
+    user.avatar = ""
     user.external_id = None
     user.set_unusable_password()
     user.session_epoch += 1
@@ -302,6 +322,9 @@ def _erase_identity(user: User, report: ErasureReport) -> None:
             "username",
             "display_name",
             "email",
+            "title",
+            "time_zone",
+            "avatar",
             "external_id",
             "password",
             "session_epoch",
