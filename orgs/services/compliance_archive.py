@@ -56,7 +56,9 @@ def archive_pieces(scope: ExportScope, counts: dict) -> Iterator[bytes]:
         for part in archive_parts():
             for item in part(scope):
                 info = zipfile.ZipInfo(item.name, date_time=stamp)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                # Text compresses; encrypted blobs do not, and deflating them only costs CPU.
+                text = item.name.endswith((".json", ".jsonl"))
+                info.compress_type = zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED
                 digest, size = hashlib.sha256(), 0
                 with archive.open(info, "w", force_zip64=True) as out:
                     for piece in item.pieces:
