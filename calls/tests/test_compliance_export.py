@@ -311,3 +311,9 @@ def test_the_command_writes_the_same_export_and_refuses_bad_input(world, tmp_pat
             output=tmp_path / "x",
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_csv_cells_are_neutralised_against_spreadsheet_formulas():
+    line = compliance._csv_line(["=1+1", "+2", "-3", "@SUM(A1)", "\tx", "\rx", "ok", 5])
+    cells = next(csv.reader(io.StringIO(line)))
+    assert cells == ["'=1+1", "'+2", "'-3", "'@SUM(A1)", "'\tx", "'\rx", "ok", "5"]
