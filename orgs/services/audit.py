@@ -359,6 +359,7 @@ def verify_chain(
             MISSING,
             f"the expected entry with hash {expect_head} is gone (the log was cut short)",
         )
+    report = report if not report.ok else _unkeyed_tail(report)
     if not report.ok:
         return report
     latest = audit_anchor.latest(connection.schema_name)
@@ -374,6 +375,25 @@ def verify_chain(
         anchor_id=latest.anchor.entry_id,
         anchored_at=latest.anchor.anchored_at,
         note=latest.note,
+    )
+
+
+def _unkeyed_tail(report: ChainReport) -> ChainReport:
+    """`report`, or UNKEYED when the log's newest entry is unkeyed. Since migration
+    accounts.0008 sealed every existing log with a keyed entry, a genuine log that is not
+    empty ends with keyed entries: one that ends unkeyed had its keyed entries removed or
+    rewritten in the unkeyed form (which anyone can compute)."""
+    newest = AuditEntry.objects.order_by("-id").values_list("id", "key_id").first()
+    if newest is None or newest[1] != LEGACY_KEY_ID:
+        return report
+    return replace(
+        report,
+        ok=False,
+        broken_id=newest[0],
+        problem=UNKEYED,
+        detail="the log ends with an unkeyed (plain SHA-256) entry, but every log ends with "
+        "keyed entries since the chain was keyed: its keyed entries were removed, or the "
+        "log was rewritten without the key",
     )
 
 
@@ -430,6 +450,7 @@ def anchor_head() -> ChainReport:
         start_hash=start,
         keyed=keyed,
     )
+    report = report if not report.ok else _unkeyed_tail(report)
     if not report.ok:
         return _refused(schema, report)
     if report.count == 0:

@@ -296,16 +296,24 @@ def test_one_orgs_chain_and_anchors_are_independent_of_the_others():
 # --- legacy (unkeyed) entries -------------------------------------------------------------
 
 
-def test_a_log_from_before_keying_still_verifies_and_the_migration_seals_it():
+def test_an_unkeyed_log_is_refused_until_the_migration_seals_it_then_it_verifies():
     org = fresh_org(users=0)
-    # The log as it was before migration 0008: plain SHA-256 links, key id "sha256".
+    # The log as it was before migration 0008 (plain SHA-256 links, key id "sha256"), or
+    # as a superuser without the key would rewrite a keyed one: the same rows.
     with tampering(org) as cursor:
         cursor.execute("DELETE FROM accounts_auditentry")
         prev = audit.GENESIS
         for n in range(3):
             _, prev = insert_entry(cursor, prev, target_id=f"legacy-{n}")
     legacy_head = prev
-    assert report(org).ok and report(org).count == 3
+    legacy_ids = [e.id for e in stored(org)]
+    # Its links hold, but a log that ends unkeyed is what someone who rewrote a keyed log
+    # without the key would leave behind: refused until the upgrade has sealed it.
+    unsealed = report(org)
+    assert unsealed.count == 3 and (unsealed.problem, unsealed.broken_id) == (
+        "unkeyed",
+        legacy_ids[-1],
+    )
 
     seal = importlib.import_module("orgs.accounts.migrations.0008_audit_keyed_chain")
     with tenant_context(org):
