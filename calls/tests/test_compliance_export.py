@@ -300,8 +300,28 @@ def test_the_command_writes_the_same_export_and_refuses_bad_input(world, tmp_pat
     messages, calls, _ = _db_ids(world["org"], alice.user, world["since"], world["until"])
     assert {r["id"] for r in rows if r["section"] == "messages"} == messages
     assert {r["id"] for r in rows if r["section"] == "calls"} == calls
+    printed = io.StringIO()
+    call_command(
+        "compliance_export",
+        org=world["org"].slug,
+        since=world["since"].isoformat(),
+        until=world["until"].isoformat(),
+        users=[str(alice.user.pk)],
+        format="csv",
+        stdout=printed,
+    )
+    assert {r["id"] for r in csv.DictReader(io.StringIO(printed.getvalue()))} >= messages
     from django.core.management.base import CommandError
 
+    with pytest.raises(CommandError, match="with --output"):
+        call_command(
+            "compliance_export",
+            org=world["org"].slug,
+            since="2026-01-01",
+            until="2026-02-01",
+            format="zip",
+            stdout=io.StringIO(),
+        )
     with pytest.raises(CommandError, match="since must be before until"):
         call_command(
             "compliance_export",

@@ -291,6 +291,11 @@ def test_the_commands_export_and_erase(people, tmp_path, capsys):
     out = tmp_path / "bob.json"
     call_command("export_personal_data", org=people["org"].slug, user=str(bob.user.pk), output=out)
     assert json.loads(out.read_text())["user"]["id"] == str(bob.user.pk)
+    printed = io.StringIO()
+    call_command(
+        "export_personal_data", org=people["org"].slug, user=str(bob.user.pk), stdout=printed
+    )
+    assert json.loads(printed.getvalue())["user"]["id"] == str(bob.user.pk)
     call_command("erase_user", org=people["org"].slug, user=str(bob.user.pk), reason="ticket 4")
     report = json.loads(capsys.readouterr().out)
     assert report["reason"] == "ticket 4" and report["removed"]["messages_redacted"] == 3

@@ -32,6 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--output", type=Path, help="Write here (default: stdout).")
 
     def handle(self, *args, **opts):
+        binary = getattr(self.stdout._out, "buffer", None)
+        if opts["format"] == "zip" and not opts["output"] and binary is None:
+            raise CommandError("The archive is binary: write it with --output.")
         try:
             org = get_org(opts["org"])
             with tenant_context(org):
@@ -47,8 +50,7 @@ class Command(BaseCommand):
                 if opts["output"]:
                     written = write_atomically(opts["output"], export.write_to)
                 else:
-                    written = export.write_to(self.stdout.buffer)
-                    self.stdout.flush()
+                    written = self._to_stdout(export)
         except ApiError as exc:
             raise CommandError(exc.message) from None
         where = str(opts["output"]) if opts["output"] else "stdout"
@@ -57,3 +59,16 @@ class Command(BaseCommand):
             f"compliance_export: wrote {written} bytes of org {org.slug} as {export.fmt} "
             f"to {where} ({counts})\n"
         )
+
+    def _to_stdout(self, export) -> int:
+        if export.fmt == "zip":
+            binary = self.stdout._out.buffer  # checked in handle()
+            written = export.write_to(binary)
+            binary.flush()
+            return written
+        written = 0
+        for piece in export.pieces():
+            self.stdout.write(piece, ending="")
+            written += len(piece.encode())
+        self.stdout.flush()
+        return written

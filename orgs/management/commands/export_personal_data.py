@@ -33,7 +33,8 @@ class Command(BaseCommand):
                 if opts["output"]:
                     write_atomically(opts["output"], export.write_to)
                 else:
-                    export.write_to(self.stdout.buffer)
+                    for piece in export.pieces():
+                        self.stdout.write(piece, ending="")
                     self.stdout.flush()
         except ApiError as exc:
             raise CommandError(exc.message) from None
