@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# An unprivileged user runs every process; only var/ (beat's schedule) is writable by it.
+# An unprivileged user runs every process; only var/ (beat's schedule, audit anchors) is
+# writable by it.
 RUN groupadd --system siphera \
     && useradd --system --gid siphera --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin siphera
@@ -26,7 +27,7 @@ COPY . .
 # var/static at build time and served by whitenoise: no CDN, no separate web server.
 # collectstatic only imports settings; it needs no database and no real secret.
 RUN SECRET_KEY=collectstatic-only-not-a-secret python manage.py collectstatic --noinput -v 0 \
-    && mkdir -p /app/var \
+    && mkdir -p /app/var/audit-anchors \
     && chown -R siphera:siphera /app/var
 
 USER siphera

@@ -71,7 +71,9 @@ def user_new(request: HttpRequest) -> HttpResponse:
                 user = users.check_create_user(password=data["password"], **fields)
                 token = None
             else:
-                user, token = users.check_invite_user(**fields)
+                user, token = users.check_invite_user(
+                    **fields, base_url=request.build_absolute_uri("/")
+                )
         except ApiError as exc:
             if exc.status_code == 429:
                 raise

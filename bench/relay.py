@@ -8,7 +8,8 @@ socket capacity, against the real ASGI app (uvicorn), PostgreSQL and Redis.
 It uses its own database (`siphera_bench` by default, created if missing), its own org
 (`bench` at bench.localhost) and its own Redis prefixes, starts the server itself, and prints
 one line per figure plus a JSON summary; bench/results/relay-latest.json keeps the latest
-figure of each scenario.
+figure of each scenario. Every `--metrics-every` seconds (5) it prints how the server's
+/metrics counters moved (sent, delivered, acked per second; open sockets; queue depth).
 
 Messages go through the whole path a client sees: `send` frame over the WebSocket ->
 validation and storage in PostgreSQL (message row, per-device queue row, seq) -> wake-up
@@ -80,6 +81,12 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--database", default="siphera_bench")
     parser.add_argument("--keep-db", action="store_true", help="reuse the bench database")
+    parser.add_argument(
+        "--metrics-every",
+        type=float,
+        default=5.0,
+        help="scrape the server's /metrics this often and print how its counters moved (0: never)",
+    )
     return parser.parse_args()
 
 
@@ -96,6 +103,8 @@ def setup_django(database: str) -> str:
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     # DEBUG is off: the placeholder SECRET_KEY would be refused (siphera/settings.py).
     os.environ.setdefault("SECRET_KEY", "bench-only-" + secrets.token_urlsafe(32))
+    # The server's /metrics, scraped during the run (MetricsWatch) as Prometheus would.
+    os.environ.setdefault("METRICS_TOKEN", "bench-only-" + secrets.token_urlsafe(16))
     # Each bench user sends hundreds of frames a second, far past the per-user flood limit a
     # person never meets; the limiter still runs (and costs) on every frame, it just never
     # refuses here.
@@ -392,6 +401,71 @@ def server_rss_mib(proc: subprocess.Popen) -> float:
 # --- client side --------------------------------------------------------------------------
 
 
+class MetricsWatch:
+    """Scrapes the server's /metrics (with METRICS_TOKEN, as Prometheus would) every
+    `every` seconds on a thread while the scenarios run, and prints how the relay's
+    counters moved: the figures an operator's dashboard shows during the same load."""
+
+    SHOWN = {
+        "siphera_messages_sent_total": "sent",
+        "siphera_messages_delivered_total": "delivered",
+        "siphera_messages_acked_total": "acked",
+    }
+
+    def __init__(self, port: int, every: float) -> None:
+        import threading
+
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.every = every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="metrics-watch", daemon=True)
+
+    def start(self) -> MetricsWatch:
+        if self.every > 0:
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(10)
+
+    def scrape(self) -> dict[str, float]:
+        """Unlabelled samples by name, read with prometheus-client's own parser."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        token = os.environ["METRICS_TOKEN"]
+        response = httpx.get(self.url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        response.raise_for_status()
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if not sample.labels
+        }
+
+    def _run(self) -> None:
+        try:
+            before, then = self.scrape(), time.monotonic()
+            while not self.stopped.wait(self.every):
+                now, at = self.scrape(), time.monotonic()
+                moved = ", ".join(
+                    f"{label} {now.get(name, 0):.0f} "
+                    f"(+{(now.get(name, 0) - before.get(name, 0)) / (at - then):.0f}/s)"
+                    for name, label in self.SHOWN.items()
+                )
+                print(
+                    f"/metrics: {moved}; open sockets "
+                    f"{now.get('siphera_websockets_open', 0):.0f}, queue depth "
+                    f"{now.get('siphera_message_queue_depth', 0):.0f}",
+                    file=sys.stderr,
+                )
+                before, then = now, at
+        except Exception as exc:  # a watch that fails must not fail the bench
+            print(f"/metrics: scrape failed: {exc!r}", file=sys.stderr)
+
+
 async def connect(port: int, token: str):
     from websockets.asyncio.client import connect as ws_connect
 
@@ -642,6 +716,7 @@ def main():
         " (lower is faster; compares this machine with the one of another run)",
         file=sys.stderr,
     )
+    watch = MetricsWatch(port, args.metrics_every).start()
     try:
         if "rate" in scenarios:
             clear_queues()
@@ -675,6 +750,7 @@ def main():
                 f"{idle['server_rss_mib']} MiB (opened in {idle['open_seconds']} s)"
             )
     finally:
+        watch.stop()
         os.killpg(proc.pid, 15)
         proc.wait(20)
     print(json.dumps(results))

@@ -9,10 +9,11 @@ class CallsConfig(AppConfig):
 
     def ready(self) -> None:
         from calls.consumers import CallsSocket
-        from calls.services import signaling
+        from calls.services import compliance, signaling
         from orgs import hooks
         from siphera import sockets
 
         sockets.register(CallsSocket)
         hooks.device_revoked.register(signaling.on_device_revoked)
         hooks.in_call.register(signaling.in_a_call)
+        compliance.register()

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from datetime import datetime
 
 from django.db import InterfaceError, OperationalError
 
@@ -29,6 +31,7 @@ from messaging.services import delivery, receipts
 from orgs.roles import Perm
 from siphera import sockets
 from siphera.api_errors import DATABASE_RETRY_AFTER, ApiError
+from siphera.metrics import instruments as metrics
 from siphera.params import BIGINT_MAX, in_range
 from siphera.tenancy import tenant_db
 from siphera.ws import FrameError
@@ -103,6 +106,7 @@ class MessagingSocket(sockets.Extension):
 
     name = "messaging"
     _delivery_task: asyncio.Task | None = None
+    _live = False  # the backlog is drained: deliveries from now on are timed
 
     async def ready(self) -> None:
         self._in_flight: dict[str, int] = {}  # message id -> queue id, sent and unacked
@@ -171,6 +175,7 @@ class MessagingSocket(sockets.Extension):
                         self._read_soon()  # there may be more than fitted
                     elif not drained:
                         drained = True
+                        self._live = True
                         await self.send_frame({"type": "queue.empty"})
                 handed, self._handed = self._handed, []
                 for queue_id, frame in handed:
@@ -204,6 +209,10 @@ class MessagingSocket(sockets.Extension):
         # the mark as far as the highest; a handed-over message only when it is the next.
         self._sent_seq[conversation] = max(frame["seq"], self._sent_seq.get(conversation, 0))
         await self.send_frame(frame)
+        metrics.MESSAGES_DELIVERED.inc()
+        if self._live:
+            accepted = datetime.fromisoformat(frame["ts"]).timestamp()
+            metrics.DELIVERY_SECONDS.observe(max(time.time() - accepted, 0.0))
 
     # --- client frames ---------------------------------------------------------------
     @sockets.frame("ack", perm=Perm.MESSAGING_USE)

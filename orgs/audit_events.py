@@ -14,6 +14,10 @@ class AuditEvent(StrEnum):
     MEMBER_REACTIVATED = "member.reactivated"
     MEMBER_LOGGED_IN = "member.logged_in"
     MEMBER_LOGIN_FAILED = "member.login_failed"
+    MEMBER_PASSWORD_CHANGED = "member.password_changed"  # noqa: S105 (an event name)
+    MEMBER_PASSWORD_RESET_SENT = "member.password_reset_sent"  # noqa: S105 (an event name)
+    MEMBER_PASSWORD_RESET = "member.password_reset"  # noqa: S105 (an event name)
+    MEMBER_PROFILE_CHANGED = "member.profile_changed"
     DEVICE_REGISTERED = "device.registered"
     DEVICE_REVOKED = "device.revoked"
     PORTAL_LOGGED_IN = "portal.logged_in"
@@ -37,6 +41,9 @@ class AuditEvent(StrEnum):
     RETENTION_PURGED = "retention.purged"
     LEGAL_HOLD_PLACED = "legal_hold.placed"
     LEGAL_HOLD_RELEASED = "legal_hold.released"
+    COMPLIANCE_EXPORTED = "compliance.exported"
+    PERSONAL_DATA_EXPORTED = "member.personal_data_exported"
+    MEMBER_ERASED = "member.erased"
     CALL_PARTICIPANT_REMOVED = "call.participant_removed"
     CALL_RECORDS_VIEWED = "call.records_viewed"
     CALL_RECORDS_PURGED = "call.records_purged"
@@ -61,3 +68,6 @@ class AuditEvent(StrEnum):
     SCIM_GROUP_CREATED = "scim.group_created"
     SCIM_GROUP_UPDATED = "scim.group_updated"
     SCIM_GROUP_DELETED = "scim.group_deleted"
+    # Written once per org by migration accounts.0008: the first keyed entry, sealing the
+    # entries from before the chain was keyed (orgs.services.audit).
+    AUDIT_CHAIN_KEYED = "audit.chain_keyed"

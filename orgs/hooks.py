@@ -24,3 +24,12 @@ in_call = Hook(
     "Calls registers it; presence shows such a user `in_call`, and calls "
     "orgs.services.presence.notify_changed(user_id) when a call starts or ends.",
 )
+
+user_erasing = Hook(
+    "user_erasing",
+    "fn(user, report): a user's personal data is being erased (orgs.services."
+    "personal_data), inside the erasing transaction, after their devices were revoked. "
+    "Each app removes or pseudonymises what it holds about them, except what a legal hold "
+    "keeps, and says so with report.remove(what, n) / report.keep(what, n, why); one that "
+    "must keep the profile (a hold names its custodian) sets report.profile to 'kept'.",
+)

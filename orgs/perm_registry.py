@@ -1,8 +1,9 @@
 """Registry of everything protected by a permission code, read from the declarations
 themselves: DRF views' permission classes (orgs.api.permissions), portal views'
-`portal_perm` / `portal_public` (admin_portal.decorators) and the WebSocket frames of the
-socket registry (siphera.sockets). Nothing is listed by hand, so a new endpoint, page or
-frame joins the permission matrix test (orgs/tests/test_permission_matrix.py) by being declared.
+`portal_perm` / `portal_public` (admin_portal.decorators), the WebSocket frames of the
+socket registry (siphera.sockets) and the operator's routes (siphera.metrics). Nothing is
+listed by hand, so a new endpoint, page or frame joins the permission matrix test
+(orgs/tests/test_permission_matrix.py) by being declared.
 
 Fail closed: something that declares nothing is listed as UNDECLARED (and refused at run
 time); the matrix test fails while any route is UNDECLARED.
@@ -17,6 +18,7 @@ from rest_framework.permissions import AllowAny
 
 from orgs.api.permissions import (
     AUTHENTICATED,
+    OPERATOR,
     PUBLIC,
     SCIM_TOKEN,
     UNDECLARED,
@@ -143,6 +145,15 @@ def scim_endpoints() -> list[Endpoint]:
         for route, pattern in _walk(get_resolver(TENANT_URLCONF).url_patterns)
         if route.startswith("scim/v2/")
     ]
+
+
+def operator_routes() -> list[Endpoint]:
+    """Routes of the host no org answers, for the deployment's operator and no org's user:
+    /metrics (siphera.metrics.asgi), served to METRICS_TOKEN or METRICS_ALLOWED_NETWORKS
+    and a 404 to anyone else, on an org's host included."""
+    from siphera.metrics.asgi import PATH
+
+    return [Endpoint(PATH.lstrip("/"), "GET", OPERATOR, "metrics")]
 
 
 def frames() -> list[Endpoint]:

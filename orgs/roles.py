@@ -27,6 +27,8 @@ class Perm(StrEnum):
     ORG_MANAGE = "org.manage"  # the org itself (owners only: owners, SSO/SCIM, domains)
     BILLING_MANAGE = "billing.manage"  # subscription, seats, invoices
     COMPLIANCE_MANAGE = "compliance.manage"  # retention policy, legal holds
+    COMPLIANCE_EXPORT = "compliance.export"  # compliance exports, personal-data exports
+    USERS_ERASE = "users.erase"  # erase a user's personal data (owners, compliance officers)
     MESSAGING_USE = "messaging.use"  # conversations, messages, keys, receipts, typing
     GROUPS_CREATE = "groups.create"  # start group conversations
     CALLS_USE = "calls.use"  # place and answer calls, join group calls, TURN credentials
@@ -50,6 +52,9 @@ PERM_LABELS: dict[Perm, str] = {
     Perm.ORG_MANAGE: "Manage the organisation itself (owners)",
     Perm.BILLING_MANAGE: "Manage billing",
     Perm.COMPLIANCE_MANAGE: "Manage retention and legal holds",
+    Perm.COMPLIANCE_EXPORT: "Export message metadata, call records, legal-hold contents and "
+    "a user's personal data",
+    Perm.USERS_ERASE: "Erase a user's personal data",
     Perm.MESSAGING_USE: "Send and receive messages",
     Perm.GROUPS_CREATE: "Start group conversations",
     Perm.CALLS_USE: "Place and answer voice and video calls",
@@ -77,8 +82,9 @@ _PORTAL = _MEMBER | {Perm.PORTAL_ACCESS}
 
 BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
     OWNER: _ALL,
-    # Everything but `org.manage`: an admin cannot make, demote or deactivate an owner.
-    "admin": _ALL - {Perm.ORG_MANAGE},
+    # Everything but `org.manage`: an admin cannot make, demote or deactivate an owner;
+    # nor `users.erase`: erasing a person is for owners and compliance officers.
+    "admin": _ALL - {Perm.ORG_MANAGE, Perm.USERS_ERASE},
     "user_manager": _PORTAL
     | {
         Perm.USERS_VIEW,
@@ -94,6 +100,8 @@ BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
         Perm.AUDIT_VIEW,
         Perm.AUDIT_EXPORT,
         Perm.COMPLIANCE_MANAGE,
+        Perm.COMPLIANCE_EXPORT,
+        Perm.USERS_ERASE,
         Perm.CALLS_VIEW,
     },
     "security_desk": _PORTAL

@@ -5,11 +5,13 @@ org with that org's schema (PITFALLS 7, 8).
 """
 
 import logging
+from smtplib import SMTPException
 
 from celery import shared_task
 from django.db import connection
 
 from orgs.models import Org
+from orgs.services import audit, mail
 from orgs.services.auth import do_purge_expired_grants
 from orgs.services.mfa import do_rotate_totp_secrets
 from siphera.tenancy import public_schema, send_task
@@ -42,6 +44,28 @@ def purge_expired_grants() -> dict:
     return {"schema": connection.schema_name, "deleted": deleted}
 
 
+@shared_task(name="orgs.tasks.dispatch_anchor_audit_chains")
+def dispatch_anchor_audit_chains() -> int:
+    """Beat (every AUDIT_ANCHOR_EVERY_SECONDS): anchor each org's audit chain head outside
+    the database, one task per org."""
+    sent = for_each_org(anchor_audit_chain)
+    log.info("dispatched anchor_audit_chain", extra={"orgs": sent})
+    return sent
+
+
+@shared_task(name="orgs.tasks.anchor_audit_chain")
+def anchor_audit_chain() -> dict:
+    """Anchor this org's chain head if what was written since its last anchor links to it
+    (audit.anchor_head logs an error and writes nothing otherwise)."""
+    report = audit.anchor_head()
+    return {
+        "schema": connection.schema_name,
+        "ok": report.ok,
+        "anchor_id": report.anchor_id,
+        "problem": report.problem,
+    }
+
+
 @shared_task(name="orgs.tasks.dispatch_rotate_totp_secrets")
 def dispatch_rotate_totp_secrets() -> int:
     """Beat (daily): re-encrypt TOTP seeds with the newest key, one task per org."""
@@ -56,3 +80,17 @@ def rotate_totp_secrets() -> dict:
     rotated = do_rotate_totp_secrets()
     log.info("rotated TOTP secrets", extra={"schema": connection.schema_name, "rotated": rotated})
     return {"schema": connection.schema_name, "rotated": rotated}
+
+
+@shared_task(
+    name="orgs.tasks.send_mail",
+    autoretry_for=(SMTPException, OSError),
+    retry_backoff=10,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=8,
+)
+def send_mail(message: dict) -> int:
+    """Send one rendered mail (orgs.services.mail.queue_mail). An SMTP or network failure
+    is retried with backoff (10 s doubling, at most 10 min apart, 8 tries)."""
+    return mail.do_send(message)

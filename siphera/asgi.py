@@ -15,12 +15,14 @@ from django.urls import path  # noqa: E402
 
 from siphera.body_limit import BodyLimitMiddleware  # noqa: E402
 from siphera.consumer import ClientConsumer  # noqa: E402
+from siphera.metrics.asgi import MetricsMiddleware  # noqa: E402
 from siphera.ws import TenantWebSocketMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Bodies over the limit are refused before Django spools them (siphera.body_limit).
-        "http": BodyLimitMiddleware(django_asgi_app),
+        # Bodies over the limit are refused before Django spools them (siphera.body_limit);
+        # every answer is counted, and /metrics answered (siphera.metrics.asgi).
+        "http": MetricsMiddleware(BodyLimitMiddleware(django_asgi_app)),
         "websocket": TenantWebSocketMiddleware(
             URLRouter([path("ws/v1", ClientConsumer.as_asgi())])
         ),

@@ -25,6 +25,7 @@ from django.db import InterfaceError, OperationalError
 
 from siphera import events, ratelimit, redis_outage, sockets
 from siphera.api_errors import DATABASE_RETRY_AFTER
+from siphera.metrics import instruments as metrics
 from siphera.sockets import Extension, SocketIdentity, frame
 from siphera.tenancy import tenant_db
 from siphera.ws import (
@@ -64,6 +65,7 @@ class ClientConsumer(JsonFrameConsumer):
     codes: frozenset = frozenset()
     org = None
     replaced = False  # closed because a newer socket of the same device took over
+    counted = False  # in the open-sockets gauge
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,6 +86,8 @@ class ClientConsumer(JsonFrameConsumer):
             await self.close()  # handshake refused: no org answers at this host (HTTP 403)
             return
         await self.accept()
+        metrics.WEBSOCKETS_OPEN.inc()
+        self.counted = True
         ip = ratelimit.scope_client_ip(self.scope)
         retry_after = (
             await ratelimit.ahit_named("ws.connect.ip", ip, schema=self.org.schema_name)
@@ -91,6 +95,7 @@ class ClientConsumer(JsonFrameConsumer):
             else None
         )
         if retry_after is not None:
+            metrics.rate_limited("ws.connect.ip")
             await self.send_rate_limited(retry_after)
             await self.close(code=CLOSE_RATE_LIMITED)
             return
@@ -112,6 +117,8 @@ class ClientConsumer(JsonFrameConsumer):
         if self._cleaned_up:
             return
         self._cleaned_up = True
+        if self.counted:
+            metrics.WEBSOCKETS_OPEN.dec()
         if self.auth_timer is not None:
             self.auth_timer.cancel()
         self._leave_local()
@@ -159,6 +166,7 @@ class ClientConsumer(JsonFrameConsumer):
             "ws.frame.user", self.device.user_id, schema=self.org.schema_name
         )
         if retry_after is not None:
+            metrics.rate_limited("ws.frame.user")
             await self.send_rate_limited(retry_after, frame)
             return
         await spec.handler(self.ext[spec.app], frame)

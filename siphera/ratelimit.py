@@ -35,6 +35,7 @@ from django.db import connection
 from siphera import redis_outage
 from siphera.api_errors import ApiError, json_error
 from siphera.channel_layer import blocking_pool
+from siphera.metrics import instruments as metrics
 from siphera.redis_outage import REDIS_ERRORS
 
 
@@ -100,10 +101,13 @@ def hit(
     until the window resets (for Retry-After). Keys carry the schema (default: the
     current one), so one org's traffic never spends another org's budget."""
     key = _key(scope, ident, schema)
-    return _guarded(
+    verdict = _guarded(
         lambda: _verdict(_script(_client())(keys=[key], args=[window, limit])),
         lambda: _local_verdict(key, window, limit),
     )
+    if verdict is not None:
+        metrics.rate_limited(scope)  # a limit's name, never the identity
+    return verdict
 
 
 # One round trip and one small reply per hit (limits with their own settings: login, MFA,
@@ -130,7 +134,15 @@ def _verdict(reply: int) -> int | None:
 
 def hit_named(name: str, ident, *, schema: str | None = None) -> int | None:
     """`hit` against a named limit of the table, spent from a lease (`_take_lease`): most
-    calls cost no Redis round trip. Runs on every HTTP request (`http.ip`, `api.user`)."""
+    calls cost no Redis round trip. Runs on every HTTP request (`http.ip`, `api.user`).
+    A refusal is counted in the metrics under the limit's name."""
+    verdict = _hit_named(name, ident, schema=schema)
+    if verdict is not None:
+        metrics.rate_limited(name)
+    return verdict
+
+
+def _hit_named(name: str, ident, *, schema: str | None) -> int | None:
     rule = limit(name)
     key = _key(name, str(ident), schema)
     now = time.monotonic()

@@ -12,6 +12,8 @@ the test suite and the benchmark alike:
   WS_PING_TIMEOUT_SECONDS change them (the heartbeat test uses 1 s each);
 - no permessage-deflate: frames are mostly ciphertext, which does not compress, and
   compressing secrets next to attacker-chosen bytes is how CRIME-style leaks start;
+- the web processes' Prometheus metrics in one directory, emptied first
+  (siphera.metrics.procdir), so any of them answers a scrape for all;
 - no uvicorn access log: the app writes its own JSON access lines (siphera.middleware);
   uvicorn's other lines are JSON too, through the same secret-scrubbing filter
   (siphera.logging.config).
@@ -77,9 +79,12 @@ def main(argv=None) -> None:
     import uvicorn
 
     from siphera.logging import config as logging_config
+    from siphera.metrics import procdir
 
     args = parse_args(argv)
     check_settings()
+    # Every web process counts its metrics in one directory (siphera.metrics.procdir).
+    procdir.prepare("web")
     uvicorn.run(
         "siphera.asgi:application",
         host=args.host,

@@ -8,6 +8,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from siphera import logging as siphera_logging
+from siphera.mail_url import email_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -214,13 +215,37 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Auth -------------------------------------------------------------------------------
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.Argon2PasswordHasher"]
+# Every path that sets a password runs these (orgs.accounts.passwords): the org policy's
+# minimum length, and a local list of breached/common passwords (no network call):
+# Django's 20,000 by default, or PASSWORD_BREACHED_LIST (one per line, .gz allowed).
 AUTH_PASSWORD_VALIDATORS = [
-    {
-        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-        "OPTIONS": {"min_length": 8},
-    },
+    {"NAME": "orgs.accounts.passwords.OrgPolicyLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+if env("PASSWORD_BREACHED_LIST"):
+    AUTH_PASSWORD_VALIDATORS[1]["OPTIONS"] = {"password_list_path": env("PASSWORD_BREACHED_LIST")}
+# Password-reset links (orgs.services.passwords): lifetime, and requests per window per
+# client IP and per username/e-mail asked for (429 beyond).
+PASSWORD_RESET_TTL_SECONDS = env_int("PASSWORD_RESET_TTL_SECONDS", 1800)
+PASSWORD_RESET_RATE_PER_IP = env_int("PASSWORD_RESET_RATE_PER_IP", 20)
+PASSWORD_RESET_RATE_PER_ACCOUNT = env_int("PASSWORD_RESET_RATE_PER_ACCOUNT", 3)
+PASSWORD_RESET_RATE_WINDOW_SECONDS = env_int("PASSWORD_RESET_RATE_WINDOW_SECONDS", 3600)
+
+# --- Email (siphera/mail_url.py) --------------------------------------------------------------
+# console:// prints mails (development); smtp://, smtp+tls://, smtps:// send them. Mails are
+# rendered from templates/email/, sent by the Celery worker with retries (orgs.services.mail).
+EMAIL_URL = env("EMAIL_URL", "console://")
+globals().update(email_settings(EMAIL_URL))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "Siphera <noreply@localhost>")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20)
+EMAIL_SUBJECT_PREFIX = ""
+
+# --- Profiles (orgs.services.profiles) ---------------------------------------------------
+# Largest avatar upload, and the most pixels an upload may declare (a decompression bomb's
+# header is refused before it is decoded); avatars are stored as AVATAR_SIZE px squares.
+AVATAR_MAX_BYTES = env_int("AVATAR_MAX_BYTES", 2 * 1024 * 1024)
+AVATAR_MAX_PIXELS = env_int("AVATAR_MAX_PIXELS", 40_000_000)
+AVATAR_SIZE = 256
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "/portal/login"
 LOGIN_GRANT_TTL_SECONDS = env_int("LOGIN_GRANT_TTL_SECONDS", 300)
@@ -266,6 +291,18 @@ if _weak_keys and not DEBUG:
         f"`make run` generates one in {SECRET_KEY_FILE}, used when SECRET_KEY is unset. "
         "(DEBUG=true allows the placeholder, for development only.)"
     )
+# The audit chain's HMAC key and its anchors' signing key are derived from SECRET_KEYS too
+# (siphera.mac_keys). Signed anchors of each org's chain head are appended to
+# <AUDIT_ANCHOR_DIR>/<schema>.jsonl, a directory kept apart from the database and backed
+# up (docs/audit.md); beat writes them every AUDIT_ANCHOR_EVERY_SECONDS.
+AUDIT_ANCHOR_DIR = Path(env("AUDIT_ANCHOR_DIR") or SECRET_KEY_FILE.parent / "audit-anchors")
+AUDIT_ANCHOR_EVERY_SECONDS = env_int("AUDIT_ANCHOR_EVERY_SECONDS", 900)
+if not 10 <= AUDIT_ANCHOR_EVERY_SECONDS <= 86400:
+    raise ImproperlyConfigured("AUDIT_ANCHOR_EVERY_SECONDS must be between 10 and 86400.")
+CELERY_BEAT_SCHEDULE["anchor-audit-chains"] = {
+    "task": "orgs.tasks.dispatch_anchor_audit_chains",
+    "schedule": AUDIT_ANCHOR_EVERY_SECONDS,
+}
 # Shown in authenticator apps next to the account name.
 MFA_TOTP_ISSUER = env("MFA_TOTP_ISSUER", "Siphera")
 # Time steps of clock drift tolerated either side of now (30 s each).
@@ -420,6 +457,8 @@ else:
 RETENTION_DEFAULT_DAYS = env_int("RETENTION_DEFAULT_DAYS", 30)
 # Messages deleted per transaction by the purge (progress is logged per batch).
 RETENTION_PURGE_BATCH = env_int("RETENTION_PURGE_BATCH", 500)
+# Longest range of one compliance export (orgs/services/compliance.py), in days.
+COMPLIANCE_EXPORT_MAX_DAYS = env_int("COMPLIANCE_EXPORT_MAX_DAYS", 3660)
 
 # --- 1:1 calls (calls/services/signaling.py; docs/protocol.md, "Calls") ------------------
 # An unanswered call ends as missed after this long (`call.ended` reason `timeout`).
@@ -524,3 +563,25 @@ CELERY_BEAT_SCHEDULE["refresh-saml-metadata"] = {
     "task": "orgs.sso.tasks.dispatch_refresh_saml_metadata",
     "schedule": SAML_METADATA_REFRESH_SECONDS,
 }
+
+# --- Metrics (siphera/metrics; docs/operations.md, "Metrics") --------------------------------
+# GET /metrics (Prometheus text format) on a host no org answers, to a scraper sending
+# `Authorization: Bearer <METRICS_TOKEN>` or coming from METRICS_ALLOWED_NETWORKS (e.g.
+# "10.0.0.0/8"; the client address as TRUSTED_PROXY_COUNT finds it). Neither set: not served.
+METRICS_TOKEN = env("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", "")
+if METRICS_ALLOWED_NETWORKS:
+    import ipaddress
+
+    for _net in METRICS_ALLOWED_NETWORKS:
+        try:
+            ipaddress.ip_network(_net, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"METRICS_ALLOWED_NETWORKS: {_net!r} is no network."
+            ) from None
+# A Celery worker serves its own /metrics (task durations and failures) on this port, same
+# token and networks; 0: off. METRICS_DIR (read by siphera.metrics.procdir, not here) holds
+# the processes' shared metric files.
+CELERY_METRICS_PORT = env_int("CELERY_METRICS_PORT", 0)
+CELERY_METRICS_HOST = env("CELERY_METRICS_HOST", "127.0.0.1")

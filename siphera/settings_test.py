@@ -6,6 +6,7 @@ one machine never clobber each other. Only environment defaults are set here.
 """
 
 import os
+import tempfile
 
 _RUN = f"t{os.getpid()}"
 # DEBUG stays off in tests (as in production), so the placeholder key would be refused
@@ -15,12 +16,18 @@ os.environ.setdefault("TEST_DATABASE_NAME", f"test_siphera_{_RUN}")
 os.environ.setdefault("CHANNEL_LAYER_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CACHE_KEY_PREFIX", f"siphera-{_RUN}")
 os.environ.setdefault("CELERY_QUEUE", f"siphera-{_RUN}")
+# Audit anchors are files named by org schema, and every run has orgs of the same names.
+os.environ.setdefault(
+    "AUDIT_ANCHOR_DIR", os.path.join(tempfile.gettempdir(), f"siphera-{_RUN}-audit-anchors")
+)
 # Every consumer DB call checks with PostgreSQL that it runs in its socket's org schema
 # (siphera.tenancy.verify_schema): a cross-org mix-up fails loudly instead of passing.
 os.environ.setdefault("TENANT_DB_VERIFY_SCHEMA", "true")
 # Every test logs in from 127.0.0.1: the per-IP login limit would trip across tests. The
 # per-username limit (what the rate-limit test exercises) keeps its default.
 os.environ.setdefault("LOGIN_RATE_PER_IP", "1000000")
+# Likewise forgot-password requests per IP (the per-account limit keeps its default).
+os.environ.setdefault("PASSWORD_RESET_RATE_PER_IP", "1000000")
 # Likewise the named limits (siphera/ratelimit.py): per IP for the same reason, per user
 # because load-style tests (many messages or claims by one user) must not meet them. A
 # test that exercises a limit starts its own server with a low one (RATE_LIMITS_TEST
@@ -50,5 +57,8 @@ os.environ.setdefault("SAML_ALLOW_HTTP", "true")
 # The tests' IdPs (pysaml2, authlib) listen on loopback, which the server otherwise refuses
 # to fetch from (siphera.outbound).
 os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+
+# The test servers serve /metrics to this token (siphera/tests/test_metrics.py).
+os.environ.setdefault("METRICS_TOKEN", f"metrics-token-{_RUN}")
 
 from siphera.settings import *  # noqa: E402, F403

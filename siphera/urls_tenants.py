@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 api_v1 = [
     path("", include("orgs.api.urls")),
+    path("", include("orgs.api.compliance_urls")),
     path("", include("messaging.api.urls")),
     path("", include("messaging.api.conversation_urls")),
     path("", include("calls.api.urls")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,6 +106,16 @@ def media_root(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_anchor_dir() -> Iterator[None]:
+    """Remove this run's audit anchor files (siphera/settings_test.py names the directory
+    per run, outside pytest's tmp dirs, so servers and workers share it) at the end."""
+    yield
+    from django.conf import settings
+
+    shutil.rmtree(settings.AUDIT_ANCHOR_DIR, ignore_errors=True)
+
+
 @dataclass
 class LiveServer:
     port: int
@@ -181,43 +192,56 @@ def server_with_env(log_path: Path, **env: str) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def celery_worker(_database, tmp_path_factory):
     """A real Celery worker consuming this run's queue from Redis."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     from django.conf import settings
 
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "siphera",
-                "worker",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "-Q",
-                settings.CELERY_TASK_DEFAULT_QUEUE,
-                "--hostname",
-                f"test-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = _start_worker(
+        log_path, settings.CELERY_TASK_DEFAULT_QUEUE, ("--pool", "solo"), f"test-{os.getpid()}"
+    )
     try:
-        deadline = time.monotonic() + 60
-        while "ready." not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
         yield log_path
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def worker_with_env(log_path: Path, *, pool: tuple[str, ...] = ("--pool", "solo"), **env: str):
+    """A Celery worker on a queue of its own (yielded), with extra environment variables
+    (settings are read at start-up: e.g. a new key ring) and pool options; the session's
+    worker keeps the run's queue and settings."""
+    from django.conf import settings
+
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-{uuid.uuid4().hex[:6]}"
+    proc = _start_worker(
+        log_path, queue, pool, f"w-{uuid.uuid4().hex[:6]}", CELERY_QUEUE=queue, **env
+    )
+    try:
+        yield queue
+    finally:
+        stop_process(proc)
+
+
+def _start_worker(log_path: Path, queue: str, pool, name: str, **env: str) -> subprocess.Popen:
+    """Start `celery worker` on `queue` and wait until it is ready."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "siphera", "worker", *pool),
+                *("--loglevel", "INFO", "-Q", queue, "--hostname", f"{name}@%h"),
+                *("--without-gossip", "--without-mingle"),
+            ],
+            cwd=ROOT,
+            env=child_env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+    return proc
 
 
 # --- orgs, users, devices -------------------------------------------------------------

@@ -11,6 +11,7 @@ from messaging.api.send_form import SendFormError, parse_send
 from messaging.services import conversations, delivery
 from orgs.api.permissions import require
 from orgs.roles import Perm
+from siphera.metrics import instruments as metrics
 from siphera.params import BIGINT_MAX, page_limit, parse_int
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
@@ -174,6 +175,7 @@ class QueueView(APIView):
     def get(self, request):
         limit = _int_param(request, "limit", 100, lo=1, hi=500)
         entries = delivery.pending_for_device(request.auth.pk, limit=limit)
+        metrics.MESSAGES_DELIVERED.inc(len(entries))
         return Response([frame for _, frame in entries])
 
 

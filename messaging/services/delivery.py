@@ -35,6 +35,7 @@ from orgs.api.fields import b64
 from orgs.services.devices import device_group
 from siphera.api_errors import ApiError, not_found
 from siphera.events import send_soon
+from siphera.metrics import instruments as metrics
 
 log = logging.getLogger("siphera.messaging")
 
@@ -134,9 +135,13 @@ def check_send_message(
             # as a string, and the statement reads it as a uuid: any other spelling
             # names no device, which the locked path answers with a 409.)
             if _insert_message(message, envelopes):
+                metrics.MESSAGES_SENT.inc()
                 return SendResult(message, created=True)
         with transaction.atomic():
-            return _send_locked(message, envelopes, attachments or [])
+            result = _send_locked(message, envelopes, attachments or [])
+        if result.created:
+            metrics.MESSAGES_SENT.inc()
+        return result
     except IntegrityError:
         # A concurrent retry with the same client_id committed first: answer with it.
         existing = Message.objects.filter(
@@ -632,7 +637,9 @@ def do_ack_many(acks) -> int:
     retries = 0
     while True:
         try:
-            return _delete_acked(devices, ids)
+            deleted = _delete_acked(devices, ids)
+            metrics.MESSAGES_ACKED.inc(deleted)
+            return deleted
         except OperationalError as exc:
             # Another statement deleting some of the same rows in another order (a
             # retention purge, a revoked device's queue): PostgreSQL aborts one of the two.

@@ -35,6 +35,7 @@ from django.db.models import (
     F,
     Func,
     OuterRef,
+    Q,
     Value,
 )
 from django.db.models.functions import Coalesce
@@ -360,6 +361,43 @@ class PurgeReport:
 ProgressFn = Callable[[str, PurgeReport], None]
 
 
+def held_messages_q(held_users: list, held_conversations: list) -> Q:
+    """The messages the given holds keep: every message of a held conversation; for a
+    held user, every message they sent, every message queued for one of their devices,
+    and every message of a conversation sent while they were a member (current members
+    from their join time; former members up to the event that removed them,
+    conservatively from the conversation's start). Matches nothing without holds."""
+    held = Q(pk__in=[])
+    if held_conversations:
+        held |= Q(conversation_id__in=held_conversations)
+    if held_users:
+        held |= (
+            Q(sender_id__in=held_users)
+            | Exists(
+                Member.objects.filter(
+                    conversation_id=OuterRef("conversation_id"),
+                    user_id__in=held_users,
+                    joined_at__lte=OuterRef("created_at"),
+                )
+            )
+            | Exists(
+                Message.objects.filter(
+                    conversation_id=OuterRef("conversation_id"),
+                    kind=Message.EVENT,
+                    seq__gte=OuterRef("seq"),
+                    event__action__in=_LEFT_ACTIONS,
+                    event__user_ids__has_any_keys=held_users,
+                )
+            )
+            | Exists(
+                QueuedMessage.objects.filter(
+                    message_id=OuterRef("pk"), device__user_id__in=held_users
+                )
+            )
+        )
+    return held
+
+
 def _expired_messages(now: datetime, org_days: int, held_users: list, held_conversations: list):
     """Messages past their conversation's effective retention that no active hold covers."""
     days = Coalesce(F("conversation__retention_days"), Value(org_days))
@@ -371,39 +409,8 @@ def _expired_messages(now: datetime, org_days: int, held_users: list, held_conve
         output_field=DateTimeField(),
     )
     rows = Message.objects.filter(created_at__lt=cutoff)
-    if held_conversations:
-        rows = rows.exclude(conversation_id__in=held_conversations)
-    if held_users:
-        rows = (
-            rows.exclude(sender_id__in=held_users)
-            .exclude(
-                Exists(
-                    Member.objects.filter(
-                        conversation_id=OuterRef("conversation_id"),
-                        user_id__in=held_users,
-                        joined_at__lte=OuterRef("created_at"),
-                    )
-                )
-            )
-            .exclude(
-                Exists(
-                    Message.objects.filter(
-                        conversation_id=OuterRef("conversation_id"),
-                        kind=Message.EVENT,
-                        seq__gte=OuterRef("seq"),
-                        event__action__in=_LEFT_ACTIONS,
-                        event__user_ids__has_any_keys=held_users,
-                    )
-                )
-            )
-            .exclude(
-                Exists(
-                    QueuedMessage.objects.filter(
-                        message_id=OuterRef("pk"), device__user_id__in=held_users
-                    )
-                )
-            )
-        )
+    if held_users or held_conversations:
+        rows = rows.exclude(held_messages_q(held_users, held_conversations))
     return rows.order_by("created_at")
 
 

@@ -22,6 +22,11 @@ class User(AbstractBaseUser):
     username = models.CharField(max_length=150, unique=True)
     display_name = models.CharField(max_length=200, blank=True)
     email = models.EmailField(blank=True)
+    # Profile (orgs.services.profiles): a job title, an IANA time zone name ("" = not
+    # set) and the storage name of the avatar (a 256x256 PNG made on the server; "" = none).
+    title = models.CharField(max_length=100, blank=True)
+    time_zone = models.CharField(max_length=64, blank=True)
+    avatar = models.CharField(max_length=200, blank=True)
     # A built-in role's name (orgs.roles.BUILTIN_ROLES) or a custom Role's slug.
     role = models.CharField(max_length=40, default="member", db_index=True)
     is_active = models.BooleanField(default=True)
@@ -97,6 +102,18 @@ class Invitation(models.Model):
     used_at = models.DateTimeField(null=True)
 
 
+class PasswordReset(models.Model):
+    """A single-use, short-lived link to set a new password, mailed to the user (asked by
+    them or sent by an admin: `requested_by`). Stored as a hash (orgs.services.passwords)."""
+
+    user = models.ForeignKey("User", on_delete=models.CASCADE, related_name="password_resets")
+    token_hash = models.CharField(max_length=64, unique=True)
+    requested_by = models.UUIDField(null=True)  # the admin who sent it; null: the user
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    used_at = models.DateTimeField(null=True)
+
+
 class Device(models.Model):
     """A client installation of one user. `device_id` is small and unique within the user
     and never reused, so a revoked device stays recognisable as stale."""
@@ -140,8 +157,9 @@ class LoginGrant(models.Model):
 class AuditEntry(models.Model):
     """Append-only, hash-chained record of what admins and the platform did in this org.
 
-    `hash` = sha256(prev_hash + canonical JSON of this entry's fields); see
-    orgs.services.audit.
+    `hash` = HMAC-SHA256 (key `key_id`, from the key ring) of prev_hash + canonical JSON of
+    this entry's fields, or plain SHA-256 for entries from before the chain was keyed
+    (`key_id` "sha256"); see orgs.services.audit.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -154,6 +172,9 @@ class AuditEntry(models.Model):
     target_type = models.CharField(max_length=40, blank=True)
     target_id = models.CharField(max_length=100, blank=True)
     data = models.JSONField(default=dict)
+    # Which key of the ring made `hash` (orgs.services.audit): no default, so a row
+    # written without naming its key is refused.
+    key_id = models.CharField(max_length=16)
     # Unique: each entry has exactly one successor, so the chain cannot fork.
     prev_hash = models.CharField(max_length=64, unique=True)
     hash = models.CharField(max_length=64, unique=True)
@@ -190,6 +211,8 @@ class OrgPolicy(models.Model):
     read_receipts = models.BooleanField(default=True)
     # When on, nobody is told anyone else's presence (orgs.services.presence).
     presence_hidden = models.BooleanField(default=False)
+    # Shortest password anyone of the org may set (every path: orgs.accounts.passwords).
+    password_min_length = models.PositiveSmallIntegerField(default=8)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

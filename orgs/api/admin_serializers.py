@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.services.mfa import MFA_POLICIES
 from orgs.services.policy import SESSION_MINUTES_MAX, SESSION_MINUTES_MIN
 
@@ -82,6 +83,11 @@ class PolicySerializer(serializers.Serializer):
     presence_hidden = serializers.BooleanField(
         help_text="Nobody sees anyone else's presence (own status still settable)."
     )
+    password_min_length = serializers.IntegerField(
+        min_value=MIN_LENGTH_FLOOR,
+        max_value=MIN_LENGTH_CEILING,
+        help_text="Shortest password anyone of the org may set (new passwords only).",
+    )
 
 
 class AuditEntrySerializer(serializers.Serializer):
@@ -95,6 +101,7 @@ class AuditEntrySerializer(serializers.Serializer):
     target_type = serializers.CharField()
     target_id = serializers.CharField()
     data = serializers.JSONField()
+    key_id = serializers.CharField()
     prev_hash = serializers.CharField()
     hash = serializers.CharField()
 
@@ -111,3 +118,6 @@ class ChainReportSerializer(serializers.Serializer):
     broken_id = serializers.IntegerField(allow_null=True)
     problem = serializers.CharField(allow_null=True)
     detail = serializers.CharField()
+    # The latest anchor (signed head kept outside the database) the log matched, if any.
+    anchor_id = serializers.IntegerField(allow_null=True)
+    anchored_at = serializers.CharField(allow_blank=True)

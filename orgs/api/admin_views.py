@@ -73,7 +73,9 @@ class UsersView(APIView):
             user = users.check_create_user(password=data["password"], **fields)
             body = s.AdminUserSerializer(user).data
         else:
-            user, token = users.check_invite_user(**fields)
+            user, token = users.check_invite_user(
+                **fields, base_url=request.build_absolute_uri("/")
+            )
             body = dict(
                 s.AdminUserSerializer(user).data,
                 invitation_url=invitation_url(request, token),
@@ -302,5 +304,7 @@ class AuditVerifyView(APIView):
                 "broken_id": report.broken_id,
                 "problem": report.problem,
                 "detail": report.describe(),
+                "anchor_id": report.anchor_id,
+                "anchored_at": report.anchored_at,
             }
         )

@@ -31,6 +31,9 @@ PUBLIC = "public"  # no authentication at all
 UNDECLARED = "undeclared"  # the view or method says nothing: refused
 # The org's SCIM bearer token (an IdP, not a user): orgs.scim.views.endpoint declares it.
 SCIM_TOKEN = "scim_token"  # noqa: S105 (a requirement's name, not a secret)
+# The deployment's operator (METRICS_TOKEN or METRICS_ALLOWED_NETWORKS), not an org's
+# user: operator routes on the host no org answers (orgs.perm_registry.operator_routes).
+OPERATOR = "operator"
 
 Requirement = Perm | str  # a code, AUTHENTICATED or PUBLIC
 

@@ -37,6 +37,10 @@ class MeSerializer(serializers.Serializer):
     user_id = serializers.UUIDField()
     username = serializers.CharField()
     display_name = serializers.CharField()
+    email = serializers.CharField()
+    title = serializers.CharField()
+    time_zone = serializers.CharField()
+    avatar_url = serializers.CharField(allow_null=True)
     role = serializers.CharField()
     device_id = serializers.IntegerField()
     org = OrgSummarySerializer()
@@ -46,4 +50,12 @@ class UserSerializer(serializers.Serializer):
     user_id = serializers.UUIDField(source="pk")
     username = serializers.CharField()
     display_name = serializers.CharField()
+    title = serializers.CharField()
+    time_zone = serializers.CharField()
+    avatar_url = serializers.SerializerMethodField()
     is_active = serializers.BooleanField()
+
+    def get_avatar_url(self, user) -> str | None:
+        from orgs.api.profile_serializers import avatar_url
+
+        return avatar_url(user)

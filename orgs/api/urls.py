@@ -1,12 +1,21 @@
 from django.urls import path
 
-from orgs.api import admin_views, mfa_views, presence_views, sso_views, views
+from orgs.api import admin_views, mfa_views, presence_views, profile_views, sso_views, views
 
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="auth-login"),
     path("auth/sso", sso_views.SsoInfoView.as_view(), name="auth-sso"),
     path("auth/sso/token", sso_views.SsoTokenView.as_view(), name="auth-sso-token"),
+    path("auth/password-reset", profile_views.PasswordResetView.as_view(), name="pw-reset"),
+    path(
+        "auth/password-reset/confirm",
+        profile_views.PasswordResetConfirmView.as_view(),
+        name="pw-reset-confirm",
+    ),
     path("me", views.MeView.as_view(), name="me"),
+    path("me/password", profile_views.PasswordChangeView.as_view(), name="me-password"),
+    path("me/avatar", profile_views.MyAvatarView.as_view(), name="me-avatar"),
+    path("directory", profile_views.DirectoryView.as_view(), name="directory"),
     path("me/presence", presence_views.MyPresenceView.as_view(), name="me-presence"),
     path("devices/<int:device_id>", views.DeviceDetailView.as_view(), name="device-detail"),
     path("users", admin_views.UsersView.as_view(), name="users"),
@@ -21,6 +30,20 @@ urlpatterns = [
         "users/<str:user_id>/reactivate",
         admin_views.UserReactivateView.as_view(),
         name="user-reactivate",
+    ),
+    path("users/<str:user_id>/avatar", profile_views.UserAvatarView.as_view(), name="user-avatar"),
+    path(
+        "users/<str:user_id>/profile", profile_views.UserProfileView.as_view(), name="user-profile"
+    ),
+    path(
+        "users/<str:user_id>/profile/avatar",
+        profile_views.UserAvatarAdminView.as_view(),
+        name="user-profile-avatar",
+    ),
+    path(
+        "users/<str:user_id>/password-reset",
+        profile_views.UserPasswordResetView.as_view(),
+        name="user-password-reset",
     ),
     path("users/<str:user_id>/mfa", mfa_views.UserMfaResetView.as_view(), name="user-mfa"),
     path("mfa", mfa_views.MfaStatusView.as_view(), name="mfa"),

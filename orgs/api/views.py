@@ -13,8 +13,9 @@ from orgs.api.permissions import (
     require_any,
     require_by_method,
 )
+from orgs.api.profile_serializers import ProfileUpdateSerializer, avatar_url, profile_changes
 from orgs.roles import Perm
-from orgs.services import audit, auth, devices, directory
+from orgs.services import audit, auth, devices, directory, profiles
 
 ERROR = OpenApiResponse(description='{"error": {"code", "message"}}')
 
@@ -67,17 +68,35 @@ class MeView(APIView):
 
     @extend_schema(responses={200: s.MeSerializer}, tags=["auth"])
     def get(self, request):
-        org = request.tenant
-        return Response(
-            {
-                "user_id": str(request.user.pk),
-                "username": request.user.username,
-                "display_name": request.user.display_name,
-                "role": request.user.role,
-                "device_id": request.auth.device_id,
-                "org": {"slug": org.slug, "name": org.name},
-            }
+        return Response(self._me(request, request.user))
+
+    @extend_schema(
+        request=ProfileUpdateSerializer,
+        responses={200: s.MeSerializer, 400: ERROR},
+        tags=["auth"],
+        description="Change your own display name, title or time zone.",
+    )
+    def patch(self, request):
+        user = profiles.check_update_profile(
+            request.user, profile_changes(request), actor=audit.Actor.from_request(request)
         )
+        return Response(self._me(request, user))
+
+    @staticmethod
+    def _me(request, user) -> dict:
+        org = request.tenant
+        return {
+            "user_id": str(user.pk),
+            "username": user.username,
+            "display_name": user.display_name,
+            "email": user.email,
+            "title": user.title,
+            "time_zone": user.time_zone,
+            "avatar_url": avatar_url(user),
+            "role": user.role,
+            "device_id": request.auth.device_id,
+            "org": {"slug": org.slug, "name": org.name},
+        }
 
 
 class UserDetailView(APIView):

@@ -1,9 +1,17 @@
 """The org's append-only, hash-chained audit log.
 
-Each entry's hash covers the previous entry's hash and a canonical JSON of its own fields,
-so editing, deleting or reordering any row breaks a link that `verify_chain` finds. The
-database refuses UPDATE, DELETE and TRUNCATE on the table (trigger, migration 0002) and a
-unique `prev_hash` makes a forked chain impossible to store.
+Each entry's hash is an HMAC-SHA256, with a key derived from the server's key ring
+(siphera.mac_keys, purpose CHAIN_PURPOSE), over the previous entry's hash and a canonical
+JSON of its own fields, so editing, deleting or reordering any row breaks a link that
+`verify_chain` finds, and someone who can write to the database but does not hold the key
+ring cannot append an entry that verifies. Each entry names the key that made its link
+(`key_id`), so the chain verifies across a key rotation. Entries written before the chain
+was keyed carry LEGACY_KEY_ID and a plain SHA-256 link; none may follow a keyed entry.
+
+The database refuses UPDATE, DELETE and TRUNCATE on the table (trigger, migration 0002)
+and a unique `prev_hash` makes a forked chain impossible to store. A chain cut short at
+its end still links: signed anchors of the head kept outside the database
+(orgs.services.audit_anchor) catch that.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,8 +30,13 @@ from django.utils import timezone
 
 from orgs.accounts.models import AuditEntry
 from orgs.audit_events import AuditEvent
+from orgs.services import audit_anchor
+from siphera import mac_keys
 
 GENESIS = "0" * 64
+# The key id of entries written before the chain was keyed: their link is plain SHA-256.
+LEGACY_KEY_ID = "sha256"
+CHAIN_PURPOSE = "audit chain"
 # Any fixed 32-bit number: with hashtext(schema) it names one advisory lock per org
 # chain, so writers of one org queue up without blocking other orgs.
 _LOCK_NAMESPACE = 0x5E1A
@@ -39,6 +53,7 @@ HASHED_FIELDS = (
     "data",
 )
 ProgressFn = Callable[[int, int], None]
+log = logging.getLogger("siphera.audit")
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ def entry_fields(entry: AuditEntry) -> dict[str, Any]:
         "target_type": entry.target_type,
         "target_id": entry.target_id,
         "data": entry.data,
+        "key_id": entry.key_id,
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
     }
@@ -111,12 +127,17 @@ def canonical(entry: AuditEntry) -> bytes:
     return canonical_payload(entry_fields(entry))
 
 
-def link_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + canonical_payload(fields)).hexdigest()
-
-
-def chain_hash(prev_hash: str, entry: AuditEntry) -> str:
-    return link_hash(prev_hash, entry_fields(entry))
+def link_hash(prev_hash: str, fields: Mapping[str, Any]) -> str | None:
+    """The hash an entry with these fields (and `key_id`) must carry after `prev_hash`:
+    HMAC-SHA256 with the chain key its `key_id` names, or plain SHA-256 for a legacy entry
+    (a row without `key_id`, e.g. from an export made before keying, is legacy). None when
+    no key of SECRET_KEYS has that id."""
+    payload = prev_hash.encode() + canonical_payload(fields)
+    key_id = fields.get("key_id") or LEGACY_KEY_ID
+    if key_id == LEGACY_KEY_ID:
+        return hashlib.sha256(payload).hexdigest()
+    key = mac_keys.find(CHAIN_PURPOSE, key_id)
+    return key.sign(payload) if key else None
 
 
 def _json_safe(data: dict | None) -> dict:
@@ -189,8 +210,9 @@ def record(
             target_id=str(target_id),
             data=_json_safe(data),
             prev_hash=last or GENESIS,
+            key_id=mac_keys.newest(CHAIN_PURPOSE).id,
         )
-        entry.hash = chain_hash(entry.prev_hash, entry)
+        entry.hash = link_hash(entry.prev_hash, entry_fields(entry))
         entry.save()
         return entry
 
@@ -200,23 +222,38 @@ def record(
 ALTERED = "altered"  # the entry's content no longer matches its hash
 MISSING = "missing"  # an entry before this one is gone (its predecessor's hash is absent)
 REORDERED = "reordered"  # the entry's predecessor exists, but elsewhere in the log
+UNKEYED = "unkeyed"  # an unkeyed (legacy SHA-256) entry after keyed ones: forged
+UNKNOWN_KEY = "unknown_key"  # made with a key id that no key of SECRET_KEYS has
+TRUNCATED = "truncated"  # the latest anchored entry is gone: the log was cut short
+ANCHOR_MISMATCH = "anchor_mismatch"  # the anchored entry's hash is not the anchored one
 
 
 @dataclass(frozen=True)
 class ChainReport:
-    """The outcome of walking a chain: ok with a count and head, or the first broken link."""
+    """The outcome of walking a chain: ok with a count and head, or the first broken link.
+    `anchor_id`/`anchored_at` name the anchor the log was checked against (if any)."""
 
     ok: bool
     count: int  # entries checked (up to and including the broken one)
     head: str  # hash of the last good entry (GENESIS for an empty log)
     broken_id: int | None = None
-    problem: str | None = None  # ALTERED, MISSING or REORDERED
+    problem: str | None = None  # one of the kinds above
     detail: str = ""
+    anchor_id: int | None = None
+    anchored_at: str = ""
+    note: str = ""  # e.g. "no anchor yet"
 
     def describe(self) -> str:
-        if self.ok:
-            return f"OK: {self.count} entries, chain intact, head {self.head}"
-        return f"BROKEN at entry {self.broken_id} ({self.problem}): {self.detail}"
+        if not self.ok:
+            where = f"at entry {self.broken_id} " if self.broken_id is not None else ""
+            text = f"BROKEN {where}({self.problem}): {self.detail}"
+        else:
+            text = f"OK: {self.count} entries, chain intact, head {self.head}"
+        if self.ok and self.anchor_id is not None:
+            text += f"; anchored entry {self.anchor_id} ({self.anchored_at}) present"
+        if self.note:
+            text += f"; {self.note}"
+        return text
 
 
 def walk_chain(
@@ -226,29 +263,27 @@ def walk_chain(
     progress: ProgressFn | None = None,
     total: int = 0,
     start_hash: str = GENESIS,
+    keyed: bool = False,
     every: int = 5000,
 ) -> ChainReport:
     """Check rows (in id order; each as `entry_fields` gives) link into one chain.
 
-    The first row must link to `start_hash`. At the first broken link, the entry is named
-    with the kind of break: ALTERED (its content no longer matches its own hash), MISSING
-    (the entry it links to is absent: deleted) or REORDERED (the entry it links to exists
-    at another position; `locate(hash)` returns that entry's id, or None).
+    The first row must link to `start_hash` (`keyed`: the entry with that hash was keyed,
+    so no unkeyed entry may follow). At the first broken link, the entry is named with the
+    kind of break: UNKEYED (a legacy SHA-256 entry after a keyed one: anyone can compute
+    that hash, so it is forged), UNKNOWN_KEY (its key id is not in the ring), ALTERED
+    (its content no longer matches its own hash), MISSING (the entry it links to is
+    absent: deleted) or REORDERED (the entry it links to exists at another position;
+    `locate(hash)` returns that entry's id, or None).
     """
     expected = start_hash
     count = 0
     prev_id = 0
     for row in rows:
         count += 1
-        if link_hash(row["prev_hash"], row) != row["hash"]:
-            return ChainReport(
-                False,
-                count,
-                expected,
-                row["id"],
-                ALTERED,
-                "its content does not match its hash (edited after it was written)",
-            )
+        broken = link_problem(row, keyed)
+        if broken:
+            return ChainReport(False, count, expected, row["id"], *broken)
         if row["prev_hash"] != expected:
             where = locate(row["prev_hash"]) if locate else None
             if where is not None:
@@ -261,11 +296,31 @@ def walk_chain(
                 False, count, expected, row["id"], MISSING, _missing_detail(prev_id, row["id"])
             )
         expected, prev_id = row["hash"], row["id"]
+        keyed = keyed or (row.get("key_id") or LEGACY_KEY_ID) != LEGACY_KEY_ID
         if progress is not None and count % every == 0:
             progress(count, total)
     if progress is not None:
         progress(count, total)
     return ChainReport(True, count, expected)
+
+
+def link_problem(row: Mapping[str, Any], keyed: bool) -> tuple[str, str] | None:
+    """Whether the row's own hash is wrong, and why: (problem, detail) or None."""
+    key_id = row.get("key_id") or LEGACY_KEY_ID
+    if key_id == LEGACY_KEY_ID and keyed:
+        return UNKEYED, (
+            "it has an unkeyed (plain SHA-256) hash but follows keyed entries: anyone can "
+            "compute such a hash, so it was written by someone without the key ring (forged)"
+        )
+    expected = link_hash(row["prev_hash"], row)
+    if expected is None:
+        return UNKNOWN_KEY, (
+            f"its hash was made with key {key_id}, which no key of SECRET_KEYS has "
+            "(removed from the ring too early, or the entry is forged)"
+        )
+    if expected != row["hash"]:
+        return ALTERED, "its content does not match its hash (edited after it was written)"
+    return None
 
 
 def _missing_detail(prev_id: int, entry_id: int) -> str:
@@ -284,11 +339,13 @@ def _missing_detail(prev_id: int, entry_id: int) -> str:
 def verify_chain(
     *, progress: ProgressFn | None = None, chunk_size: int = 2000, expect_head: str = ""
 ) -> ChainReport:
-    """Walk the current org's whole log, oldest first, and report the first broken link.
+    """Walk the current org's whole log, oldest first, and report the first broken link;
+    then check the org's latest anchor (audit_anchor): its entry must still be there with
+    the anchored hash, so a log cut short at its end (or rewritten) since it was anchored
+    fails too.
 
     Reads in one streamed query (server-side cursor), so memory stays flat on long logs.
-    A chain cut short at its end still links; pass `expect_head` (a hash noted earlier,
-    e.g. from a previous verification or export) to also require that it is still there.
+    `expect_head` (a hash noted earlier) also requires that entry to still be there.
     """
     total = AuditEntry.objects.count() if progress is not None else 0
     rows = (entry_fields(entry) for entry in AuditEntry.objects.order_by("id").iterator(chunk_size))
@@ -302,8 +359,119 @@ def verify_chain(
             MISSING,
             f"the expected entry with hash {expect_head} is gone (the log was cut short)",
         )
-    return report
+    report = report if not report.ok else _unkeyed_tail(report)
+    if not report.ok:
+        return report
+    latest = audit_anchor.latest(connection.schema_name)
+    if latest.anchor is None:
+        return replace(report, note=latest.note or "no anchor yet")
+    broken = _anchor_problem(latest.anchor)
+    if broken:
+        return replace(
+            report, ok=False, broken_id=latest.anchor.entry_id, note=latest.note, **broken
+        )
+    return replace(
+        report,
+        anchor_id=latest.anchor.entry_id,
+        anchored_at=latest.anchor.anchored_at,
+        note=latest.note,
+    )
+
+
+def _unkeyed_tail(report: ChainReport) -> ChainReport:
+    """`report`, or UNKEYED when the log's newest entry is unkeyed. Since migration
+    accounts.0008 sealed every existing log with a keyed entry, a genuine log that is not
+    empty ends with keyed entries: one that ends unkeyed had its keyed entries removed or
+    rewritten in the unkeyed form (which anyone can compute)."""
+    newest = AuditEntry.objects.order_by("-id").values_list("id", "key_id").first()
+    if newest is None or newest[1] != LEGACY_KEY_ID:
+        return report
+    return replace(
+        report,
+        ok=False,
+        broken_id=newest[0],
+        problem=UNKEYED,
+        detail="the log ends with an unkeyed (plain SHA-256) entry, but every log ends with "
+        "keyed entries since the chain was keyed: its keyed entries were removed, or the "
+        "log was rewritten without the key",
+    )
+
+
+def _anchor_problem(anchor: audit_anchor.Anchor) -> dict[str, str] | None:
+    """Whether the anchored entry is gone or changed: {problem, detail} or None."""
+    found = AuditEntry.objects.filter(id=anchor.entry_id).values_list("hash", flat=True).first()
+    if found == anchor.hash:
+        return None
+    if found is None:
+        return {
+            "problem": TRUNCATED,
+            "detail": f"entry {anchor.entry_id}, the chain's head when it was anchored at "
+            f"{anchor.anchored_at} (hash {anchor.hash}), is gone: entries were deleted "
+            "from the end of the log",
+        }
+    return {
+        "problem": ANCHOR_MISMATCH,
+        "detail": f"entry {anchor.entry_id} no longer has the hash anchored at "
+        f"{anchor.anchored_at} ({anchor.hash}): the log was rewritten from there on",
+    }
 
 
 def _locate(hash_: str) -> int | None:
     return AuditEntry.objects.filter(hash=hash_).values_list("id", flat=True).first()
+
+
+# --- anchoring -------------------------------------------------------------------------
+
+
+def anchor_head() -> ChainReport:
+    """Anchor the current org's chain head outside the database (audit_anchor.write), if
+    the entries written since its latest anchor link to that anchor.
+
+    Checks only what is new (flat cost however long the log): the anchored entry must still
+    be there with its hash, and every later entry must link from it. If not, nothing is
+    written (an anchor over a cut or forged log would hide the break), the problem is
+    logged as an error and returned. A head that is already anchored is not anchored again.
+    The returned report's `anchor_id` is the anchored head; `count` the entries checked.
+    """
+    schema = connection.schema_name
+    latest = audit_anchor.latest(schema).anchor
+    rows = AuditEntry.objects.order_by("id")
+    start, keyed = GENESIS, False
+    if latest is not None:
+        broken = _anchor_problem(latest)
+        if broken:
+            return _refused(schema, replace(ChainReport(False, 0, GENESIS), **broken))
+        key_id = AuditEntry.objects.filter(id=latest.entry_id).values_list("key_id", flat=True)
+        rows = rows.filter(id__gt=latest.entry_id)
+        start, keyed = latest.hash, key_id.first() != LEGACY_KEY_ID
+    report = walk_chain(
+        (entry_fields(e) for e in rows.iterator(2000)),
+        locate=_locate,
+        start_hash=start,
+        keyed=keyed,
+    )
+    report = report if not report.ok else _unkeyed_tail(report)
+    if not report.ok:
+        return _refused(schema, report)
+    if report.count == 0:
+        if latest is None:
+            return replace(report, note="empty log, nothing to anchor")
+        return replace(report, anchor_id=latest.entry_id, anchored_at=latest.anchored_at)
+    head = AuditEntry.objects.get(hash=report.head)
+    anchor = audit_anchor.write(
+        schema, entry_id=head.id, hash=head.hash, entry_ts=entry_fields(head)["ts"]
+    )
+    return replace(report, anchor_id=anchor.entry_id, anchored_at=anchor.anchored_at)
+
+
+def _refused(schema: str, report: ChainReport) -> ChainReport:
+    log.error(
+        "audit chain does not match its anchor: not anchored",
+        extra={
+            "schema": schema,
+            "problem": report.problem,
+            "broken_id": report.broken_id,
+            "detail": report.detail,
+        },
+    )
+    return report

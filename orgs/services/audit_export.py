@@ -29,7 +29,10 @@ from siphera.api_errors import ApiError
 from siphera.tenancy import tenant_context
 
 FORMATS = ("csv", "jsonl")
-COLUMNS = ("id", *audit.HASHED_FIELDS, "prev_hash", "hash")
+COLUMNS = ("id", *audit.HASHED_FIELDS, "key_id", "prev_hash", "hash")
+# Exports made before the chain was keyed have no key_id column: all their entries are
+# legacy (plain SHA-256) ones.
+_UNKEYED_COLUMNS = tuple(name for name in COLUMNS if name != "key_id")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 _KNOWN_EVENTS = frozenset(str(e) for e in AuditEvent)
 
@@ -248,7 +251,7 @@ def read_export(stream: IO[str], fmt: str) -> Iterator[dict[str, Any]]:
                 yield _parsed(json.loads(line), number)
         return
     reader = csv.DictReader(stream)
-    if tuple(reader.fieldnames or ()) != COLUMNS:
+    if tuple(reader.fieldnames or ()) not in (COLUMNS, _UNKEYED_COLUMNS):
         raise ApiError(400, "invalid_export", f"CSV header must be: {','.join(COLUMNS)}.")
     for number, row in enumerate(reader, start=2):
         row = {k: _restored(v) if isinstance(v, str) else v for k, v in row.items()}
@@ -260,10 +263,10 @@ def read_export(stream: IO[str], fmt: str) -> Iterator[dict[str, Any]]:
 
 
 def _parsed(row: dict[str, Any], line: int) -> dict[str, Any]:
-    missing = [name for name in COLUMNS if name not in row]
+    missing = [name for name in _UNKEYED_COLUMNS if name not in row]
     if missing:
         raise ApiError(400, "invalid_export", f"Line {line} lacks {', '.join(missing)}.")
-    return dict(row, id=int(row["id"]))
+    return dict(row, id=int(row["id"]), key_id=row.get("key_id") or audit.LEGACY_KEY_ID)
 
 
 def verify_export(
@@ -295,12 +298,11 @@ def verify_export(
 
 
 def _verify_entries_only(rows: Iterable[dict[str, Any]]) -> audit.ChainReport:
-    count, last = 0, audit.GENESIS
+    count, last, keyed = 0, audit.GENESIS, False
     for row in rows:
         count += 1
-        if audit.link_hash(row["prev_hash"], row) != row["hash"]:
-            return audit.ChainReport(
-                False, count, last, row["id"], audit.ALTERED, "its content does not match its hash"
-            )
-        last = row["hash"]
+        broken = audit.link_problem(row, keyed)
+        if broken:
+            return audit.ChainReport(False, count, last, row["id"], *broken)
+        last, keyed = row["hash"], keyed or row["key_id"] != audit.LEGACY_KEY_ID
     return audit.ChainReport(True, count, last)

@@ -69,8 +69,9 @@ def list_entries(
 
 
 def check_verify(*, actor: audit.Actor) -> audit.ChainReport:
-    """Walk the whole chain (audit.verify_chain) and record who checked and what they
-    saw (`audit.verified`), so a verification that found a break is on record too."""
+    """Walk the whole chain and check it against its latest anchor (audit.verify_chain),
+    and record who checked and what they saw (`audit.verified`), so a verification that
+    found a break is on record too."""
     report = audit.verify_chain()
     audit.record(
         AuditEvent.AUDIT_VERIFIED,
@@ -83,6 +84,7 @@ def check_verify(*, actor: audit.Actor) -> audit.ChainReport:
             "head": report.head,
             "broken_id": report.broken_id,
             "problem": report.problem,
+            "anchor_id": report.anchor_id,
         },
     )
     return report

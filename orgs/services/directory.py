@@ -83,3 +83,41 @@ def sees_all(viewer: User, user_ids) -> bool:
     except (ValidationError, ValueError):
         return False
     return len(users) == len(wanted) and all(can_see(viewer, u, codes) for u in users)
+
+
+DIRECTORY_SCAN = 500  # candidates a contacts-only page looks at, at most
+
+
+def search_directory(viewer: User, q: str = "", *, after: str = "", limit: int = 50):
+    """Active users `viewer` may see (`can_see`), by username, whose username, display
+    name or title contains `q` (case-insensitive); `after` keeps the usernames after it.
+    Returns (page, next_after): next_after is the username to pass for the next page, or
+    None at the end. E-mail addresses are not searched: the directory does not show them.
+    A viewer with `directory.contacts` only (guests) finds only themselves and their
+    contacts; at most DIRECTORY_SCAN candidates are looked at per page, so a sparse page
+    may come back short with a next_after to go on from."""
+    codes = codes_for(viewer)
+    rows = User.objects.filter(is_active=True).order_by("username")
+    if after:
+        rows = rows.filter(username__gt=after)
+    q = (q or "").strip()
+    if q:
+        rows = rows.filter(
+            Q(username__icontains=q) | Q(display_name__icontains=q) | Q(title__icontains=q)
+        )
+    if Perm.DIRECTORY_VIEW in codes:
+        page = list(rows[: limit + 1])
+        more = len(page) > limit
+        page = page[:limit]
+        return page, (page[-1].username if more and page else None)
+    candidates = list(rows[:DIRECTORY_SCAN])
+    page: list[User] = []
+    for index, user in enumerate(candidates):
+        if can_see(viewer, user, codes):
+            page.append(user)
+            if len(page) == limit:
+                more = index + 1 < len(candidates) or len(candidates) == DIRECTORY_SCAN
+                return page, (user.username if more else None)
+    if len(candidates) == DIRECTORY_SCAN:
+        return page, candidates[-1].username
+    return page, None

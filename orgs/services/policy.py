@@ -1,5 +1,6 @@
 """The org's policies (`accounts.OrgPolicy`, one row per org): MFA, portal session
-lifetime, allowed login methods, read receipts, hidden presence.
+lifetime, allowed login methods, read receipts, hidden presence, the minimum password
+length (applied by orgs.accounts.passwords).
 
 Every change is audited `org.policy_changed`, one entry per field with before/after, in
 the same transaction. Readers call the small functions below rather than the model.
@@ -13,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from orgs.accounts.models import OrgPolicy
+from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
 from orgs.services.mfa import MFA_POLICIES, get_org_policy
@@ -27,6 +29,7 @@ FIELDS = (
     "sso_login",
     "read_receipts",
     "presence_hidden",
+    "password_min_length",
 )
 
 __all__ = [
@@ -88,6 +91,19 @@ def _clean(changes: dict[str, Any]) -> dict[str, Any]:
                 "(or null for the server default).",
             )
         clean["session_lifetime_minutes"] = minutes
+    if "password_min_length" in changes:
+        length = changes["password_min_length"]
+        if (
+            isinstance(length, bool)
+            or not isinstance(length, int)
+            or not MIN_LENGTH_FLOOR <= length <= MIN_LENGTH_CEILING
+        ):
+            raise ApiError(
+                400,
+                "invalid_policy",
+                f"password_min_length is {MIN_LENGTH_FLOOR}-{MIN_LENGTH_CEILING}.",
+            )
+        clean["password_min_length"] = length
     for name in ("password_login", "sso_login", "read_receipts", "presence_hidden"):
         if name in changes:
             if not isinstance(changes[name], bool):

@@ -14,12 +14,13 @@ from datetime import timedelta
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from orgs.accounts.models import Invitation, LoginGrant, User
 from orgs.audit_events import AuditEvent
 from orgs.roles import OWNER, codes_for, role_codes
-from orgs.services import audit, tokens
+from orgs.services import audit, mail, tokens
 from orgs.services import roles as role_service
 from siphera.api_errors import ApiError, not_found
 from siphera.events import notify_on_commit
@@ -129,19 +130,34 @@ def check_invite_user(
     display_name: str = "",
     email: str = "",
     actor: audit.Actor,
+    base_url: str = "",
 ) -> tuple[User, str]:
     """Create a user without a password and a single-use invitation for them to set one
     (valid INVITATION_TTL). Returns the user and the invitation token, shown once: the
-    admin passes the link on. Same validation as `check_create_user`."""
-    user = check_create_user(
-        username=username,
-        password=None,
-        role=role,
-        display_name=display_name,
-        email=email,
-        actor=actor,
-    )
-    return user, do_issue_invitation(user, actor=actor)
+    admin passes the link on, and when the user has an e-mail address and `base_url` (the
+    org host's origin) is given it is also mailed to them (orgs.services.mail, after
+    commit). Same validation as `check_create_user`."""
+    with transaction.atomic():
+        user = check_create_user(
+            username=username,
+            password=None,
+            role=role,
+            display_name=display_name,
+            email=email,
+            actor=actor,
+        )
+        token = do_issue_invitation(user, actor=actor)
+        if user.email and base_url:
+            mail.queue_mail(
+                "invitation",
+                to=[user.email],
+                context=mail.addressee(user)
+                | {
+                    "link": base_url.rstrip("/") + reverse("portal:invitation", args=[token]),
+                    "days": INVITATION_TTL.days,
+                },
+            )
+    return user, token
 
 
 def do_issue_invitation(user: User, *, actor: audit.Actor) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import io
 import json
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -23,6 +23,7 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from orgs.accounts.models import AuditEntry, User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, audit_export
+from orgs.tests.audit_support import tampering, verify, verify_fails
 from siphera.tenancy import in_tenant, tenant_context
 from tests.fixtures import (
     PASSWORD,
@@ -35,8 +36,6 @@ from tests.fixtures import (
     unique,
 )
 
-TRIGGER = "accounts_auditentry_append_only"
-
 
 def fresh_org(users: int = 4):
     """A new org whose log holds org.created plus one member.created per user."""
@@ -48,35 +47,6 @@ def fresh_org(users: int = 4):
 
 def entry_ids(org) -> list[int]:
     return in_tenant(org, lambda: list(AuditEntry.objects.values_list("id", flat=True)))
-
-
-def verify(org, *extra: str) -> str:
-    """Run verify_audit; return its stdout (raises CommandError when the chain is broken)."""
-    out = io.StringIO()
-    try:
-        call_command("verify_audit", "--org", org.slug, "--quiet", *extra, stdout=out)
-    except CommandError as exc:
-        exc.stdout = out.getvalue()
-        raise
-    return out.getvalue()
-
-
-def verify_fails(org, *extra: str) -> str:
-    with pytest.raises(CommandError) as failure:
-        verify(org, *extra)
-    assert failure.value.returncode == 1
-    return failure.value.stdout
-
-
-@contextmanager
-def tampering(org):
-    """A cursor in the org's schema with the append-only trigger disabled (superuser)."""
-    with tenant_context(org), connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE accounts_auditentry DISABLE TRIGGER {TRIGGER}")
-        try:
-            yield cursor
-        finally:
-            cursor.execute(f"ALTER TABLE accounts_auditentry ENABLE TRIGGER {TRIGGER}")
 
 
 # --- verification and tampering ---------------------------------------------------------
@@ -119,14 +89,15 @@ def test_altering_content_and_recomputing_its_hash_still_fails_at_the_next_entry
     with tenant_context(org):
         entry = AuditEntry.objects.get(pk=victim)
         entry.data = {"username": "mallory", "role": "owner"}
-        forged = audit.chain_hash(entry.prev_hash, entry)
+        # Even with the key ring (what a database writer does not have)...
+        forged = audit.link_hash(entry.prev_hash, audit.entry_fields(entry))
     with tampering(org) as cursor:
         cursor.execute(
             "UPDATE accounts_auditentry SET data = %s::jsonb, hash = %s WHERE id = %s",
             [json.dumps(entry.data), forged, victim],
         )
     out = verify_fails(org)
-    # The forged entry is self-consistent; the next one no longer links to it.
+    # ...the forged entry is self-consistent, but the next one no longer links to it.
     assert f"BROKEN at entry {ids[3]} (missing)" in out
 
 
@@ -154,10 +125,11 @@ def test_deleting_the_first_entry_fails_verification():
 def test_cutting_the_last_entry_is_caught_against_a_noted_head():
     org = fresh_org()
     last = in_tenant(org, lambda: AuditEntry.objects.last())
-    verify(org, "--expect-head", last.hash)
+    # Without anchors (test_audit_keyed covers those), only a noted head catches it.
+    verify(org, "--expect-head", last.hash, "--no-anchor")
     with tampering(org) as cursor:
         cursor.execute("DELETE FROM accounts_auditentry WHERE id = %s", [last.id])
-    verify(org)  # what is left still links...
+    verify(org, "--no-anchor")  # what is left still links...
     out = verify_fails(org, "--expect-head", last.hash)  # ...but the noted head is gone
     assert "(missing)" in out and last.hash in out
 
@@ -295,10 +267,27 @@ def test_recording_an_event_type_outside_the_registry_is_refused_and_writes_noth
     assert in_tenant(org, lambda: AuditEntry.objects.last().event) == "member.created"
 
 
+def _documented_key(material: str) -> tuple[str, bytes]:
+    """docs/audit.md "The chain": the chain key is HKDF-SHA256 of a SECRET_KEYS entry (no
+    salt, info `siphera mac v1: audit chain`, 32 bytes); its id is the first 16 hex
+    digits of the key's SHA-256."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"siphera mac v1: audit chain"
+    ).derive(material.encode())
+    return hashlib.sha256(key).hexdigest()[:16], key
+
+
 def _documented_hash(prev_hash: str, row: dict) -> str:
-    """docs/audit.md "The chain", implemented from the text alone: sha256 over the
-    previous hash's hex followed by the canonical JSON (sorted keys at every level, no
-    whitespace, non-ASCII escaped), as lower-case hex."""
+    """docs/audit.md "The chain", implemented from the text alone: HMAC-SHA256 with the
+    chain key over the previous hash's hex followed by the canonical JSON (sorted keys at
+    every level, no whitespace, non-ASCII escaped), as lower-case hex."""
+    from django.conf import settings
+
+    key_id, key = _documented_key(settings.SECRET_KEYS[0])
+    assert row["key_id"] == key_id
     canonical = json.dumps(
         {
             "ts": row["ts"],
@@ -315,7 +304,7 @@ def _documented_hash(prev_hash: str, row: dict) -> str:
         separators=(",", ":"),
         ensure_ascii=True,
     )
-    return hashlib.sha256((prev_hash + canonical).encode("ascii")).hexdigest()
+    return hmac.new(key, (prev_hash + canonical).encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def test_an_entry_hash_recomputes_from_the_documented_canonical_form(tmp_path):
@@ -335,15 +324,18 @@ def test_an_entry_hash_recomputes_from_the_documented_canonical_form(tmp_path):
     with tenant_context(org), connection.cursor() as cursor:
         cursor.execute(
             "SELECT ts, event, actor_id::text, actor_label, host(ip), user_agent,"
-            " target_type, target_id, data::text, prev_hash, hash"
+            " target_type, target_id, data::text, key_id, prev_hash, hash"
             " FROM accounts_auditentry WHERE id <= %s ORDER BY id DESC LIMIT 2",
             [entry.id],
         )
-        (ts, *columns, data_text, prev_hash, stored_hash), (*_, previous_hash) = cursor.fetchall()
+        (ts, *columns, data_text, key_id, prev_hash, stored_hash), (*_, previous_hash) = (
+            cursor.fetchall()
+        )
     names = ("event", "actor_id", "actor_label", "ip", "user_agent", "target_type", "target_id")
     row = dict(zip(names, columns, strict=True))
     row["ts"] = ts.astimezone(dt.UTC).isoformat()
     row["data"] = json.loads(data_text)
+    row["key_id"] = key_id
     # Then it matches the stored hash, and the entry links to the one before it
     assert row["actor_id"] == str(user.pk) and row["ip"] == "10.1.2.3"
     assert prev_hash == previous_hash

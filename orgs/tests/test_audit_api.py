@@ -9,14 +9,12 @@ import io
 import json
 
 import pytest
-from django.db import connection
 
 from orgs.accounts.models import AuditEntry
 from orgs.services import audit, audit_export
-from siphera.tenancy import in_tenant, tenant_context
+from orgs.tests.audit_support import tampering
+from siphera.tenancy import in_tenant
 from tests.fixtures import create_org, make_user, unique
-
-TRIGGER = "accounts_auditentry_append_only"
 
 
 @pytest.fixture
@@ -198,7 +196,9 @@ def test_verifying_reports_count_and_head_and_is_recorded(org, people):
         "head": head,
         "broken_id": None,
         "problem": None,
-        "detail": f"OK: {len(before)} entries, chain intact, head {head}",
+        "detail": f"OK: {len(before)} entries, chain intact, head {head}; no anchor yet",
+        "anchor_id": None,
+        "anchored_at": "",
     }
     [entry] = _stored(org, event="audit.verified")
     assert entry.actor_id == people["desk"].user.pk
@@ -208,21 +208,18 @@ def test_verifying_reports_count_and_head_and_is_recorded(org, people):
         "head": head,
         "broken_id": None,
         "problem": None,
+        "anchor_id": None,
     }
 
 
 def test_verifying_a_tampered_log_names_the_altered_entry(org, people):
     victim = _stored(org, event="member.role_changed")[0]
-    with tenant_context(org), connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE accounts_auditentry DISABLE TRIGGER {TRIGGER}")
-        try:
-            cursor.execute(
-                'UPDATE accounts_auditentry SET data = data || \'{"after": "owner"}\'::jsonb'
-                " WHERE id = %s",
-                [victim.id],
-            )
-        finally:
-            cursor.execute(f"ALTER TABLE accounts_auditentry ENABLE TRIGGER {TRIGGER}")
+    with tampering(org) as cursor:
+        cursor.execute(
+            'UPDATE accounts_auditentry SET data = data || \'{"after": "owner"}\'::jsonb'
+            " WHERE id = %s",
+            [victim.id],
+        )
     body = people["owner"].api.post("/api/v1/audit/verify").json()
     assert body["ok"] is False and body["broken_id"] == victim.id
     assert body["problem"] == "altered"
@@ -230,6 +227,20 @@ def test_verifying_a_tampered_log_names_the_altered_entry(org, people):
     # The failed verification is itself on record.
     [entry] = _stored(org, event="audit.verified")
     assert entry.data["ok"] is False and entry.data["broken_id"] == victim.id
+
+
+def test_verifying_checks_the_latest_anchor_and_catches_a_log_cut_short(org, people):
+    in_tenant(org, audit.anchor_head)
+    anchored = _stored(org)[-1]
+    body = people["desk"].api.post("/api/v1/audit/verify").json()
+    assert body["ok"] is True and body["anchor_id"] == anchored.id and body["anchored_at"]
+    # A superuser deletes the newest entries, the anchored one included.
+    with tampering(org) as cursor:
+        cursor.execute("DELETE FROM accounts_auditentry WHERE id >= %s", [anchored.id])
+    body = people["desk"].api.post("/api/v1/audit/verify").json()
+    assert (body["ok"], body["problem"], body["broken_id"]) == (False, "truncated", anchored.id)
+    assert body["detail"].startswith(f"BROKEN at entry {anchored.id} (truncated)")
+    assert _stored(org)[-1].data["problem"] == "truncated"
 
 
 def test_verifying_needs_audit_view(org, people, api_for):

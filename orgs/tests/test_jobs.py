@@ -1,11 +1,7 @@
 """Celery jobs through a real worker: beat's dispatcher fans out one task per org, and each
 task runs in its own org's schema."""
 
-import contextlib
-import subprocess
-import sys
 import time
-import uuid
 from datetime import timedelta
 
 from django.utils import timezone
@@ -14,7 +10,7 @@ from orgs import tasks
 from orgs.accounts.models import LoginGrant
 from orgs.services import tokens
 from siphera.tenancy import in_tenant, send_task
-from tests.fixtures import ROOT, child_env, make_user
+from tests.fixtures import make_user, worker_with_env
 
 
 def _grant(org, *, expired: bool) -> int:
@@ -69,48 +65,6 @@ def test_a_task_sent_for_one_org_touches_only_that_org(celery_worker, org_a, org
 # --- key rotation ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _worker_with(log_path, **env):
-    """A Celery worker on a queue of its own, with extra environment (e.g. a new key
-    ring): the session's worker keeps the old one."""
-    from django.conf import settings
-
-    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-{uuid.uuid4().hex[:6]}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "siphera",
-                "worker",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "-Q",
-                queue,
-                "--hostname",
-                f"rot-{uuid.uuid4().hex[:6]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=child_env(CELERY_QUEUE=queue, **env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        assert _wait_until(lambda: "ready." in log_path.read_text(errors="replace"), 60), (
-            log_path.read_text()[-2000:]
-        )
-        yield queue
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_beat_rotation_re_encrypts_totp_seeds_in_every_org_under_the_newest_key(
     org_a, org_b, tmp_path, settings
 ):
@@ -125,7 +79,7 @@ def test_beat_rotation_re_encrypts_totp_seeds_in_every_org_under_the_newest_key(
         seeds[org] = (user, in_tenant(org, TotpFactor.objects.get, user=user).secret_encrypted)
     new_ring = ["rotation-test-newest-key-000000001", *settings.SECRET_KEYS]
 
-    with _worker_with(tmp_path / "worker.log", SECRET_KEYS=",".join(new_ring)) as queue:
+    with worker_with_env(tmp_path / "worker.log", SECRET_KEYS=",".join(new_ring)) as queue:
         tasks.dispatch_rotate_totp_secrets.apply_async(queue=queue)
 
         def rotated() -> bool:

@@ -31,7 +31,15 @@ CUSTOM_ROLES = {
 }
 ROLES = [*BUILTIN_ROLES, *CUSTOM_ROLES]
 # Portal pages anyone may open: signing in, out, and accepting an invitation.
-PUBLIC_PORTAL = {"login", "login-otp", "login-enroll", "logout", "invitation"}
+PUBLIC_PORTAL = {
+    "login",
+    "login-otp",
+    "login-enroll",
+    "logout",
+    "invitation",
+    "password-forgot",  # asks for a reset mail; answers the same whoever is named
+    "password-reset",  # the mailed single-use link is the proof
+}
 CSRF = "m" * 32
 
 
@@ -143,11 +151,14 @@ def test_only_sign_in_pages_of_the_portal_are_public():
 
 
 def test_every_api_view_states_who_may_call_it():
-    # Public API endpoints are login, device registration (grant), the API docs and
-    # LiveKit's webhook (signed with the LiveKit API key, checked by the view).
+    # Public API endpoints are login, device registration (grant), forgot-password (the
+    # mailed single-use token is the proof), the API docs and LiveKit's webhook (signed
+    # with the LiveKit API key, checked by the view).
     public = {(e.method, e.route) for e in perm_registry.api_endpoints() if e.requires == PUBLIC}
     assert public == {
         ("POST", "api/v1/auth/login"),
+        ("POST", "api/v1/auth/password-reset"),
+        ("POST", "api/v1/auth/password-reset/confirm"),
         ("GET", "api/v1/auth/sso"),
         ("POST", "api/v1/auth/sso/token"),
         ("POST", "api/v1/devices"),
@@ -162,6 +173,10 @@ def test_every_api_view_states_who_may_call_it():
     }
     assert own == {
         ("GET", "api/v1/me"),
+        ("PATCH", "api/v1/me"),
+        ("POST", "api/v1/me/password"),
+        ("PUT", "api/v1/me/avatar"),
+        ("DELETE", "api/v1/me/avatar"),
         ("GET", "api/v1/me/presence"),
         ("PUT", "api/v1/me/presence"),
         ("GET", "api/v1/devices"),
@@ -271,6 +286,26 @@ def test_api_endpoints_allow_or_refuse_each_role_as_its_codes_say(
                 wrong.append((endpoint.method, endpoint.route, response.status_code, "allowed"))
             elif not should_refuse and refused_for:
                 wrong.append((endpoint.method, endpoint.route, response.status_code, "refused"))
+    assert wrong == [], f"{role}: {wrong}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_operator_routes_refuse_every_role_on_every_host(role, org_m, sessions_by_role, server):
+    # An operator route (/metrics) opens to the deployment's METRICS_TOKEN or networks
+    # only: no org role's device token opens it, on the org's host or on the bare address.
+    _, _, token = sessions_by_role[role]
+    assert not any(e.allows(_codes(role, org_m)) for e in perm_registry.operator_routes())
+    wrong = []
+    for endpoint in perm_registry.operator_routes():
+        for host in (host_of(org_m), f"127.0.0.1:{server.port}"):
+            response = httpx.request(
+                endpoint.method,
+                f"{server.url}/{endpoint.route}",
+                headers={"Host": host, "Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            if response.status_code != 404:
+                wrong.append((endpoint.route, host, response.status_code))
     assert wrong == [], f"{role}: {wrong}"
 
 

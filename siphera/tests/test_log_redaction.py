@@ -1,7 +1,8 @@
 """Secrets stay out of the logs: a whole journey (invitation, password login, grant,
-device, MFA enrolment with an enrolment token, logins with a code and a recovery code)
-and the single sign-on endpoints with secret-bearing parameters, run against the live
-server; none of the secrets used may appear anywhere in its log."""
+device, MFA enrolment with an enrolment token, logins with a code and a recovery code),
+the single sign-on endpoints with secret-bearing parameters, and a password change and
+reset through the mailed link, run against the live server and worker; none of the
+secrets used may appear anywhere in their logs."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import httpx
 from admin_portal.tests.conftest import CSRF_INPUT
 from orgs.services import audit, users
 from orgs.tests.test_mfa import now_step, rfc6238
+from orgs.tests.test_passwords import with_email
 from siphera.logging import redact
 from siphera.tenancy import in_tenant
 from tests.fixtures import Api, DeviceKeys, create_org, host_of, unique
+from tests.smtp import link_in
 
 
 def register(api: Api, grant: str) -> str:
@@ -125,8 +128,54 @@ def test_a_whole_journey_leaves_none_of_its_secrets_in_the_server_log(server, ne
     assert re.search(r'"path": "/portal/invite/\[redacted\]"', log), "no redacted invite line"
 
 
+def test_password_resets_and_changes_leave_no_password_or_token_in_any_log(
+    server, celery_worker, mailbox, new_session
+):
+    used: dict[str, str] = {}
+    # Given a user with an e-mail address and a device
+    org = create_org(unique("logs"))
+    session = new_session(org)
+    address = with_email(org, session.user).email
+    host = host_of(org)
+    api = Api(server, host)
+
+    # When they change their password, then forget it and reset it through the mailed link
+    # (once on the portal page, once more through the API: refused)
+    changed = used["changed password"] = f"Pw-{secrets.token_urlsafe(12)}"
+    response = session.api.post(
+        "/api/v1/me/password",
+        json={"current_password": "Corr3ct-horse-battery", "new_password": changed},
+    )
+    assert response.status_code == 204, response.text
+    assert api.post("/api/v1/auth/password-reset", json={"email": address}).status_code == 202
+    link = link_in(mailbox.wait_for(address, subject="Reset your"), r"/portal/password/reset/")
+    token = used["reset token"] = link.rsplit("/", 1)[1]
+    new = used["reset password"] = f"Pw-{secrets.token_urlsafe(12)}"
+    with httpx.Client(base_url=server.url, headers={"Host": host}, timeout=15) as browser:
+        page = browser.get(f"/portal/password/reset/{token}")
+        assert page.status_code == 200, page.text
+        done = browser.post(
+            f"/portal/password/reset/{token}",
+            data={
+                "password": new,
+                "confirm": new,
+                "csrfmiddlewaretoken": CSRF_INPUT.search(page.text).group(1),
+            },
+        )
+        assert done.status_code == 200 and "Password changed" in done.text
+    again = api.post("/api/v1/auth/password-reset/confirm", json={"token": token, "password": new})
+    assert again.status_code == 400
+    mailbox.wait_for(address, subject="password was changed")
+
+    # Then neither the server's nor the worker's log holds any of them
+    for name, log in (("server", server.log_text()), ("worker", celery_worker.read_text())):
+        leaked = {label for label, secret in used.items() if secret in log}
+        assert not leaked, f"in the {name} log: {sorted(leaked)}"
+    assert re.search(r'"path": "/portal/password/reset/\[redacted\]"', server.log_text())
+
+
 def test_redact_covers_every_prefix_parameter_and_header():
-    for prefix in ("sph_i_", "sph_d_", "sph_g_", "sph_c_", "sph_s_", "sph_e_"):
+    for prefix in ("sph_i_", "sph_d_", "sph_g_", "sph_c_", "sph_s_", "sph_e_", "sph_r_"):
         secret = prefix + secrets.token_urlsafe(32)
         assert secret[6:] not in redact(f"GET /portal/invite/{secret} and token {secret}")
     for name in ("code", "state", "SAMLResponse", "SAMLRequest", "RelayState", "token"):

@@ -1,10 +1,9 @@
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from orgs.management.atomic_file import write_atomically
 from orgs.services import audit, audit_export
 from orgs.services.orgs import get_org
 from siphera.api_errors import ApiError
@@ -55,7 +54,11 @@ class Command(BaseCommand):
                 )
                 progress = None if opts["quiet"] else self._progress
                 if opts["output"]:
-                    count = self._write_file(export, opts["output"], progress)
+                    count = write_atomically(
+                        opts["output"],
+                        lambda out: export.write_to(out, progress=progress),
+                        text=True,
+                    )
                 else:
                     count = export.write_to(self.stdout, progress=progress)
                     self.stdout.flush()
@@ -65,23 +68,6 @@ class Command(BaseCommand):
         sys.stderr.write(
             f"export_audit: wrote {count} entries of org {org.slug} as {export.fmt} to {where}\n"
         )
-
-    def _write_file(self, export, path: Path, progress) -> int:
-        # Write beside the target and rename at the end: an interrupted export never leaves
-        # a truncated file that looks complete.
-        directory = path.resolve().parent
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        except OSError as exc:
-            raise CommandError(f"Cannot write in {directory}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-                count = export.write_to(out, progress=progress)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return count
 
     def _progress(self, done: int, total: int) -> None:
         share = f" ({100 * done // total}%)" if total else ""

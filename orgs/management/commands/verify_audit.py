@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from orgs.services import audit, audit_export
+from orgs.services import audit, audit_anchor, audit_export
 from orgs.services.orgs import get_org
 from siphera.api_errors import ApiError
 from siphera.tenancy import in_tenant
@@ -11,9 +11,10 @@ from siphera.tenancy import in_tenant
 
 class Command(BaseCommand):
     help = (
-        "Verify an org's hash-chained audit log (or an exported file): prints OK with the "
-        "entry count and head hash, or the first broken link (entry id; altered, missing or "
-        "reordered) and exits 1."
+        "Verify an org's keyed, hash-chained audit log against its latest anchor (or an "
+        "exported file): prints OK with the entry count and head hash, or the first broken "
+        "link (entry id and what is wrong) and exits 1. An intact log's head is then "
+        "anchored (AUDIT_ANCHOR_DIR), unless --no-anchor."
     )
 
     def add_arguments(self, parser):
@@ -41,6 +42,11 @@ class Command(BaseCommand):
             action="store_true",
             help="The file was filtered by event/actor/target: check each entry's own hash only.",
         )
+        parser.add_argument(
+            "--no-anchor",
+            action="store_true",
+            help="Do not write an anchor of the verified head (read-only check).",
+        )
         parser.add_argument("--quiet", action="store_true", help="No progress on stderr.")
 
     def handle(self, *args, **opts):
@@ -62,6 +68,20 @@ class Command(BaseCommand):
         self.stdout.write(f"{subject}: {report.describe()}")
         if not report.ok:
             raise CommandError(f"audit log of {subject} failed verification", returncode=1)
+        if opts["org"] and not opts["no_anchor"]:
+            self._anchor(org, subject)
+
+    def _anchor(self, org, subject: str) -> None:
+        try:
+            anchored = in_tenant(org, audit.anchor_head)
+        except OSError as exc:
+            raise CommandError(f"Cannot write the anchor of {subject}: {exc}") from None
+        if not anchored.ok:
+            self.stdout.write(f"{subject}: not anchored: {anchored.describe()}")
+            raise CommandError(f"audit log of {subject} failed verification", returncode=1)
+        if anchored.anchor_id is not None:
+            path = audit_anchor.anchor_path(org.schema_name)
+            self.stdout.write(f"{subject}: head entry {anchored.anchor_id} anchored in {path}")
 
     def _verify_file(self, opts) -> audit.ChainReport:
         path: Path = opts["file"]
