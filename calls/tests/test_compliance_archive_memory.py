@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import threading
 import zipfile
 from datetime import timedelta
 
@@ -20,7 +19,7 @@ from messaging.tests.helpers import send_body, start_conversation
 from orgs.services import audit
 from orgs.services.compliance_archive import verify_archive
 from siphera.tenancy import in_tenant
-from siphera.tests.test_large_bodies import MIB, rss_bytes
+from siphera.tests.test_large_bodies import MIB, peak_rss_during_paused_downloads, rss_bytes
 from tests.fixtures import create_org, unique
 
 BIG = 32 * MIB
@@ -67,32 +66,8 @@ def test_parallel_archive_downloads_keep_memory_flat_and_carry_the_held_blob(ser
     assert verify_archive(io.BytesIO(warm.content)) == []
     baseline = rss_bytes(server.pid)
 
-    started = threading.Barrier(PARALLEL + 1)
-    measured = threading.Event()
-    sizes: list[int] = []
-
-    def download():
-        size = 0
-        with httpx.stream("GET", url, params=params, headers=headers, timeout=120) as response:
-            assert response.status_code == 200
-            pieces = response.iter_bytes(64 * 1024)
-            size += len(next(pieces))  # under way ...
-            started.wait(timeout=120)
-            measured.wait(timeout=120)  # ... and paused while RSS is taken
-            for piece in pieces:
-                size += len(piece)
-        sizes.append(size)
-
-    threads = [threading.Thread(target=download) for _ in range(PARALLEL)]
-    for thread in threads:
-        thread.start()
-    try:
-        started.wait(timeout=120)
-        peak = max(rss_bytes(server.pid) for _ in range(20))
-    finally:
-        measured.set()
-        for thread in threads:
-            thread.join(timeout=120)
+    peak, results = peak_rss_during_paused_downloads(server, url, headers, PARALLEL, params)
+    sizes = [size for size, _ in results]
     # Whole archives (their manifests' times differ, so sizes may by a few bytes).
     assert len(sizes) == PARALLEL and all(abs(s - len(warm.content)) < 64 for s in sizes)
     growth = peak - baseline

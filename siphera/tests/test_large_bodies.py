@@ -32,6 +32,44 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def peak_rss_during_paused_downloads(
+    server, url: str, headers: dict, parallel: int, params: dict | None = None
+) -> tuple[int, list[tuple[int, str]]]:
+    """Start `parallel` downloads of `url`, pause each after its first piece, take the
+    server's peak RSS while all are half read, then finish them. Returns the peak and
+    each download's (size, sha256)."""
+    started = threading.Barrier(parallel + 1)
+    measured = threading.Event()
+    results: list[tuple[int, str]] = []
+
+    def download():
+        digest, size = hashlib.sha256(), 0
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=120) as response:
+            assert response.status_code == 200
+            pieces = response.iter_bytes(64 * 1024)
+            first = next(pieces)  # the download is under way ...
+            digest.update(first)
+            size += len(first)
+            started.wait(timeout=120)
+            measured.wait(timeout=120)  # ... and waits, half read, while RSS is taken
+            for piece in pieces:
+                digest.update(piece)
+                size += len(piece)
+        results.append((size, digest.hexdigest()))
+
+    threads = [threading.Thread(target=download) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    try:
+        started.wait(timeout=120)
+        peak = max(rss_bytes(server.pid) for _ in range(20))
+    finally:
+        measured.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    return peak, results
+
+
 def test_parallel_downloads_of_a_big_attachment_keep_the_servers_memory_flat(
     server, org_a, new_session
 ):
@@ -51,37 +89,10 @@ def test_parallel_downloads_of_a_big_attachment_keep_the_servers_memory_flat(
     assert warm.status_code == 200 and len(warm.content) == BIG
     baseline = rss_bytes(server.pid)
 
-    started = threading.Barrier(PARALLEL + 1)
-    measured = threading.Event()
-    digests: list[str] = []
-
-    def download():
-        digest, size = hashlib.sha256(), 0
-        with httpx.stream("GET", url, headers=headers, timeout=120) as response:
-            assert response.status_code == 200
-            pieces = response.iter_bytes(64 * 1024)
-            first = next(pieces)  # the download is under way ...
-            digest.update(first)
-            size += len(first)
-            started.wait(timeout=120)
-            measured.wait(timeout=120)  # ... and waits, half read, while RSS is taken
-            for piece in pieces:
-                digest.update(piece)
-                size += len(piece)
-        assert size == BIG
-        digests.append(digest.hexdigest())
-
-    threads = [threading.Thread(target=download) for _ in range(PARALLEL)]
-    for thread in threads:
-        thread.start()
-    try:
-        started.wait(timeout=120)
-        peak = max(rss_bytes(server.pid) for _ in range(20))
-    finally:
-        measured.set()
-        for thread in threads:
-            thread.join(timeout=120)
+    peak, results = peak_rss_during_paused_downloads(server, url, headers, PARALLEL)
+    digests = [digest for _, digest in results]
     assert digests == [hashlib.sha256(blob).hexdigest()] * PARALLEL
+    assert [size for size, _ in results] == [BIG] * PARALLEL
     # Read whole first, the downloads would hold PARALLEL * BIG (384 MiB) at this point.
     growth = peak - baseline
     assert growth < PARALLEL * BIG // 4, f"RSS grew by {growth // MIB} MiB"
