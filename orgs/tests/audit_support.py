@@ -11,8 +11,18 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from siphera.tenancy import tenant_context
+from tests.fixtures import create_org, make_user, unique
 
 TRIGGER = "accounts_auditentry_append_only"
+
+
+def fresh_org(users: int = 4):
+    """A new org whose log holds org.created plus one member.created per user (tampering
+    breaks an org's log for good, so each tamper test takes its own)."""
+    org = create_org(unique("audit"))
+    for _ in range(users):
+        make_user(org)
+    return org
 
 
 def verify(org, *extra: str) -> str:

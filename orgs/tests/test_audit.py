@@ -23,7 +23,7 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from orgs.accounts.models import AuditEntry, User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, audit_export
-from orgs.tests.audit_support import tampering, verify, verify_fails
+from orgs.tests.audit_support import fresh_org, tampering, verify, verify_fails
 from siphera.tenancy import in_tenant, tenant_context
 from tests.fixtures import (
     PASSWORD,
@@ -35,14 +35,6 @@ from tests.fixtures import (
     make_user,
     unique,
 )
-
-
-def fresh_org(users: int = 4):
-    """A new org whose log holds org.created plus one member.created per user."""
-    org = create_org(unique("audit"))
-    for _ in range(users):
-        make_user(org)
-    return org
 
 
 def entry_ids(org) -> list[int]:

@@ -21,18 +21,10 @@ from django.db import connection
 from orgs import tasks
 from orgs.accounts.models import AuditEntry
 from orgs.services import audit, audit_anchor
-from orgs.tests.audit_support import tampering, verify, verify_fails
+from orgs.tests.audit_support import fresh_org, tampering, verify, verify_fails
 from siphera import mac_keys
 from siphera.tenancy import in_tenant, tenant_context
-from tests.fixtures import create_org, make_user, unique
-
-
-def fresh_org(users: int = 3):
-    """A new org whose log holds org.created plus one member.created per user."""
-    org = create_org(unique("ak"))
-    for _ in range(users):
-        make_user(org)
-    return org
+from tests.fixtures import make_user, unique
 
 
 def stored(org) -> list[AuditEntry]:
