@@ -56,8 +56,8 @@ def dispatch_anchor_audit_chains() -> int:
 @shared_task(name="orgs.tasks.anchor_audit_chain")
 def anchor_audit_chain() -> dict:
     """Anchor this org's chain head if what was written since its last anchor links to it
-    (audit.anchor_head logs an error and writes nothing otherwise)."""
-    report = audit.anchor_head()
+    (audit.do_anchor_head logs an error and writes nothing otherwise)."""
+    report = audit.do_anchor_head()
     return {
         "schema": connection.schema_name,
         "ok": report.ok,

@@ -18,7 +18,7 @@ def test_the_portal_reports_a_log_cut_short_after_its_anchor(portal):
     org = create_org(unique("pa"))
     owner = make_user(org, role="owner")
     make_user(org)
-    in_tenant(org, audit.anchor_head)
+    in_tenant(org, audit.do_anchor_head)
     anchored = _newest(org)
     client = portal(org)
     assert client.login(owner.username).status_code == 302

@@ -423,7 +423,7 @@ def _locate(hash_: str) -> int | None:
 # --- anchoring -------------------------------------------------------------------------
 
 
-def anchor_head() -> ChainReport:
+def do_anchor_head() -> ChainReport:
     """Anchor the current org's chain head outside the database (audit_anchor.write), if
     the entries written since its latest anchor link to that anchor.
 

@@ -9,7 +9,7 @@ someone who can only write to the database cannot make the log shorter than an a
 says it was: `audit.verify_chain` checks the latest anchor automatically.
 
 This module only stores and reads anchors; deciding when a head may be anchored (only
-when the entries since the last anchor link to it) is `audit.anchor_head`.
+when the entries since the last anchor link to it) is `audit.do_anchor_head`.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def test_verifying_a_tampered_log_names_the_altered_entry(org, people):
 
 
 def test_verifying_checks_the_latest_anchor_and_catches_a_log_cut_short(org, people):
-    in_tenant(org, audit.anchor_head)
+    in_tenant(org, audit.do_anchor_head)
     anchored = _stored(org)[-1]
     body = people["desk"].api.post("/api/v1/audit/verify").json()
     assert body["ok"] is True and body["anchor_id"] == anchored.id and body["anchored_at"]

@@ -197,7 +197,7 @@ def test_a_truncated_tail_after_an_anchor_is_detected_without_a_noted_head():
     result = report(org)
     assert (result.problem, result.broken_id) == (audit.TRUNCATED, anchored.id)
     # The periodic job refuses to anchor the cut log, so the evidence stays the latest.
-    refused = in_tenant(org, audit.anchor_head)
+    refused = in_tenant(org, audit.do_anchor_head)
     assert not refused.ok and refused.problem == audit.TRUNCATED
     assert [a["entry_id"] for a in anchors(org)] == [anchored.id]
 
@@ -220,11 +220,11 @@ def test_a_rewritten_anchored_entry_is_reported_as_not_matching_its_anchor():
 
 def test_new_entries_since_an_anchor_must_link_to_it_before_the_next_anchor():
     org = fresh_org()
-    in_tenant(org, audit.anchor_head)
+    in_tenant(org, audit.do_anchor_head)
     head = stored(org)[-1]
     with db_writer(org) as cursor:
         forged_id, _ = insert_entry(cursor, head.hash)
-    refused = in_tenant(org, audit.anchor_head)
+    refused = in_tenant(org, audit.do_anchor_head)
     assert (refused.ok, refused.broken_id, refused.problem) == (False, forged_id, "unkeyed")
     assert [a["entry_id"] for a in anchors(org)] == [head.id]
 

@@ -73,7 +73,7 @@ class Command(BaseCommand):
 
     def _anchor(self, org, subject: str) -> None:
         try:
-            anchored = in_tenant(org, audit.anchor_head)
+            anchored = in_tenant(org, audit.do_anchor_head)
         except OSError as exc:
             raise CommandError(f"Cannot write the anchor of {subject}: {exc}") from None
         if not anchored.ok:
