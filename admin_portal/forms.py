@@ -3,6 +3,7 @@
 from django import forms
 
 from orgs.accounts.models import OrgPolicy
+from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.roles import PERM_LABELS, Perm
 
 
@@ -139,6 +140,20 @@ class PolicyForm(forms.Form):
     sso_login = forms.BooleanField(required=False, label="Allow single sign-on")
     read_receipts = forms.BooleanField(required=False, label="Relay read receipts")
     presence_hidden = forms.BooleanField(required=False, label="Hide presence")
+    password_min_length = forms.IntegerField(
+        min_value=MIN_LENGTH_FLOOR,
+        max_value=MIN_LENGTH_CEILING,
+        required=False,
+        label="Minimum password length",
+        help_text="For every password set from now on; breached and common passwords are "
+        "always refused.",
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password_min_length") is None:
+            data.pop("password_min_length", None)  # left empty: unchanged
+        return data
 
 
 class AuditFilterForm(forms.Form):

@@ -127,3 +127,26 @@ async def test_forgot_password_in_a_browser_from_sign_in_to_new_password(
         await sign_in(page, user.username, NEW_PASSWORD)
         await expect(page).to_have_url(f"{page.base}/portal/")
     assert not in_tenant(org_r, User.objects.get, pk=user.pk).check_password(PASSWORD)
+
+
+def test_the_policies_page_sets_the_minimum_password_length(portal, org_r):
+    admin = make_user(org_r, role="admin")
+    client = portal(org_r)
+    assert client.login(admin.username).status_code == 302
+    page = client.get("/portal/policies/")
+    assert 'name="password_min_length"' in page.text and 'value="8"' in page.text
+    form = {"mfa_policy": "off", "password_login": "on", "read_receipts": "on"}
+    too_short = client.post("/portal/policies/", {**form, "password_min_length": "6"})
+    assert too_short.status_code == 200 and "greater than or equal to 8" in too_short.text
+    saved = client.post("/portal/policies/", {**form, "password_min_length": "14"})
+    assert saved.status_code == 302
+    from orgs.accounts.models import OrgPolicy
+
+    assert in_tenant(org_r, OrgPolicy.objects.get, pk=1).password_min_length == 14
+    entry = in_tenant(
+        org_r,
+        lambda: AuditEntry.objects.filter(
+            event="org.policy_changed", target_id="password_min_length"
+        ).last(),
+    )
+    assert (entry.data["before"], entry.data["after"]) == (8, 14)
