@@ -44,11 +44,21 @@ def time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+# Joiners build emoji and some scripts' ligatures; every other format character (bidi
+# overrides, invisible separators) could make a name read as someone else's.
+_ALLOWED_FORMAT = frozenset("\u200c\u200d")
+
+
+def _hidden(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category in ("Cc", "Cs", "Co", "Cn") or (category == "Cf" and ch not in _ALLOWED_FORMAT)
+
+
 def _clean_text(name: str, value: Any, limit: int) -> str:
     if not isinstance(value, str):
         raise ApiError(400, "invalid_profile", f"{name} is a string.")
     value = " ".join(value.split())  # no newlines or runs of blanks in a name
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") for ch in value):
+    if any(_hidden(ch) for ch in value):
         raise ApiError(400, "invalid_profile", f"{name} has control or invisible characters.")
     if len(value) > limit:
         raise ApiError(400, "invalid_profile", f"{name} is at most {limit} characters.")

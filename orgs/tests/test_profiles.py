@@ -72,6 +72,13 @@ def test_a_user_edits_their_own_profile(org_a, new_session):
     assert entry.data["after"]["time_zone"] == "Europe/London"
 
 
+def test_emoji_sequences_and_other_scripts_are_fine_in_names(org_a, new_session):
+    session = new_session(org_a)
+    name = "Zo\u00eb \U0001f469\u200d\U0001f4bb \u0645\u0631\u064a\u0645"
+    response = patch(session.api, "/api/v1/me", {"display_name": name})
+    assert response.status_code == 200 and response.json()["display_name"] == name
+
+
 @pytest.mark.parametrize(
     "body",
     [
