@@ -11,7 +11,7 @@ from celery import shared_task
 from django.db import connection
 
 from orgs.models import Org
-from orgs.services import audit, mail
+from orgs.services import audit, mail, passwords
 from orgs.services.auth import do_purge_expired_grants
 from orgs.services.mfa import do_rotate_totp_secrets
 from siphera.tenancy import public_schema, send_task
@@ -94,3 +94,12 @@ def send_mail(message: dict) -> int:
     """Send one rendered mail (orgs.services.mail.queue_mail). An SMTP or network failure
     is retried with backoff (10 s doubling, at most 10 min apart, 8 tries)."""
     return mail.do_send(message)
+
+
+@shared_task(name="orgs.tasks.request_password_reset")
+def request_password_reset(wanted: str, base_url: str, request: dict) -> int:
+    """Forgot-password, off the request path (orgs.services.passwords.check_request_reset):
+    mail a reset link to the accounts `wanted` names. `request` is the asking client's ip
+    and user agent, for the audit log."""
+    actor = audit.Actor(label="password reset request", **request)
+    return passwords.do_request_reset(wanted, actor=actor, base_url=base_url)

@@ -9,8 +9,9 @@ Guarantees:
   revoked (their sockets closed), unused login grants, invitations and reset links are
   dropped, and every portal session ends (the session hash covers the password).
 - Reset links are `sph_r_...` secrets, stored as sha256, single-use, valid
-  PASSWORD_RESET_TTL_SECONDS; asking for one answers the same whether or not the account
-  exists, has an e-mail address or may use a password (no user enumeration).
+  PASSWORD_RESET_TTL_SECONDS; asking for one answers the same, in the same time, whether
+  or not the account exists, has an e-mail address or may use a password (no user
+  enumeration): the worker looks the account up.
 - Each step is audited; no password or token is ever logged.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
@@ -128,10 +129,13 @@ def do_set_password(
 
 def check_request_reset(identifier: str, *, actor: audit.Actor, base_url: str) -> None:
     """Forgot-password: mail a reset link to the active account(s) whose username or
-    e-mail address is `identifier`. Says nothing either way (the caller answers 202 the
-    same); throttled per client IP and per identifier asked for (429 + Retry-After),
-    whether or not it exists. A user the org's policy keeps from using a password gets a
-    mail saying to sign in with SSO instead of a link."""
+    e-mail address is `identifier`. Throttled per client IP and per identifier asked for
+    (429 + Retry-After), whether or not it exists. Then the worker does the rest
+    (`do_request_reset`, queued after commit), so neither the answer nor its timing says
+    whether an account matched."""
+    from orgs.tasks import request_password_reset
+    from siphera.tenancy import send_task
+
     wanted = normalize_username(identifier)[:254]
     window = settings.PASSWORD_RESET_RATE_WINDOW_SECONDS
     ratelimit.enforce(
@@ -145,9 +149,23 @@ def check_request_reset(identifier: str, *, actor: audit.Actor, base_url: str) -
     )
     if not wanted:
         return
+    request = {"ip": actor.ip, "user_agent": actor.user_agent[:300]}
+    tenant = connection.tenant
+    transaction.on_commit(
+        lambda: send_task(request_password_reset, wanted, base_url, request, org=tenant)
+    )
+
+
+def do_request_reset(wanted: str, *, actor: audit.Actor, base_url: str) -> int:
+    """The worker's half of `check_request_reset`: a link (or the SSO notice) for each
+    active account with this username or e-mail address and an address to mail; returns
+    how many were sent."""
     found = User.objects.filter(Q(username=wanted) | Q(email__iexact=wanted), is_active=True)
+    sent = 0
     for user in found.exclude(email=""):
         do_send_reset(user, actor=actor, base_url=base_url)
+        sent += 1
+    return sent
 
 
 def check_admin_reset(user: User, *, actor: audit.Actor, base_url: str) -> int:
