@@ -29,14 +29,18 @@ class OrgsConfig(AppConfig):
 
 
 def _connect_cache_invalidation() -> None:
-    """Every process caches which org a host is (siphera.tenancy) and which device a token
-    is (orgs.services.auth); a save or delete of the rows behind them bumps the cache's
+    """Every process caches which org a host is (siphera.tenancy), which device a token is
+    (orgs.services.auth), the org's policy (orgs.services.mfa) and portal sessions
+    (siphera.sessions); a save or delete of the rows behind them bumps the cache's
     generation (siphera.generations). Bulk `.update()`s of those rows bump it themselves."""
+    from django.contrib.sessions.models import Session
     from django.db.models.signals import post_delete, post_save
 
-    from orgs.accounts.models import Device, Role, User
+    from orgs.accounts.models import Device, OrgPolicy, Role, User
     from orgs.models import Domain, Org
     from orgs.services.auth import forget_cached_auth
+    from orgs.services.mfa import forget_cached_policy
+    from siphera.sessions import forget_cached_sessions
     from siphera.tenancy import forget_cached_orgs
 
     for model in (Org, Domain):
@@ -45,3 +49,7 @@ def _connect_cache_invalidation() -> None:
     for model in (User, Device, Role):
         post_save.connect(forget_cached_auth, sender=model, dispatch_uid=f"auth-{model.__name__}")
         post_delete.connect(forget_cached_auth, sender=model, dispatch_uid=f"auth-{model.__name__}")
+    post_save.connect(forget_cached_sessions, sender=Session, dispatch_uid="sessions")
+    post_delete.connect(forget_cached_sessions, sender=Session, dispatch_uid="sessions")
+    post_save.connect(forget_cached_policy, sender=OrgPolicy, dispatch_uid="policy")
+    post_delete.connect(forget_cached_policy, sender=OrgPolicy, dispatch_uid="policy")

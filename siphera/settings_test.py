@@ -48,6 +48,11 @@ os.environ.setdefault("RATE_LIMITS", RATE_LIMITS_TEST)
 # the one about an unconfigured TURN starts a server with both emptied.
 os.environ.setdefault("TURN_URLS", "turn:127.0.0.1:3478?transport=udp")
 os.environ.setdefault("TURN_SECRETS", f"turn-secret-{_RUN}")
+# Tests change rows from the test process (a third process) and then ask a server at once;
+# the servers re-read the cache generations on every lookup instead of once a second
+# (siphera.generations). The tests of the one-second window start servers of their own
+# with the default (orgs/tests/test_auth_cache.py, admin_portal/tests/test_portal_session_cache.py).
+os.environ.setdefault("GENERATION_CHECK_SECONDS", "0")
 # The OpenID provider the OIDC tests run (orgs/tests/oidc_provider.py) speaks plain http
 # on 127.0.0.1.
 os.environ.setdefault("OIDC_ALLOW_HTTP", "true")

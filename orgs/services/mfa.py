@@ -36,7 +36,7 @@ from orgs.accounts.models import OrgPolicy, RecoveryCode, TotpFactor, User
 from orgs.audit_events import AuditEvent
 from orgs.roles import Perm, has_perm
 from orgs.services import audit, tokens
-from siphera import crypto, ratelimit
+from siphera import crypto, generations, ratelimit
 from siphera.api_errors import ApiError
 
 TOTP_DIGITS = 6
@@ -167,9 +167,29 @@ def _use_recovery_code(user: User, code: str, *, actor: audit.Actor) -> bool:
 
 
 def get_org_policy() -> OrgPolicy:
-    """The current org's policy row (created with defaults on first use)."""
+    """The current org's policy row (created with defaults on first use).
+
+    Read on most requests (sign-in rules, the portal session's lifetime), so each process
+    caches it until a save or delete of the row bumps the org's policy generation
+    (`forget_cached_policy`; siphera.generations). Each caller gets its own copy; a change
+    locks the row itself (`select_for_update`)."""
+    schema = connection.schema_name
+    return _policies.get_or_fetch(schema, f"policy.{schema}", _fetch_policy)
+
+
+def _fetch_policy() -> OrgPolicy:
     policy, _ = OrgPolicy.objects.get_or_create(pk=1)
     return policy
+
+
+_policies = generations.GenerationCache()
+
+
+def forget_cached_policy(**_signal_kwargs) -> None:
+    """The current org's policy changed: every process drops its copy (after the
+    transaction commits). Connected to OrgPolicy's signals (orgs.apps); a bulk `.update()`
+    of the row calls it itself."""
+    generations.bump(f"policy.{connection.schema_name}")
 
 
 def check_set_mfa_policy(mfa_policy: str, *, actor: audit.Actor) -> OrgPolicy:

@@ -23,6 +23,7 @@ from django.utils import timezone
 from orgs.accounts.models import OrgPolicy
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
+from orgs.services.mfa import forget_cached_policy
 from orgs.sso.models import GroupRole, IdentityProvider
 from orgs.sso.provisioning import Assertion
 from siphera import crypto
@@ -199,6 +200,7 @@ def check_remove(*, actor: audit.Actor) -> None:
     with transaction.atomic():
         IdentityProvider.objects.filter(pk=1).delete()
         OrgPolicy.objects.filter(pk=1).update(sso_login=False)
+        forget_cached_policy()  # a bulk update sends no post_save (orgs.apps)
         audit.record(AuditEvent.SSO_REMOVED, actor=actor, target_type="identity_provider")
         if policy.sso_login:
             audit.record(

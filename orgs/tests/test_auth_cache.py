@@ -14,8 +14,12 @@ from tests.fixtures import Api, create_org, host_of, make_user, server_with_env,
 @pytest.fixture
 def second_server(tmp_path):
     """Another web process on the same database and Redis, whose cached entries would
-    live for an hour: only a generation bump can make it drop them."""
-    with server_with_env(tmp_path / "second.log", GENERATION_CACHE_MAX_AGE_SECONDS="3600") as live:
+    live for an hour: only a generation bump, read once a second, can make it drop them."""
+    with server_with_env(
+        tmp_path / "second.log",
+        GENERATION_CACHE_MAX_AGE_SECONDS="3600",
+        GENERATION_CHECK_SECONDS="1",  # the default, which the test suite lowers to 0
+    ) as live:
         yield live
 
 
