@@ -16,6 +16,10 @@ scenario's rate as a share of it. Scenarios (wrk, 1 thread, `--connections` conn
 - `conversations`: `GET /api/v1/conversations`;
 - `claim`: `GET /api/v1/keys/{user_id}`, a key claim (each consumes a one-time prekey);
 - `send`: `POST /api/v1/conversations/{id}/messages`, every request a new `client_id`;
+- `delivery`: the same sends while every recipient's device is connected over a WebSocket
+  and acks what it gets, at full speed and at 250 messages/s offered: accepted, delivered
+  and acked per second (the server's /metrics counters) and the delivery latency from the
+  message's server timestamp to the recipient's socket;
 - `messages`: `GET /api/v1/messages` (a device's queue);
 - `portal`: the dashboard `/portal/` for a signed-in admin;
 - `login`: `POST /api/v1/auth/login` (Argon2 by design: this one is slow on purpose).
@@ -50,7 +54,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import relay  # noqa: E402  (bench/relay.py: database, org, server and CPU helpers)
 
-SCENARIOS = ["bare", "me", "conversations", "claim", "send", "messages", "portal", "login"]
+SCENARIOS = [
+    "bare",
+    "me",
+    "conversations",
+    "claim",
+    "send",
+    "delivery",
+    "messages",
+    "portal",
+    "login",
+]
 PASSWORD = "bench-password-123"  # noqa: S105 (the bench users' password)
 LIFTED_LIMITS = ",".join(
     f"{name}=100000000/60"
@@ -136,11 +150,18 @@ def prepare(user_count: int) -> dict:
                 username=f"b{uuid.uuid4().hex[:12]}", password=None, role="member", actor=actor
             )
             _, token = do_register_device(a, name="bench", bundle=bundle(), actor=actor)
-            do_register_device(b, name="peer", bundle=bundle(400), actor=actor)
+            _, peer_token = do_register_device(b, name="peer", bundle=bundle(400), actor=actor)
             conv, _ = conversations.check_create_conversation(
                 creator=a, kind="direct", member_ids=[str(b.pk)], title=None
             )
-            members.append({"token": token, "peer": str(b.pk), "conversation": str(conv.pk)})
+            members.append(
+                {
+                    "token": token,
+                    "peer": str(b.pk),
+                    "peer_token": peer_token,
+                    "conversation": str(conv.pk),
+                }
+            )
         admins = []
         for _ in range(8):
             admin = check_create_user(
@@ -178,9 +199,13 @@ def lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
 
 
-def lua_script(requests: list[dict], *, unique_send: bool = False) -> str:
+def lua_script(
+    requests: list[dict], *, unique_send: bool = False, delay_ms: float | None = None
+) -> str:
     """A wrk script cycling through `requests` ({method, path, headers, body}). With
-    `unique_send`, each body's CLIENT_ID placeholder becomes a new UUID per request."""
+    `unique_send`, each body's CLIENT_ID placeholder becomes a new UUID per request; with
+    `delay_ms`, each connection waits that long before each request (an offered rate of
+    about connections x 1000 / delay_ms requests/s)."""
     run = uuid.uuid4().hex[:8]
     rows = []
     for r in requests:
@@ -202,7 +227,7 @@ request = function()
   end
   return wrk.format(r.method, r.path, r.headers, body)
 end
-"""
+""" + (f"delay = function() return {int(delay_ms)} end\n" if delay_ms else "")
 
 
 def run_wrk(wrk: str, port: int, script: str, *, seconds: float, connections: int) -> dict:
@@ -330,6 +355,9 @@ def main():
     os.environ.setdefault("LOGIN_RATE_PER_USERNAME", "100000000")
     os.environ.setdefault("KEYS_CLAIM_RATE", "100000000")
     os.environ.setdefault("KEYS_TARGET_CLAIM_RATE", "100000000")
+    # The access log stays on (INFO, as in production): one JSON line per request is part
+    # of the request path. It goes to var/bench-server.log.
+    os.environ["LOG_LEVEL"] = "INFO"
     url = relay.setup_django(args.database)
     os.environ["RATE_LIMITS"] = LIFTED_LIMITS
     relay.ensure_database(url, fresh=not args.keep_db)
@@ -364,6 +392,13 @@ def main():
             cookie = portal_cookie(port, data["admins"][0]) if "portal" in scenarios else ""
             for name in scenarios:
                 if name == "bare":
+                    continue
+                if name == "delivery":
+                    for label, rate in (("delivery", None), ("delivery@250", 250)):
+                        run[label] = delivery_run(
+                            wrk, port, data, proc, seconds=args.seconds, rate=rate
+                        )
+                        print(f"[{workers} worker(s)] {label}: {describe_delivery(run[label])}")
                     continue
                 requests, unique = scenario_requests(name, data, cookie)
                 # Warm up first: the first requests import the URL conf and views, open
@@ -410,6 +445,106 @@ def main():
     print(json.dumps(results))
     out = ROOT / "bench" / "results" / "api-latest.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def delivery_run(wrk: str, port: int, data: dict, proc, *, seconds: float, rate=None) -> dict:
+    """REST sends (wrk, each a new client_id) to peers whose devices are connected over
+    WebSockets and ack what they get (relay.receiver_loop: in batches of 32 or every 20
+    ms), at full speed or at an offered `rate`. Reports what the server says it accepted,
+    delivered and had acked (its /metrics counters, as an operator would see them), the
+    POST's latency (wrk) and the delivery latency: from the message's server timestamp
+    (`ts`, when it was stored) to its arrival at the recipient's socket."""
+    import asyncio
+    import threading
+    from datetime import datetime
+
+    latencies: list[float] = []
+    ready, stop = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def on_message(frame: dict) -> None:
+        latencies.append(time.time() - datetime.fromisoformat(frame["ts"]).timestamp())
+
+    async def receive() -> None:
+        sockets = [await relay.connect(port, m["peer_token"]) for m in data["members"]]
+        readers = [asyncio.create_task(relay.receiver_loop(ws, on_message)) for ws in sockets]
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await relay.close_reading(sockets, readers)
+
+    def run_receivers() -> None:
+        try:
+            asyncio.run(receive())
+        except BaseException as exc:  # reported by the bench thread
+            failure.append(exc)
+            ready.set()
+
+    receivers = threading.Thread(target=run_receivers, name="receivers", daemon=True)
+    receivers.start()
+    ready.wait(120)
+    if failure:
+        raise SystemExit(f"delivery: receivers failed: {failure[0]!r}")
+    time.sleep(2)  # whatever earlier scenarios left queued drains first
+    requests, _ = scenario_requests("send", data, "")
+    connections = 25
+    delay_ms = 1000 * connections / rate if rate else None
+    watch = relay.MetricsWatch(port, 0)
+    before = watch.scrape()
+    latencies.clear()
+    meter = relay.CpuMeter(proc)
+    figures = run_wrk(
+        wrk,
+        port,
+        lua_script(requests, unique_send=True, delay_ms=delay_ms),
+        seconds=seconds,
+        connections=connections if rate else 32,
+    )
+    time.sleep(1)  # the last messages' deliveries and acks
+    after = watch.scrape()
+    stop.set()
+    receivers.join(60)
+    cpu = meter.per_message(figures["requests"])
+    span = max(1, round(seconds))
+
+    def moved(name: str) -> float:
+        return round((after.get(name, 0) - before.get(name, 0)) / span, 1)
+
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float | None:
+        return (
+            round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 2)
+            if ordered
+            else None
+        )
+
+    figures.update(
+        offered_per_s=rate,
+        accepted_per_s=moved("siphera_messages_sent_total"),
+        delivered_per_s=moved("siphera_messages_delivered_total"),
+        acked_per_s=moved("siphera_messages_acked_total"),
+        delivery_p50_ms=pct(0.50),
+        delivery_p99_ms=pct(0.99),
+        received=len(ordered),
+        server_cpu_ms_per_request=cpu["server_cpu_ms_per_message"],
+        machine_busy_percent=cpu["machine_busy_percent"],
+    )
+    return figures
+
+
+def describe_delivery(f: dict) -> str:
+    offered = f"offered {f['offered_per_s']}/s, " if f["offered_per_s"] else ""
+    text = (
+        f"{offered}sent {f['requests_per_s']} req/s (POST p99 {f['p99_ms']} ms); server: "
+        f"accepted {f['accepted_per_s']}/s, delivered {f['delivered_per_s']}/s, acked "
+        f"{f['acked_per_s']}/s; delivery (stored -> recipient's socket) p50 "
+        f"{f['delivery_p50_ms']} ms, p99 {f['delivery_p99_ms']} ms over {f['received']} "
+        f"messages; server CPU {f['server_cpu_ms_per_request']} ms/message"
+    )
+    if f["non_2xx"] or f["socket_errors"]:
+        text += f"; NOT VALID: {f['non_2xx']} non-2xx answers, {f['socket_errors']} socket errors"
+    return text
 
 
 def start_profiler(directory: Path | None, label: str, proc, seconds: float):
