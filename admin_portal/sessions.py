@@ -24,7 +24,7 @@ PENDING_TTL_SECONDS = 300  # to enter the code (or enrol) after the password was
 def start(request: HttpRequest, user) -> None:
     """Sign `user` in: a new session key (no fixation), expiring with the org's policy."""
     request.session.pop(PENDING, None)
-    django_login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    django_login(request, user, backend="orgs.services.auth.PortalUserBackend")
     request.session[AUTH_AT] = int(time.time())
     request.session.set_expiry(policy.session_lifetime_seconds())
 

@@ -38,6 +38,24 @@ def authenticate(token: str) -> SocketIdentity | None:
     )
 
 
+def revalidate(identity: SocketIdentity) -> SocketIdentity | None:
+    """The socket's identity again, with its user and codes read afresh, if its device
+    still works (not revoked, its user active); None otherwise. On a DB thread in the
+    socket's org, when the org's rights generation moved (siphera.consumer)."""
+    from orgs.accounts.models import Device
+
+    device = (
+        Device.objects.select_related("user")
+        .filter(pk=identity.device.pk, revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if device is None:
+        return None
+    identity.device.user = device.user  # services read the role from the socket's user
+    identity.codes = codes_for(device.user)
+    return identity
+
+
 def fresh_codes(identity: SocketIdentity) -> frozenset[Perm]:
     from orgs.accounts.models import User
 
@@ -103,4 +121,6 @@ class IdentitySocket(sockets.Extension):
 
 def register() -> None:
     sockets.register(IdentitySocket)
-    sockets.authenticate_with(authenticate, fresh_codes)
+    sockets.authenticate_with(
+        authenticate, fresh_codes, revalidator=revalidate, rights_generation=auth.auth_generation
+    )

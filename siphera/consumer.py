@@ -23,13 +23,14 @@ import logging
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from siphera import events, ratelimit, redis_outage, sockets
+from siphera import events, generations, ratelimit, redis_outage, sockets
 from siphera.api_errors import DATABASE_RETRY_AFTER
 from siphera.metrics import instruments as metrics
 from siphera.sockets import Extension, SocketIdentity, frame
 from siphera.tenancy import tenant_db
 from siphera.ws import (
     CLOSE_REPLACED,
+    CLOSE_REVOKED,
     CLOSE_UNAUTHENTICATED,
     FrameError,
     JsonFrameConsumer,
@@ -73,6 +74,7 @@ class ClientConsumer(JsonFrameConsumer):
         self.ext: dict[str, Extension] = {}
         self.auth_timer: asyncio.Task | None = None
         self._cleaned_up = False
+        self.rights_seen = None  # the org's rights generation when this socket last looked
 
     async def __call__(self, scope, receive, send):
         try:
@@ -149,6 +151,8 @@ class ClientConsumer(JsonFrameConsumer):
         spec = sockets.registry.frames.get(frame["type"])
         if spec is None:
             raise FrameError("unknown_frame_type", f"Unknown frame type {frame['type']!r}.")
+        if spec.perm is not None and not await self.rights_still_hold():
+            return
         if spec.perm is not None and spec.perm not in self.codes:
             await self.send_frame(
                 self._with_ref(
@@ -194,6 +198,8 @@ class ClientConsumer(JsonFrameConsumer):
     async def authenticate(self, frame: dict) -> None:
         token = frame.get("token")
         authenticator = sockets.registry.authenticator
+        # Read before the token is checked: a revoke committed from here on moves it.
+        self.rights_seen = await self._rights_generation(fresh=True)
         try:
             identity = (
                 await tenant_db(self.org, authenticator, token)
@@ -227,6 +233,10 @@ class ClientConsumer(JsonFrameConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.append(group)
             events.join_local(group, self)
+        # A revoke committed while the token was being checked sent its event before this
+        # socket joined its groups: it moved the generation, which is read afresh now.
+        if not await self.rights_still_hold(fresh=True):
+            return
         log.info("ws.authenticated", extra={"device": identity.device_id})
         await self.send_frame(
             {"type": "ready", "user_id": str(identity.user_id), "device_id": identity.device_id}
@@ -255,6 +265,35 @@ class ClientConsumer(JsonFrameConsumer):
         self.groups_joined.remove(group)
         events.leave_local(group, self)
         await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _rights_generation(self, *, fresh: bool = False):
+        name = sockets.registry.rights_generation
+        if name is None:
+            return None
+        return await generations.acurrent(name(self.org.schema_name), fresh=fresh)
+
+    async def rights_still_hold(self, *, fresh: bool = False) -> bool:
+        """Whether this socket's device still works, checked again only when the org's
+        rights generation moved since it last looked (a dict lookup per frame; Redis at
+        most once per GENERATION_CHECK_SECONDS per process). A device revoked or a user
+        deactivated meanwhile closes the socket as its event would have (4403); changed
+        codes are taken over."""
+        revalidator = sockets.registry.revalidator
+        seen = await self._rights_generation(fresh=fresh)
+        if revalidator is None or seen == self.rights_seen:
+            return True
+        identity = await tenant_db(self.org, revalidator, self.identity)
+        if identity is None:
+            log.info("ws.rights_lapsed", extra={"device": self.identity.device_id})
+            await self.send_frame({"type": "device.revoked"})
+            await self.close(code=CLOSE_REVOKED)
+            return False
+        self.rights_seen = seen
+        if identity.codes != self.codes:
+            self.codes = identity.codes
+            for extension in self.ext.values():
+                extension.codes_changed()
+        return True
 
     async def reload_codes(self) -> None:
         """Read the identity's codes again and tell every extension."""

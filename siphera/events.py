@@ -30,7 +30,8 @@ _loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.Co
 
 def bind_loop() -> None:
     """Note the running loop, so sync code this coroutine calls can post events to it
-    without blocking its thread (siphera.tenancy._DbPool.run calls this)."""
+    without blocking its thread (siphera.tenancy._DbPool.run and siphera.handler call
+    this)."""
     _loop.set(asyncio.get_running_loop())
 
 
@@ -75,10 +76,11 @@ def send_soon(
 
     From a consumer's worker thread the sends are posted to the consumer's loop and the
     thread goes back to work at once (waiting would hold a DB thread for four Redis round
-    trips per group). A group with a member socket in this process (`join_local`) is
+    trips per group); likewise from an HTTP request's thread (siphera.handler binds the
+    server's loop). A group with a member socket in this process (`join_local`) is
     handed to that socket directly, without Redis, by a call of its `local_event`.
-    Anywhere else (a request, a task, a command) the sends go through the channel layer,
-    in order, before returning.
+    Anywhere else (a task, a command) the sends go through the channel layer, in order,
+    before returning.
 
     `local(group)`, if given, is the payload for a socket of this process instead of
     `payload` (a wake-up may hand such a socket the message it is about, see

@@ -23,13 +23,16 @@ Misses are never cached: an unknown host or token goes to the database every tim
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import redis
+import redis.asyncio
 from django.conf import settings
 from django.db import transaction
 from django.db.models.base import ModelState
@@ -37,7 +40,7 @@ from django.db.models.base import ModelState
 from siphera import redis_outage
 from siphera.redis_outage import REDIS_ERRORS
 
-__all__ = ["GenerationCache", "bump", "copy_model", "current"]
+__all__ = ["GenerationCache", "acurrent", "bump", "copy_model", "current"]
 
 _lock = threading.Lock()
 _read: dict[str, tuple[Any, float]] = {}  # name -> (value, time.monotonic() it was read)
@@ -57,7 +60,6 @@ def _key(name: str) -> str:
 def current(name: str) -> Any:
     """The generation of `name` as this process knows it (read from Redis at most once
     per GENERATION_CHECK_SECONDS); a value matching no entry while Redis is unreachable."""
-    global _outages
     now = time.monotonic()
     known = _read.get(name)
     if known is not None and now - known[1] < settings.GENERATION_CHECK_SECONDS:
@@ -67,20 +69,60 @@ def current(name: str) -> Any:
     try:
         if _unsent:
             _send_unsent()
-        value = (_outages, int(_client().get(_key(name)) or 0))
+        raw = _client().get(_key(name))
     except REDIS_ERRORS as exc:
-        redis_outage.failed(exc, where="generations")
-        with _lock:
-            _outages += 1
-            _read.clear()
+        return _read_failed(exc)
+    return _remember(name, raw, now)
+
+
+async def acurrent(name: str, *, fresh: bool = False) -> Any:
+    """`current` from async code (a socket's frame), on the loop's own Redis client;
+    `fresh`: read Redis now, whenever it was last read."""
+    now = time.monotonic()
+    known = _read.get(name)
+    if not fresh and known is not None and now - known[1] < settings.GENERATION_CHECK_SECONDS:
+        return known[0]
+    if redis_outage.skip():
         return object()
+    try:
+        raw = await _aclient().get(_key(name))
+    except REDIS_ERRORS as exc:
+        return _read_failed(exc)
+    return _remember(name, raw, now)
+
+
+def _remember(name: str, raw, now: float) -> Any:
     redis_outage.succeeded()
     with _lock:
+        value = (_outages, int(raw or 0))
         known = _read.get(name)
         if known is not None and known[0][0] == value[0] and known[0][1] > value[1]:
             value = known[0]  # this process bumped it while the read was under way
         _read[name] = (value, now)
     return value
+
+
+def _read_failed(exc: BaseException) -> Any:
+    global _outages
+    redis_outage.failed(exc, where="generations")
+    with _lock:
+        _outages += 1
+        _read.clear()
+    return object()
+
+
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _aclient() -> redis.asyncio.Redis:
+    # An asyncio Redis client belongs to the loop it first ran on: one per loop.
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        )
+    return client
 
 
 def bump(name: str) -> None:

@@ -40,6 +40,8 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse
 from django.urls import set_script_prefix
 
+from siphera import events
+
 
 class _RequestThread(concurrent.futures.Executor):
     """One thread running what it is given in order: the executor of one request at a
@@ -111,6 +113,10 @@ class SipheraASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        # Wake-ups the request's sync code sends (a REST message for a socket) are posted to
+        # this loop instead of waiting for Redis on the request's thread, and a socket of
+        # this process gets its wake-up without Redis (siphera.events.send_soon).
+        events.bind_loop()
         thread = _request_threads.take()
         try:
             async with ThreadSensitiveContext(executor=thread):

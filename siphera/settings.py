@@ -246,7 +246,12 @@ EMAIL_SUBJECT_PREFIX = ""
 AVATAR_MAX_BYTES = env_int("AVATAR_MAX_BYTES", 2 * 1024 * 1024)
 AVATAR_MAX_PIXELS = env_int("AVATAR_MAX_PIXELS", 40_000_000)
 AVATAR_SIZE = 256
-AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+# Portal sessions load their user through a per-process cache (orgs.services.auth);
+# Django's ModelBackend stays for sessions started before it.
+AUTHENTICATION_BACKENDS = [
+    "orgs.services.auth.PortalUserBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/portal/login"
 LOGIN_GRANT_TTL_SECONDS = env_int("LOGIN_GRANT_TTL_SECONDS", 300)
 # Single sign-on (orgs.sso): how long a sign-in may stay at the IdP; the private-use URI

@@ -67,3 +67,9 @@ os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
 os.environ.setdefault("METRICS_TOKEN", f"metrics-token-{_RUN}")
 
 from siphera.settings import *  # noqa: E402, F403
+
+# The test process itself runs no server: its database calls come from the test's thread
+# and from threads that asyncio tests and helpers start and end, which would each take a
+# pooled connection and never hand it back. The servers and workers it starts (which read
+# siphera.settings) keep the pool.
+DATABASES["default"]["OPTIONS"].pop("pool", None)  # noqa: F405

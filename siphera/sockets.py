@@ -120,6 +120,8 @@ class Registry:
     events: dict[str, tuple[str, Callable]] = field(default_factory=dict)
     local_events: dict[str, tuple[str, Callable]] = field(default_factory=dict)
     authenticator: Callable[[str], SocketIdentity | None] | None = None
+    revalidator: Callable[[SocketIdentity], SocketIdentity | None] | None = None
+    rights_generation: Callable[[str], str] | None = None
     # identity -> fresh codes (after `user.permissions_changed`), run on a DB thread
     codes_loader: Callable[[SocketIdentity], frozenset] | None = None
 
@@ -152,12 +154,25 @@ class Registry:
         self,
         authenticator: Callable[[str], SocketIdentity | None],
         codes_loader: Callable[[SocketIdentity], frozenset],
+        *,
+        revalidator: Callable[[SocketIdentity], SocketIdentity | None] | None = None,
+        rights_generation: Callable[[str], str] | None = None,
     ) -> None:
         """Set the function that turns an `auth` frame's token into an identity (run on
         a DB thread in the socket's org, None for a bad token), and the one that reloads
-        an identity's codes."""
+        an identity's codes.
+
+        `rights_generation(schema)` names the org's generation (siphera.generations) that
+        moves whenever a device, user or role changes; when it has moved since a socket
+        last looked, the socket's next frame first runs `revalidator(identity)` (on a DB
+        thread): the identity with fresh codes, or None when the device no longer works
+        (revoked, user deactivated), which closes the socket. So a socket that missed its
+        `device.revoked` event (a revoke committed while it was authenticating, a lost
+        wake-up) cannot go on sending."""
         self.authenticator = authenticator
         self.codes_loader = codes_loader
+        self.revalidator = revalidator
+        self.rights_generation = rights_generation
 
 
 registry = Registry()

@@ -231,7 +231,10 @@ def test_a_role_without_devices_revoke_sees_no_button_and_cannot_revoke(org_p, p
 
 
 def test_a_session_stops_working_once_the_role_loses_portal_access(org_p, signed_in_admin):
-    in_tenant(org_p, User.objects.filter(pk=signed_in_admin.user.pk).update, role="member")
+    from orgs.services import audit, users
+
+    demoted = in_tenant(org_p, User.objects.get, pk=signed_in_admin.user.pk)
+    in_tenant(org_p, users.do_change_role, demoted, "member", actor=audit.Actor.system("tests"))
     response = signed_in_admin.get("/portal/")
     assert response.status_code == 403
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import connection, transaction
 from django.utils import timezone
@@ -344,7 +345,32 @@ def authenticate_token(token: str) -> Device | None:
             .first()
         )
 
-    return _devices_by_token.get_or_fetch((schema, token_hash), _auth_generation(schema), fetch)
+    return _devices_by_token.get_or_fetch((schema, token_hash), auth_generation(schema), fetch)
+
+
+class PortalUserBackend(ModelBackend):
+    """The user of a signed-in portal session, from the same per-process cache and auth
+    generation as device tokens (`authenticate_token`): every portal page asked
+    PostgreSQL for it. Django still checks the session's hash against this user (a new
+    password or a deactivation saves the user, which drops the cached copy). It checks no
+    credentials (`authenticate` is always None): sign-in goes through `check_login`, and
+    a session started before this backend existed names Django's ModelBackend, which
+    stays listed in AUTHENTICATION_BACKENDS."""
+
+    def authenticate(self, request, **credentials):
+        return None
+
+    def get_user(self, user_id):
+        schema = connection.schema_name
+        user = _users_by_id.get_or_fetch(
+            (schema, str(user_id)),
+            auth_generation(schema),
+            lambda: super(PortalUserBackend, self).get_user(user_id),
+        )
+        return user
+
+
+_users_by_id = generations.GenerationCache()
 
 
 def _copy_device(device: Device) -> Device:
@@ -356,7 +382,10 @@ def _copy_device(device: Device) -> Device:
 _devices_by_token = generations.GenerationCache(copy_value=_copy_device)
 
 
-def _auth_generation(schema: str) -> str:
+def auth_generation(schema: str) -> str:
+    """The generation (siphera.generations) that moves whenever a user, device or role of
+    the org `schema` is saved or deleted: cached tokens and users, and live sockets'
+    rights (siphera.consumer), are checked again when it has."""
     return f"auth.{schema}"
 
 
@@ -364,7 +393,7 @@ def forget_cached_auth(**_signal_kwargs) -> None:
     """What any process cached about the current org's tokens, users and roles is stale
     (after the current transaction commits). Connected to every save and delete of a
     User, Device or Role (orgs.apps); a bulk `.update()` of those rows calls it itself."""
-    generations.bump(_auth_generation(connection.schema_name))
+    generations.bump(auth_generation(connection.schema_name))
 
 
 def do_purge_expired_grants(*, older_than: timedelta = timedelta(0)) -> int:
