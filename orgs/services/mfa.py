@@ -31,6 +31,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from orgs.accounts.models import OrgPolicy, RecoveryCode, TotpFactor, User
 from orgs.audit_events import AuditEvent
@@ -333,10 +334,11 @@ def _token_key(token_hash: str) -> str:
 
 def issue_enrollment_token(user: User) -> tuple[str, int]:
     """A bearer token that only lets `user` enrol TOTP, valid for minutes (kept in Redis,
-    under its hash and the org's schema)."""
+    under its hash and the org's schema). It dies with the password it was earned with:
+    a new password (or a raised session epoch) makes it unknown."""
     ttl = settings.MFA_ENROLLMENT_TOKEN_TTL_SECONDS
     token, token_hash = tokens.new_secret(ENROLLMENT_TOKEN_PREFIX)
-    cache.set(_token_key(token_hash), str(user.pk), timeout=ttl)
+    cache.set(_token_key(token_hash), f"{user.pk}:{user.get_session_auth_hash()}", timeout=ttl)
     return token, ttl
 
 
@@ -344,10 +346,14 @@ def authenticate_enrollment_token(token: str) -> User | None:
     """The active user of a live enrolment token in the current org, or None."""
     if not token.startswith(ENROLLMENT_TOKEN_PREFIX):
         return None
-    user_id = cache.get(_token_key(tokens.hash_secret(token)))
-    if user_id is None:
+    stored = cache.get(_token_key(tokens.hash_secret(token)))
+    if not stored or ":" not in stored:
         return None
-    return User.objects.filter(pk=user_id, is_active=True).first()
+    user_id, auth_hash = stored.split(":", 1)
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None or not constant_time_compare(user.get_session_auth_hash(), auth_hash):
+        return None
+    return user
 
 
 # --- enrolment, confirmation, disabling, reset -----------------------------------------------

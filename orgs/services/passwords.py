@@ -7,7 +7,8 @@ Guarantees:
   `weak_password`.
 - A new password ends every other way in: all devices but the one that changed it are
   revoked (their sockets closed), unused login grants, invitations and reset links are
-  dropped, and every portal session ends (the session hash covers the password).
+  dropped, and every portal session and MFA enrolment token ends (both are bound to the
+  session hash, which covers the password).
 - Reset links are `sph_r_...` secrets, stored as sha256, single-use, valid
   PASSWORD_RESET_TTL_SECONDS; asking for one answers the same, in the same time, whether
   or not the account exists, has an e-mail address or may use a password (no user

@@ -288,3 +288,30 @@ def test_no_device_of_a_user_survives_a_reset(org_a, new_session, mailbox, celer
     live = in_tenant(org_a, Device.objects.filter(user_id=user.pk, revoked_at__isnull=True).count)
     assert live == 0
     assert login_grant(session.api, user.username, NEW_PASSWORD)
+
+
+def test_a_reset_ends_an_mfa_enrolment_token_earned_with_the_old_password(
+    quiet_org, api_for, mailbox, celery_worker
+):
+    from orgs.accounts.models import OrgPolicy
+
+    in_tenant(
+        quiet_org,
+        lambda: OrgPolicy.objects.update_or_create(
+            pk=1, defaults={"mfa_policy": "required_for_all"}
+        ),
+    )
+    user = with_email(quiet_org, make_user(quiet_org))
+    api = api_for(quiet_org)
+    refused = api.post("/api/v1/auth/login", json={"username": user.username, "password": PASSWORD})
+    assert refused.json()["error"]["code"] == "mfa_enrollment_required", refused.text
+    as_enrollee = {"Authorization": f"Enrollment {refused.json()['enrollment_token']}"}
+    assert api.post("/api/v1/mfa/totp/enroll", headers=as_enrollee).status_code == 200
+
+    api.post("/api/v1/auth/password-reset", json={"username": user.username})
+    token = reset_token_from(mailbox, user)
+    confirmed = api.post(
+        "/api/v1/auth/password-reset/confirm", json={"token": token, "password": NEW_PASSWORD}
+    )
+    assert confirmed.status_code == 204
+    assert api.post("/api/v1/mfa/totp/enroll", headers=as_enrollee).status_code == 401
