@@ -189,6 +189,29 @@ def server_with_env(log_path: Path, **env: str) -> Iterator[LiveServer]:
         stop_process(proc)
 
 
+@pytest.fixture
+def second_server(tmp_path) -> Iterator[LiveServer]:
+    """Another web process on the same database and Redis, as a second `WEB_WORKERS`
+    process would be, with the default once-a-second generation check (the suite lowers
+    it to 0) and cached entries that would live for an hour: only a generation bump can
+    make it drop them (siphera.generations)."""
+    with server_with_env(
+        tmp_path / "second.log",
+        GENERATION_CACHE_MAX_AGE_SECONDS="3600",
+        GENERATION_CHECK_SECONDS="1",
+    ) as live:
+        yield live
+
+
+def eventually(check, *, within: float = 20.0) -> None:
+    """`check()` becomes true, polled (generous for a loaded machine: the bound that
+    matters, e.g. GENERATION_CHECK_SECONDS, is not this)."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "the change never reached the other process"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def celery_worker(_database, tmp_path_factory):
     """A real Celery worker consuming this run's queue from Redis."""

