@@ -198,8 +198,9 @@ class ClientConsumer(JsonFrameConsumer):
     async def authenticate(self, frame: dict) -> None:
         token = frame.get("token")
         authenticator = sockets.registry.authenticator
-        # Read before the token is checked: a revoke committed from here on moves it.
-        self.rights_seen = await self._rights_generation(fresh=True)
+        # Read before the token is checked (as this process last read it: an older value
+        # only costs one more check below): a revoke committed from here on moves it.
+        self.rights_seen = await self._rights_generation()
         try:
             identity = (
                 await tenant_db(self.org, authenticator, token)

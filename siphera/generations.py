@@ -38,6 +38,7 @@ from django.db import transaction
 from django.db.models.base import ModelState
 
 from siphera import redis_outage
+from siphera.channel_layer import blocking_pool
 from siphera.redis_outage import REDIS_ERRORS
 
 __all__ = ["GenerationCache", "acurrent", "bump", "copy_model", "current"]
@@ -119,9 +120,10 @@ def _aclient() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
+        # Bounded, waiting for a free connection (as the rate limits' pool): a burst of
+        # handshakes must queue for Redis, not open a connection each and time out.
+        pool = blocking_pool(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        client = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
 
 

@@ -52,6 +52,10 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    # The servers and workers run the production settings module on the environment
+    # siphera/settings_test.py set up (it sets only environment defaults, and takes the
+    # pool away from the test process alone).
+    env["DJANGO_SETTINGS_MODULE"] = "siphera.settings"
     env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1")
     env.update(extra)  # a test may point a process elsewhere (DATABASE_URL through a proxy)
     return env
