@@ -10,7 +10,9 @@ REDIS_POOL_TIMEOUT_SECONDS (siphera.settings); only then does a command fail.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 
 import redis
 import redis.asyncio
@@ -38,6 +40,22 @@ def blocking_pool(url: str, **kwargs) -> redis.asyncio.BlockingConnectionPool:
         retry_on_error=[redis.exceptions.ConnectionError],
         **kwargs,
     )
+
+
+_loop_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def loop_client() -> redis.asyncio.Redis:
+    """The running loop's asyncio client of REDIS_URL (an asyncio client belongs to the loop
+    it first ran on), on a `blocking_pool` with 2 s timeouts: for the short commands of
+    rate limits and cache generations, which a burst of sockets must queue for rather
+    than each opening a connection."""
+    loop = asyncio.get_running_loop()
+    client = _loop_clients.get(loop)
+    if client is None:
+        pool = blocking_pool(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        client = _loop_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
+    return client
 
 
 class RedisChannelLayer(_RedisChannelLayer):

@@ -23,11 +23,9 @@ Misses are never cached: an unknown host or token goes to the database every tim
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -38,7 +36,7 @@ from django.db import transaction
 from django.db.models.base import ModelState
 
 from siphera import redis_outage
-from siphera.channel_layer import blocking_pool
+from siphera.channel_layer import loop_client
 from siphera.redis_outage import REDIS_ERRORS
 
 __all__ = ["GenerationCache", "acurrent", "bump", "copy_model", "current"]
@@ -86,7 +84,7 @@ async def acurrent(name: str, *, fresh: bool = False) -> Any:
     if redis_outage.skip():
         return object()
     try:
-        raw = await _aclient().get(_key(name))
+        raw = await loop_client().get(_key(name))
     except REDIS_ERRORS as exc:
         return _read_failed(exc)
     return _remember(name, raw, now)
@@ -110,21 +108,6 @@ def _read_failed(exc: BaseException) -> Any:
         _outages += 1
         _read.clear()
     return object()
-
-
-_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _aclient() -> redis.asyncio.Redis:
-    # An asyncio Redis client belongs to the loop it first ran on: one per loop.
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        # Bounded, waiting for a free connection (as the rate limits' pool): a burst of
-        # handshakes must queue for Redis, not open a connection each and time out.
-        pool = blocking_pool(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        client = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
-    return client
 
 
 def bump(name: str) -> None:

@@ -19,12 +19,10 @@ request.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 
 import redis
@@ -34,7 +32,7 @@ from django.db import connection
 
 from siphera import redis_outage
 from siphera.api_errors import ApiError, json_error
-from siphera.channel_layer import blocking_pool
+from siphera.channel_layer import loop_client
 from siphera.metrics import instruments as metrics
 from siphera.redis_outage import REDIS_ERRORS
 
@@ -173,7 +171,7 @@ async def ahit_named(name: str, ident, *, schema: str) -> int | None:
     if redis_outage.skip():
         return _local_verdict(key, rule.window, rule.count)
     try:
-        granted, ttl_ms = await _lease_script(_aclient())(
+        granted, ttl_ms = await _lease_script(loop_client())(
             keys=[key], args=[rule.window, rule.count, _lease_size(rule)]
         )
     except REDIS_ERRORS as exc:
@@ -258,19 +256,6 @@ return {math.min(room, want), redis.call('PTTL', KEYS[1])}
 @functools.cache
 def _lease_script(client):
     return client.register_script(_LEASE_LUA)
-
-
-_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _aclient() -> redis.asyncio.Redis:
-    # An asyncio Redis client belongs to the loop it first ran on: one per loop.
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        pool = blocking_pool(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        client = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
-    return client
 
 
 # --- counters read before they are judged (login failures: orgs.services.auth) ------------
