@@ -29,19 +29,21 @@ as_root() {
 }
 
 _APT_UPDATED=""
-# Install Debian packages (apt-get update once per script run first).
+# Install Debian packages (apt-get update once per script run first). Another apt-get
+# running (two `make` targets at once, unattended-upgrades) is waited for, up to 5 min.
 apt_install() {
     command -v apt-get >/dev/null 2>&1 ||
         die "cannot install $* here: no apt-get (this is not Debian/Ubuntu)." \
             "Install $* with your system's package manager, then run this again."
     if [[ -z $_APT_UPDATED ]]; then
         say "apt-get update (to install $*)"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq ||
             die "apt-get update failed; cannot install $*."
         _APT_UPDATED=1
     fi
     say "apt-get install -y $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends "$@" \
         </dev/null || die "apt-get install $* failed (see above)."
 }
 
