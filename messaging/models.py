@@ -63,6 +63,7 @@ class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=10, choices=KINDS)
     title = models.BinaryField(null=True)  # encrypted by clients; opaque here
+    topic = models.BinaryField(null=True)  # likewise (groups; set by their admins)
     # "<smaller user id>:<larger user id>" for direct conversations: one per pair.
     direct_key = models.CharField(max_length=80, unique=True, null=True)
     created_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
@@ -91,6 +92,9 @@ class Member(models.Model):
     joined_at = models.DateTimeField(auto_now_add=True)
     delivered_seq = models.BigIntegerField(default=0)
     read_seq = models.BigIntegerField(default=0)
+    # Messages after `read_seq` that mention this user: raised by the send that mentions
+    # them, lowered when `read_seq` passes such messages (messaging.services.unread).
+    mention_count = models.IntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["conversation", "user"], name="member_once")]
@@ -133,8 +137,17 @@ class Message(models.Model):
                 fields=["conversation", "sender", "client_id"], name="message_client_id_unique"
             ),
         ]
-        # The retention purge looks for the oldest messages across all conversations.
-        indexes = [models.Index(fields=["created_at"], name="message_created_at")]
+        indexes = [
+            # The retention purge looks for the oldest messages across all conversations.
+            models.Index(fields=["created_at"], name="message_created_at"),
+            # A thread's replies in order (GET .../messages?thread=): only replies are in it,
+            # so a message outside a thread costs no index write.
+            models.Index(
+                fields=["thread", "seq"],
+                name="message_thread_replies",
+                condition=models.Q(thread__isnull=False),
+            ),
+        ]
 
 
 class QueuedMessage(models.Model):
