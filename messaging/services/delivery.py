@@ -672,13 +672,6 @@ def _delete_acked(devices: list[int], ids: list[uuid.UUID]) -> int:
         return cursor.rowcount
 
 
-def do_drop_queue(device: Device) -> int:
-    """Delete everything queued for a (revoked) device: nothing will ever fetch it.
-    Returns how many entries went."""
-    deleted, _ = QueuedMessage.objects.filter(device=device).delete()
-    return deleted
-
-
 def history(conversation: Conversation, *, after_seq: int = 0, limit: int = 100) -> list[dict]:
     """Stored history (bodies and events, never envelopes), oldest first."""
     messages = Message.objects.filter(conversation=conversation, seq__gt=after_seq).order_by("seq")[

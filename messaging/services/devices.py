@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from messaging.services import keys
-from messaging.services.delivery import do_drop_queue
+from messaging.services import keys, retention
 from orgs.accounts.models import Device, User
 from orgs.services import audit
 from orgs.services.auth import consume_grant
@@ -44,6 +43,7 @@ def do_register_device(
 
 
 def on_device_revoked(device: Device) -> None:
-    """orgs.hooks.device_revoked: a revoked device's keys and queue go with it."""
+    """orgs.hooks.device_revoked: a revoked device's keys and queue go with it (except
+    queued envelopes a legal hold keeps: messaging.services.retention)."""
     keys.do_delete_keys(device)
-    do_drop_queue(device)
+    retention.do_drop_revoked_queue(device)

@@ -11,6 +11,8 @@ Guarantees:
   every message of a conversation sent while they were a member (current members from
   their join time; former members up to the event that removed them, conservatively from
   the conversation's start).
+- Revoking a device deletes its queue except the entries whose message a hold covers:
+  their envelopes are kept, never delivered, and purged once no hold covers them.
 - Placing a hold and a purge batch are serialised by one per-org advisory lock, so a batch
   never deletes what a hold committed before it covers.
 - Policy changes, conversation overrides, holds placed and released, and every purge run
@@ -353,6 +355,8 @@ class PurgeReport:
     blobs_not_deleted: int = 0
     held_users: int = 0
     held_conversations: int = 0
+    # Queue entries of revoked devices that a hold kept and no hold covers any more.
+    revoked_queue_rows: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -398,6 +402,32 @@ def held_messages_q(held_users: list, held_conversations: list) -> Q:
     return held
 
 
+def _unheld_queue_rows(rows, held_users: list, held_conversations: list):
+    """`rows` (queue rows) less those whose message an active hold covers."""
+    if not (held_users or held_conversations):
+        return rows
+    held = Message.objects.filter(pk=OuterRef("message_id")).filter(
+        held_messages_q(held_users, held_conversations)
+    )
+    return rows.filter(~Exists(held))
+
+
+def do_drop_revoked_queue(device) -> int:
+    """Delete a revoked device's queue, except the entries whose message an active legal
+    hold covers: their envelopes are ciphertext the hold must keep (often its only copy).
+    Those rows stay, never delivered (the device's token is gone, and only a live
+    device's socket or request reads its queue), until the first purge after the last
+    hold covering them is released. Runs inside the revoking transaction, serialised with
+    hold changes by the holds' lock. Returns how many entries went."""
+    _lock_holds()
+    held_users, held_conversations = active_holds()
+    rows = _unheld_queue_rows(
+        QueuedMessage.objects.filter(device=device), held_users, held_conversations
+    )
+    deleted, _ = rows.delete()
+    return deleted
+
+
 def _expired_messages(now: datetime, org_days: int, held_users: list, held_conversations: list):
     """Messages past their conversation's effective retention that no active hold covers."""
     days = Coalesce(F("conversation__retention_days"), Value(org_days))
@@ -423,7 +453,8 @@ def do_purge(
 ) -> PurgeReport:
     """Delete, in batches of `batch_size` messages (one transaction each), every message
     past retention that no hold covers, with its queue rows and the attachments no other
-    message references; then never-sent uploads older than `ATTACHMENT_UNBOUND_TTL_SECONDS`.
+    message references; then what revoked devices' queues kept for holds since released;
+    then never-sent uploads older than `ATTACHMENT_UNBOUND_TTL_SECONDS`.
     Blobs are deleted after each batch commits. Reports each batch to `progress` and writes
     one `retention.purged` audit entry with the totals."""
     now = now or timezone.now()
@@ -455,6 +486,25 @@ def do_purge(
         report.blobs_not_deleted += attachments.delete_blobs(names)
         if progress:
             progress("messages", report)
+
+    while True:
+        with transaction.atomic():
+            _lock_holds()
+            held_users, held_conversations = active_holds()
+            kept = QueuedMessage.objects.filter(device__revoked_at__isnull=False)
+            ids = list(
+                _unheld_queue_rows(kept, held_users, held_conversations).values_list(
+                    "pk", flat=True
+                )[:batch_size]
+            )
+            if ids:
+                QueuedMessage.objects.filter(pk__in=ids).delete()
+        if not ids:
+            break
+        report.batches += 1
+        report.revoked_queue_rows += len(ids)
+        if progress:
+            progress("revoked_queue_rows", report)
 
     while True:
         with transaction.atomic():

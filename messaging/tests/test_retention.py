@@ -4,6 +4,7 @@ what legal holds cover, audits every run, and never touches another org."""
 
 import os
 import time
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -16,7 +17,7 @@ from orgs.accounts.models import AuditEntry
 from orgs.services import audit
 from siphera.tenancy import in_tenant, send_task
 
-from .helpers import send_body, start_conversation
+from .helpers import envelope, send_body, start_conversation
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 
@@ -363,3 +364,87 @@ def test_the_purge_works_in_batches_and_reports_each(org_a, new_session):
     assert report.batches >= 3 and report.messages >= 5
     message_batches = [count for phase, count in seen if phase == "messages"]
     assert message_batches[:3] == [2, 4, min(6, report.messages)]
+
+
+def _queued_for(org, session) -> dict[str, bytes | None]:
+    """Message id -> envelope body of what is queued for `session`'s device."""
+    rows = in_tenant(
+        org,
+        lambda: list(
+            QueuedMessage.objects.filter(
+                device__user=session.user, device__device_id=session.device_id
+            ).values_list("message_id", "envelope_body")
+        ),
+    )
+    return {str(mid): bytes(body) if body is not None else None for mid, body in rows}
+
+
+def _send_envelopes(sender, cid, *recipients) -> str:
+    response = sender.api.post(
+        f"/api/v1/conversations/{cid}/messages",
+        json={
+            "client_id": str(uuid.uuid4()),
+            "envelopes": [envelope(r, body=f"for {r.device_id}".encode()) for r in recipients],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_revoking_a_device_keeps_its_queued_envelopes_a_hold_covers_until_released(
+    org_a, new_session
+):
+    officer = new_session(org_a, role="compliance_officer")
+    alice, bob = new_session(org_a), new_session(org_a)
+    bob_tablet = new_session(org_a, bob.user, name="tablet")
+    held_cid = start_conversation(alice, bob, kind="group")["id"]
+    free_cid = start_conversation(alice, bob)["id"]
+    held = _send_envelopes(alice, held_cid, bob, bob_tablet)
+    free = _send_envelopes(alice, free_cid, bob, bob_tablet)
+    hold = officer.api.post("/api/v1/compliance/holds", json={"conversation_id": held_cid})
+    assert hold.status_code == 201
+
+    assert bob.api.delete(f"/api/v1/devices/{bob_tablet.device_id}").status_code == 204
+
+    # The held conversation's envelope for the tablet is kept, ciphertext intact; what no
+    # hold covers goes as before. Nothing delivers it: the tablet's token is dead.
+    assert _queued_for(org_a, bob_tablet) == {held: f"for {bob_tablet.device_id}".encode()}
+    assert bob_tablet.api.get("/api/v1/messages").status_code == 401
+    assert set(_queued_for(org_a, bob)) == {held, free}  # the live device is untouched
+
+    # Released: the next purge removes what the revoked device kept (the messages
+    # themselves are not past retention, so they stay for the live devices).
+    assert officer.api.delete(f"/api/v1/compliance/holds/{hold.json()['id']}").status_code == 200
+    report = in_tenant(org_a, retention.do_purge, actor=audit.Actor.system("tests"))
+
+    assert _queued_for(org_a, bob_tablet) == {}
+    assert report.revoked_queue_rows >= 1
+    assert _exists(org_a, held) and set(_queued_for(org_a, bob)) == {held, free}
+
+
+def test_revoking_a_held_users_device_keeps_its_whole_queue(org_a, org_b, new_session):
+    officer = new_session(org_a, role="compliance_officer")
+    alice, carol = new_session(org_a), new_session(org_a)
+    carol_phone = new_session(org_a, carol.user, name="phone")
+    cid = start_conversation(alice, carol)["id"]
+    sent = {_send_envelopes(alice, cid, carol, carol_phone) for _ in range(2)}
+    assert (
+        officer.api.post(
+            "/api/v1/compliance/holds", json={"user_id": str(carol.user.pk)}
+        ).status_code
+        == 201
+    )
+    # A hold in another org covers nothing here.
+    b_officer, b_user = new_session(org_b, role="compliance_officer"), new_session(org_b)
+    b_officer.api.post("/api/v1/compliance/holds", json={"user_id": str(b_user.user.pk)})
+
+    assert carol.api.delete(f"/api/v1/devices/{carol_phone.device_id}").status_code == 204
+    in_tenant(org_a, retention.do_purge, actor=audit.Actor.system("tests"))
+
+    assert set(_queued_for(org_a, carol_phone)) == sent
+    # A revoked device of an unheld user of the same org loses what no hold covers at once.
+    dave = new_session(org_a)
+    alice_tablet = new_session(org_a, alice.user, name="tablet")
+    _send_envelopes(dave, start_conversation(dave, alice)["id"], alice, alice_tablet)
+    assert alice.api.delete(f"/api/v1/devices/{alice_tablet.device_id}").status_code == 204
+    assert _queued_for(org_a, alice_tablet) == {}
