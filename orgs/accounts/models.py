@@ -127,6 +127,10 @@ class Device(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, null=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True)
+    # Where it was last seen from (registration, then each socket sign-in), for admins
+    # telling a user's devices apart; never used to decide anything.
+    last_seen_ip = models.GenericIPAddressField(null=True)
+    user_agent = models.CharField(max_length=300, blank=True)
     revoked_at = models.DateTimeField(null=True)
 
     class Meta:
@@ -141,6 +145,41 @@ class Device(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class PortalSession(models.Model):
+    """A portal sign-in, so admins can list and end a user's sessions
+    (orgs.services.portal_sessions). The session itself is Django's (its row holds the
+    data); this row names it by key and says when and from where it was used. A row whose
+    Django session is gone, expired or no longer matches the user's auth hash is not live."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="portal_sessions")
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField()
+    ip = models.GenericIPAddressField(null=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+
+
+class PendingDomain(models.Model):
+    """A host name an org admin asked for, routed only once its DNS proves the org
+    controls it (orgs.services.domains): a TXT record `_siphera-verify.<domain>` holding
+    `siphera-verify=<token>`. Kept in the org's schema, so two orgs may each claim a name;
+    the first to verify gets it (the public `Domain` table stays unique)."""
+
+    domain = models.CharField(max_length=253, unique=True)
+    token = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.UUIDField(null=True)
+    checked_at = models.DateTimeField(null=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["domain"]
 
 
 class LoginGrant(models.Model):
