@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -109,14 +109,23 @@ DATABASE_RETRY_AFTER = 5  # seconds a client waits before retrying a 503 databas
 
 
 def handler500(request):
-    """JSON 500 for a bug; a 503 `database_unavailable` with `Retry-After` when the
-    database cannot be reached (down, restarting, out of connections): the client should
-    retry, and nothing was half-written (each request's writes are one transaction).
+    """JSON 500 for a bug; a 400 `invalid_request` for a value the database refused; a
+    503 `database_unavailable` with `Retry-After` when the database cannot be reached
+    (down, restarting, out of connections): the client should retry, and nothing was
+    half-written (each request's writes are one transaction).
     Likewise a 503 `redis_unavailable` for the few requests that cannot do without Redis
     (siphera.redis_outage; most do without it)."""
     from siphera import redis_outage
 
     exc = sys.exc_info()[1]
+    if isinstance(exc, DataError):
+        # A value PostgreSQL cannot take (a NUL character, a string longer than its
+        # column, a number out of its type's range) that no check caught: the client's
+        # input, not a server fault. The request's transaction is rolled back.
+        logging.getLogger("siphera.db").warning("value refused by the database: %s", exc)
+        return json_error(
+            400, "invalid_request", "A value in the request cannot be stored as sent."
+        )
     if isinstance(exc, (OperationalError, InterfaceError)):
         logging.getLogger("siphera.db").warning("database unavailable: %s", exc)
         response = json_error(

@@ -120,6 +120,12 @@ ASGI_APPLICATION = "siphera.asgi.application"
 
 # --- Database -------------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/siphera")
+# A DATABASE_URL without a password on a fresh Debian machine: scripts/ensure_services.sh
+# gave the local role a generated one and keeps it in $SIPHERA_VAR_DIR/pgpass, libpq's
+# password file, which every process of the checkout reads unless PGPASSFILE names another.
+_PGPASS_FILE = SECRET_KEY_FILE.parent / "pgpass"
+if not env("PGPASSFILE") and _PGPASS_FILE.is_file():
+    os.environ["PGPASSFILE"] = str(_PGPASS_FILE)
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
 # CONN_MAX_AGE must stay 0 under ASGI (PITFALLS 5).
