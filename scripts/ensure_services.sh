@@ -236,19 +236,124 @@ ensure_postgres() {
 }
 
 pg_client_args() {
-    PG_ARGS=(-p "$PG_PORT" -U "$PG_USER")
+    # -w: never prompt for a password (a prompt would hang `make` under CI).
+    PG_ARGS=(-w -p "$PG_PORT" -U "$PG_USER")
     [[ -n $PG_HOST ]] && PG_ARGS+=(-h "$PG_HOST")
     return 0
 }
 
+# --- a password for a local server that asks for one ---------------------------------------
+#
+# Debian's clusters (`apt-get install postgresql`, pg_createcluster) ask for a password over
+# TCP (scram-sha-256 on pg_hba.conf's host lines) and the default DATABASE_URL carries none.
+# For a local server only, this does what Debian's docs do: as the `postgres` OS user over
+# the local socket (peer authentication; runuser as root, else passwordless sudo) it gives
+# the URL's role a generated password, creating the role (LOGIN CREATEDB) when it does not
+# exist, and keeps the password in var/pgpass (mode 600), libpq's password file, which every
+# process of the checkout reads (siphera/settings.py points PGPASSFILE at it; so does this
+# script). pg_hba.conf is left as it is. A role that has a password of its own is left alone:
+# that one belongs in DATABASE_URL.
+
+PGPASS_FILE="$VAR_DIR/pgpass"
+
+use_pgpass_file() {
+    [[ -z ${PGPASSFILE:-} && -f $PGPASS_FILE ]] && export PGPASSFILE="$PGPASS_FILE"
+    return 0
+}
+
+# psql as PostgreSQL's superuser over the local socket, as the `postgres` OS user.
+# Returns 127 when this script cannot become that user.
+psql_as_postgres() {
+    local cmd=(psql -X -q -w -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@")
+    [[ $PG_HOST == /* ]] && cmd+=(-h "$PG_HOST")
+    if [[ $(id -un) == postgres ]]; then
+        "${cmd[@]}"
+    elif [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1; then
+        (cd / && runuser -u postgres -- "${cmd[@]}")
+    elif command -v sudo >/dev/null 2>&1 && sudo -n -u postgres true 2>/dev/null; then
+        (cd / && sudo -n -u postgres -- "${cmd[@]}")
+    else
+        return 127
+    fi
+}
+
+# Our line for this port and role in var/pgpass, if any.
+pgpass_has_ours() {
+    [[ -f $PGPASS_FILE ]] &&
+        awk -F: -v p="$PG_PORT" -v u="$PG_USER" '$2 == p && $4 == u { found = 1 }
+            END { exit !found }' "$PGPASS_FILE"
+}
+
+give_role_a_password() {
+    local ask="PostgreSQL at $(pg_where) asks for a password for role $PG_USER and DATABASE_URL has none"
+    local state status=0
+    state="$(psql_as_postgres -t -A -v role="$PG_USER" <<'SQL'
+SELECT coalesce((SELECT CASE WHEN rolpassword IS NULL THEN 'none' ELSE 'set' END
+                 FROM pg_authid WHERE rolname = :'role'), 'missing');
+SQL
+    )" || status=$?
+    case $status in
+    0) ;;
+    127) die "$ask." "Put the password in DATABASE_URL (postgres://$PG_USER:PASSWORD@...), or run" \
+        "this as root or with passwordless sudo: it then sets one up as the postgres user" \
+        "(docs/operations.md, \"A fresh Debian machine\")." ;;
+    *) die "$ask, and connecting as the postgres OS user over the local socket failed (see" \
+        "above). Put the password in DATABASE_URL (postgres://$PG_USER:PASSWORD@...)." ;;
+    esac
+    if [[ $state == set ]] && ! pgpass_has_ours; then
+        die "$ask." "Role $PG_USER has a password of its own, which this script does not change:" \
+            "put it in DATABASE_URL (postgres://$PG_USER:PASSWORD@$(pg_where)/$PG_DB)."
+    fi
+    local password
+    password="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)"
+    [[ ${#password} -eq 32 ]] || die "could not generate a password (/dev/urandom?)."
+    # The password travels on psql's standard input, never on a command line.
+    psql_as_postgres -v role="$PG_USER" -v state="$state" >/dev/null <<SQL ||
+\\set password '$password'
+SELECT format(CASE WHEN :'state' = 'missing' THEN 'CREATE ROLE %I LOGIN CREATEDB PASSWORD %L'
+                   ELSE 'ALTER ROLE %I PASSWORD %L' END, :'role', :'password') \\gexec
+SQL
+        die "could not set the password of role $PG_USER (see above)."
+    local hosts=(localhost) host
+    [[ -n $PG_HOST && $PG_HOST != /* && $PG_HOST != localhost ]] && hosts+=("${PG_HOST//:/\\:}")
+    mkdir -p "$VAR_DIR"
+    (
+        umask 077
+        {
+            [[ -f $PGPASS_FILE ]] &&
+                awk -F: -v p="$PG_PORT" -v u="$PG_USER" '!($2 == p && $4 == u)' "$PGPASS_FILE"
+            for host in "${hosts[@]}"; do
+                printf '%s:%s:*:%s:%s\n' "$host" "$PG_PORT" "$PG_USER" "$password"
+            done
+        } >"$PGPASS_FILE.tmp"
+    )
+    mv "$PGPASS_FILE.tmp" "$PGPASS_FILE"
+    use_pgpass_file
+    case $state in
+    missing) say "Created role $PG_USER (LOGIN CREATEDB) with a generated password" ;;
+    none) say "Gave role $PG_USER a generated password (it had none)" ;;
+    set) say "Gave role $PG_USER a new generated password (the one in $PGPASS_FILE was refused)" ;;
+    esac
+    note "$ask: set up as the postgres user over the local socket; the password is in"
+    note "$PGPASS_FILE (mode 600), which the checkout's processes read. pg_hba.conf is unchanged."
+}
+
 ensure_database() {
     export PGPASSWORD="$PG_PASSWORD" PGCONNECT_TIMEOUT=10
+    use_pgpass_file
     if command -v psql >/dev/null 2>&1 && psql --version >/dev/null 2>&1; then
         pg_client_args
-        local exists maintenance=postgres
-        [[ $PG_DB == postgres ]] && { say "Database postgres exists"; return; }
+        local exists maintenance=postgres failed
         # Connect to the maintenance database to look; a fresh server always has one of these.
-        psql -X -q "${PG_ARGS[@]}" -d postgres -c "" >/dev/null 2>&1 || maintenance=template1
+        if ! failed="$(psql -X -q "${PG_ARGS[@]}" -d postgres -c "" 2>&1 >/dev/null)"; then
+            if [[ $failed == *"no password supplied"* || $failed == *"password authentication failed"* ]] &&
+                [[ -z $PG_PASSWORD ]] && is_local "$PG_HOST"; then
+                give_role_a_password
+            elif [[ $failed == *"database \"postgres\" does not exist"* ]]; then
+                maintenance=template1
+            fi
+        fi
+        [[ $PG_DB == postgres ]] && { say "Database postgres exists"; return; }
         exists="$(psql -X -q -t -A "${PG_ARGS[@]}" -d "$maintenance" -v db="$PG_DB" \
             <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")" ||
             die "Cannot connect to PostgreSQL at $(pg_where) as $PG_USER (see above)."

@@ -29,9 +29,20 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/nu
         "Install python3.11 (Debian: apt-get install python3 python3-venv) or set PYTHON."
     say "Creating the virtualenv .venv with $python ($("$python" --version 2>&1))"
     rm -rf "$VENV"
-    if ! "$python" -m venv "$VENV"; then
-        die "'$python -m venv' failed." "On Debian/Ubuntu install python3-venv (apt-get install" \
-            "python3-venv) and run this again."
+    if ! failed="$("$python" -m venv "$VENV" 2>&1)"; then
+        printf '%s\n' "$failed" >&2
+        # Debian and Ubuntu ship venv's ensurepip apart (python3-venv); Python's message
+        # names the package: "apt install python3.11-venv".
+        [[ $failed == *"because ensurepip is not"* ]] ||
+            die "'$python -m venv' failed (see above)."
+        package="$(grep -oE 'apt(-get)? install [A-Za-z0-9.+-]+' <<<"$failed" | awk '{print $NF}' |
+            head -n 1)"
+        package="${package:-python3-venv}"
+        say "$python has no ensurepip (Debian's $package is missing); installing $package"
+        apt_install "$package"
+        rm -rf "$VENV"
+        "$python" -m venv "$VENV" ||
+            die "'$python -m venv' failed even after installing $package (see above)."
     fi
 fi
 
