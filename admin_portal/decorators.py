@@ -95,6 +95,7 @@ def portal_perm(*perms: Perm) -> Callable[[View], View]:
             if not user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             ratelimit.enforce_named("portal.user", user.pk)
+            sessions.touch(request)
             missing = [perm for perm in needed if not has_perm(user, perm)]
             if missing:
                 return render(

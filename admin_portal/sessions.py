@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 
 from django.contrib.auth import login as django_login
+from django.contrib.auth import update_session_auth_hash
 from django.http import HttpRequest
 
-from orgs.services import policy
+from orgs.services import audit, policy, portal_sessions
+from siphera.net import client_ip
 
 AUTH_AT = "portal_auth_at"
 PENDING = "portal_pending"
@@ -27,6 +29,38 @@ def start(request: HttpRequest, user) -> None:
     django_login(request, user, backend="orgs.services.auth.PortalUserBackend")
     request.session[AUTH_AT] = int(time.time())
     request.session.set_expiry(policy.session_lifetime_seconds())
+    # django_login gave the session its final key (the admins' list names it by that)
+    portal_sessions.do_record_session(
+        user, request.session.session_key, actor=audit.Actor.from_request(request, user)
+    )
+
+
+# How often a session's "last used" is written, at most (per web process): a page view
+# must not cost a write.
+TOUCH_EVERY_SECONDS = 60
+_touched: dict[str, float] = {}
+
+
+def touch(request: HttpRequest) -> None:
+    """Note that this signed-in session was used (orgs.services.portal_sessions), at most
+    once a minute per session and process."""
+    key = request.session.session_key
+    now = time.monotonic()
+    if not key or now - _touched.get(key, -TOUCH_EVERY_SECONDS) < TOUCH_EVERY_SECONDS:
+        return
+    if len(_touched) > 10_000:
+        _touched.clear()  # bounded: an entry only saves a write
+    _touched[key] = now
+    portal_sessions.do_touch_session(key, ip=client_ip(request))
+
+
+def keep_after_password_change(request: HttpRequest) -> None:
+    """The user changed their own password in this browser: keep this session (a new key,
+    the new auth hash) while every other one ends."""
+    old_key = request.session.session_key
+    user = type(request.user).objects.get(pk=request.user.pk)
+    update_session_auth_hash(request, user)  # a new key, saved with the response
+    portal_sessions.do_rekey_session(old_key, request.session.session_key)
 
 
 def is_expired(request: HttpRequest) -> bool:

@@ -6,6 +6,9 @@ from enum import StrEnum
 class AuditEvent(StrEnum):
     ORG_CREATED = "org.created"
     ORG_DOMAIN_ADDED = "org.domain_added"
+    ORG_DOMAIN_CLAIMED = "org.domain_claimed"
+    ORG_DOMAIN_VERIFICATION_FAILED = "org.domain_verification_failed"
+    ORG_DOMAIN_REMOVED = "org.domain_removed"
     MEMBER_CREATED = "member.created"
     MEMBER_INVITED = "member.invited"
     MEMBER_INVITATION_ACCEPTED = "member.invitation_accepted"
@@ -18,6 +21,8 @@ class AuditEvent(StrEnum):
     MEMBER_PASSWORD_RESET_SENT = "member.password_reset_sent"  # noqa: S105 (an event name)
     MEMBER_PASSWORD_RESET = "member.password_reset"  # noqa: S105 (an event name)
     MEMBER_PROFILE_CHANGED = "member.profile_changed"
+    MEMBER_SESSION_ENDED = "member.session_ended"
+    MEMBER_SIGNED_OUT_EVERYWHERE = "member.signed_out_everywhere"
     DEVICE_REGISTERED = "device.registered"
     DEVICE_REVOKED = "device.revoked"
     PORTAL_LOGGED_IN = "portal.logged_in"

@@ -11,22 +11,23 @@ from orgs.roles import Perm, codes_for
 from orgs.services import auth, devices
 from siphera import sockets
 from siphera.api_errors import ApiError
-from siphera.sockets import SocketIdentity
+from siphera.sockets import SocketClient, SocketIdentity
 from siphera.tenancy import group_name
 from siphera.ws import CLOSE_REVOKED, FrameError
 
 log = logging.getLogger("siphera.ws")
 
 
-def authenticate(token: str) -> SocketIdentity | None:
+def authenticate(token: str, client: SocketClient | None = None) -> SocketIdentity | None:
     """The identity of a live device token (None for any other), noting the device was
-    seen. Runs on a DB thread in the socket's org."""
+    seen (when, and from where). Runs on a DB thread in the socket's org."""
     from django.db import connection
 
     device = auth.authenticate_token(token)
     if device is None:
         return None
-    devices.do_touch_device(device)
+    client = client or SocketClient()
+    devices.do_touch_device(device, ip=client.ip, user_agent=client.user_agent)
     schema = connection.schema_name
     return SocketIdentity(
         device=device,

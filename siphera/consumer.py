@@ -195,6 +195,13 @@ class ClientConsumer(JsonFrameConsumer):
             )
         )
 
+    def _client(self) -> sockets.SocketClient:
+        agent = next((v for k, v in self.scope.get("headers", ()) if k == b"user-agent"), b"")
+        return sockets.SocketClient(
+            ip=ratelimit.scope_client_ip(self.scope),
+            user_agent=agent.decode("latin-1")[:300],
+        )
+
     async def authenticate(self, frame: dict) -> None:
         token = frame.get("token")
         authenticator = sockets.registry.authenticator
@@ -203,7 +210,7 @@ class ClientConsumer(JsonFrameConsumer):
         self.rights_seen = await self._rights_generation()
         try:
             identity = (
-                await tenant_db(self.org, authenticator, token)
+                await tenant_db(self.org, authenticator, token, self._client())
                 if isinstance(token, str) and authenticator is not None
                 else None
             )

@@ -282,6 +282,12 @@ LOGIN_RATE_WINDOW_SECONDS = env_int("LOGIN_RATE_WINDOW_SECONDS", 300)
 # How many proxies in front of us append to X-Forwarded-For (0: use the socket peer).
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
+# Org admins verify a host name they add by publishing a DNS TXT record
+# (orgs.services.domains): these resolvers are asked ("ip" or "ip:port", comma-separated;
+# empty: the system's /etc/resolv.conf), each lookup given this many seconds.
+DOMAIN_VERIFY_NAMESERVERS = env_list("DOMAIN_VERIFY_NAMESERVERS", "")
+DOMAIN_VERIFY_TIMEOUT_SECONDS = env_int("DOMAIN_VERIFY_TIMEOUT_SECONDS", 5)
+
 # Database sessions, cached in each process until the org's sessions change (siphera.sessions).
 SESSION_ENGINE = "siphera.sessions"
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)

@@ -33,6 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
+@dataclass(frozen=True)
+class SocketClient:
+    """Where a socket connects from: its client address (as siphera.ratelimit reads it,
+    behind TRUSTED_PROXY_COUNT proxies) and its User-Agent header (cut to 300 chars)."""
+
+    ip: str | None = None
+    user_agent: str = ""
+
+
 @dataclass
 class SocketIdentity:
     """Who an authenticated socket is, as the authenticator says."""
@@ -152,15 +161,15 @@ class Registry:
 
     def authenticate_with(
         self,
-        authenticator: Callable[[str], SocketIdentity | None],
+        authenticator: Callable[[str, SocketClient], SocketIdentity | None],
         codes_loader: Callable[[SocketIdentity], frozenset],
         *,
         revalidator: Callable[[SocketIdentity], SocketIdentity | None] | None = None,
         rights_generation: Callable[[str], str] | None = None,
     ) -> None:
-        """Set the function that turns an `auth` frame's token into an identity (run on
-        a DB thread in the socket's org, None for a bad token), and the one that reloads
-        an identity's codes.
+        """Set the function that turns an `auth` frame's token (and where the socket comes
+        from) into an identity (run on a DB thread in the socket's org, None for a bad
+        token), and the one that reloads an identity's codes.
 
         `rights_generation(schema)` names the org's generation (siphera.generations) that
         moves whenever a device, user or role changes; when it has moved since a socket

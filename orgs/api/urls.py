@@ -1,6 +1,14 @@
 from django.urls import path
 
-from orgs.api import admin_views, mfa_views, presence_views, profile_views, sso_views, views
+from orgs.api import (
+    access_views,
+    admin_views,
+    mfa_views,
+    presence_views,
+    profile_views,
+    sso_views,
+    views,
+)
 
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="auth-login"),
@@ -46,6 +54,31 @@ urlpatterns = [
         name="user-password-reset",
     ),
     path("users/<str:user_id>/mfa", mfa_views.UserMfaResetView.as_view(), name="user-mfa"),
+    path(
+        "users/<str:user_id>/sessions",
+        access_views.UserSessionsView.as_view(),
+        name="user-sessions",
+    ),
+    path(
+        "users/<str:user_id>/sessions/<str:session_id>",
+        access_views.UserSessionDetailView.as_view(),
+        name="user-session",
+    ),
+    path(
+        "users/<str:user_id>/devices", access_views.UserDevicesView.as_view(), name="user-devices"
+    ),
+    path(
+        "users/<str:user_id>/devices/<int:device_id>",
+        access_views.UserDeviceDetailView.as_view(),
+        name="user-device",
+    ),
+    path("org/domains", access_views.DomainsView.as_view(), name="org-domains"),
+    path(
+        "org/domains/<str:domain>/verify",
+        access_views.DomainVerifyView.as_view(),
+        name="org-domain-verify",
+    ),
+    path("org/domains/<str:domain>", access_views.DomainDetailView.as_view(), name="org-domain"),
     path("mfa", mfa_views.MfaStatusView.as_view(), name="mfa"),
     path("mfa/totp", mfa_views.TotpView.as_view(), name="mfa-totp"),
     path("mfa/totp/enroll", mfa_views.TotpEnrollView.as_view(), name="mfa-totp-enroll"),

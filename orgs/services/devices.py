@@ -46,6 +46,8 @@ def do_create_device(
             identity_key=identity_key,
             signing_key=signing_key,
             token_hash=token_hash,
+            last_seen_ip=actor.ip,
+            user_agent=actor.user_agent[:300],
         )
         audit.record(
             AuditEvent.DEVICE_REGISTERED,
@@ -121,7 +123,14 @@ def user_devices(user: User):
     return Device.objects.filter(user=user, revoked_at__isnull=True).order_by("device_id")
 
 
-def do_touch_device(device: Device) -> None:
-    """Record that the device was seen (on socket auth)."""
+def do_touch_device(device: Device, *, ip: str | None = None, user_agent: str = "") -> None:
+    """Record that the device was seen (on socket auth), and from where. An UPDATE, not
+    a save: it must not move the org's auth generation (orgs.services.auth)."""
     device.last_seen_at = timezone.now()
-    Device.objects.filter(pk=device.pk).update(last_seen_at=device.last_seen_at)
+    device.last_seen_ip = ip
+    device.user_agent = user_agent[:300]
+    Device.objects.filter(pk=device.pk).update(
+        last_seen_at=device.last_seen_at,
+        last_seen_ip=device.last_seen_ip,
+        user_agent=device.user_agent,
+    )

@@ -25,6 +25,26 @@ def count_active_devices() -> int:
     return Device.objects.filter(revoked_at__isnull=True, user__is_active=True).count()
 
 
+def count_recently_seen_users(days: int = 7) -> int:
+    """Active users seen in the last `days` days: signed in to or used the portal, or
+    connected a device (its socket sign-in)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    since = timezone.now() - timedelta(days=days)
+    return (
+        User.objects.filter(is_active=True)
+        .filter(
+            Q(last_login__gte=since)
+            | Q(devices__last_seen_at__gte=since)
+            | Q(portal_sessions__last_seen_at__gte=since)
+        )
+        .distinct()
+        .count()
+    )
+
+
 def users_with_device_counts(search: str = "", *, after: str = "") -> QuerySet[User]:
     """All users by username, each annotated with `device_count` (live devices only);
     `search` matches username, display name or email, case-insensitively; `after` keeps

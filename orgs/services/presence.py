@@ -55,6 +55,7 @@ MAX_UNTIL = dt.timedelta(days=366)  # the furthest a status may be set to end
 
 __all__ = [
     "check_set_status",
+    "connected_now",
     "dnd_active",
     "notify_changed",
     "own_presence",
@@ -77,6 +78,18 @@ def presence_group(schema: str, user_id) -> str:
 def presence_hidden() -> bool:
     """Whether the org hides everyone's presence from everyone else."""
     return get_org_policy().presence_hidden
+
+
+def connected_now() -> tuple[int, int] | None:
+    """(open sockets, users with one) of the current org across every web process, or
+    None when Redis does not answer (the caller shows "unknown", never a stale count)."""
+    import redis
+
+    try:
+        return presence_store.open_sockets(connection.schema_name)
+    except redis.RedisError:
+        log.warning("presence.count_unavailable")
+        return None
 
 
 # --- the user's own status --------------------------------------------------------------

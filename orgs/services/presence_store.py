@@ -111,6 +111,28 @@ def connection_states(schema: str, user_ids: list) -> dict:
     return states
 
 
+def open_sockets(schema: str) -> tuple[int, int]:
+    """(sockets, users) of the org connected now, through any live web process: every
+    process writes its sockets here, so two processes' sockets are all counted. One SCAN
+    over the org's connected users, then one round trip."""
+    client = _client()
+    keys = list(client.scan_iter(match=_key("s", schema, "*"), count=1000))
+    if not keys:
+        return 0, 0
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hkeys(key)
+    found = pipe.execute()
+    processes = sorted({name.split(":", 1)[0] for names in found for name in names})
+    alive = dict(zip(processes, _alive(client, processes), strict=True))
+    sockets = users = 0
+    for names in found:
+        live = sum(1 for name in names if alive[name.split(":", 1)[0]])
+        sockets += live
+        users += 1 if live else 0
+    return sockets, users
+
+
 def _alive(client: redis.Redis, processes: list[str]) -> list[bool]:
     if not processes:
         return []
