@@ -130,3 +130,93 @@ class RoomSession(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["call", "sid"], name="room_session_once")]
         indexes = [models.Index(fields=["call", "user"], name="room_session_user")]
+
+
+class RecordingPolicy(models.Model):
+    """The org's compliance-recording policy (one row, pk=1; calls.services.recording_policy).
+
+    Off by default. A 1:1 call is recorded when its caller or callee is covered: everyone
+    (`everyone`), a role named in `roles`, or a user listed in `user_ids`.
+    """
+
+    everyone = models.BooleanField(default=False)
+    roles = models.JSONField(default=list)  # role names (built-in or custom slugs)
+    user_ids = models.JSONField(default=list)  # user ids as strings
+    updated_at = models.DateTimeField(auto_now=True)
+
+
+class Recording(models.Model):
+    """A compliance recording of a 1:1 call, made by the org's recorder: a visible
+    participant every client connects a leg to (calls.services.recording, calls.recorder).
+
+    The audio is a 16 kHz stereo WAV (left: the caller, right: the callee) stored as a blob
+    in the `attachments` storage, encrypted with a random data key per recording (Fernet
+    over chunks); the data key is wrapped with the server's key ring
+    (`data_key_encrypted`, registered with siphera.encrypted_at_rest), so a key rotation
+    re-wraps a short token and never rewrites the blob. The transcript is a key-ring token
+    too (`transcript_encrypted`).
+    """
+
+    PENDING = "pending"  # the call rings or connects; legs are being set up
+    RECORDING = "recording"  # every leg is connected and the call is answered
+    STORED = "stored"  # the blob is written
+    FAILED = "failed"  # the recorder could not store anything
+    EMPTY = "empty"  # the call was never answered with every leg: nothing recorded
+    STATES = [
+        (PENDING, "pending"),
+        (RECORDING, "recording"),
+        (STORED, "stored"),
+        (FAILED, "failed"),
+        (EMPTY, "empty"),
+    ]
+
+    T_NONE, T_QUEUED, T_RUNNING, T_DONE, T_FAILED = "", "queued", "running", "done", "failed"
+    TRANSCRIPT_STATES = [
+        (T_NONE, "none"),
+        (T_QUEUED, "queued"),
+        (T_RUNNING, "running"),
+        (T_DONE, "done"),
+        (T_FAILED, "failed"),
+    ]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="recording")
+    state = models.CharField(max_length=10, choices=STATES, default=PENDING)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The callee's answer, held (key-ring token) until every leg is connected: the caller
+    # hears `call.accept` only then, so no media flows unrecorded. Cleared when released.
+    held_accept_encrypted = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True)  # media recorded from here
+    ended_at = models.DateTimeField(null=True)
+    duration_ms = models.PositiveBigIntegerField(null=True)
+    storage_name = models.CharField(max_length=300, blank=True)
+    size = models.PositiveBigIntegerField(null=True)  # bytes stored (ciphertext)
+    data_key_encrypted = models.TextField(blank=True)
+    transcript_state = models.CharField(
+        max_length=10, choices=TRANSCRIPT_STATES, default=T_NONE, blank=True
+    )
+    transcript_engine = models.CharField(max_length=40, blank=True)
+    transcript_encrypted = models.TextField(blank=True)
+    transcript_error = models.CharField(max_length=200, blank=True)
+    transcribed_at = models.DateTimeField(null=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class RecordingLeg(models.Model):
+    """One device's leg to the recorder: the caller's device, and each callee device that
+    offered one (the answering device's leg is the one recorded)."""
+
+    recording = models.ForeignKey(Recording, on_delete=models.CASCADE, related_name="legs")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    device_id = models.PositiveIntegerField()
+    offered_at = models.DateTimeField()
+    connected_at = models.DateTimeField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recording", "user", "device_id"], name="recording_leg_once"
+            )
+        ]

@@ -34,6 +34,7 @@ class Perm(StrEnum):
     CALLS_USE = "calls.use"  # place and answer calls, join group calls, TURN credentials
     CALLS_VIEW = "calls.view"  # the org's call records (metadata only), every user's
     CALLS_MANAGE = "calls.manage"  # moderate group calls: list and remove participants
+    RECORDINGS_READ = "recordings.read"  # compliance call recordings and their transcripts
 
 
 PERM_LABELS: dict[Perm, str] = {
@@ -60,6 +61,7 @@ PERM_LABELS: dict[Perm, str] = {
     Perm.CALLS_USE: "Place and answer voice and video calls",
     Perm.CALLS_VIEW: "See the organisation's call records",
     Perm.CALLS_MANAGE: "Moderate group calls (list and remove participants)",
+    Perm.RECORDINGS_READ: "Listen to compliance call recordings and read their transcripts",
 }
 
 OWNER = "owner"
@@ -83,8 +85,9 @@ _PORTAL = _MEMBER | {Perm.PORTAL_ACCESS}
 BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
     OWNER: _ALL,
     # Everything but `org.manage`: an admin cannot make, demote or deactivate an owner;
-    # nor `users.erase`: erasing a person is for owners and compliance officers.
-    "admin": _ALL - {Perm.ORG_MANAGE, Perm.USERS_ERASE},
+    # nor `users.erase`: erasing a person is for owners and compliance officers; nor
+    # `recordings.read`: recorded calls are for owners and compliance officers.
+    "admin": _ALL - {Perm.ORG_MANAGE, Perm.USERS_ERASE, Perm.RECORDINGS_READ},
     "user_manager": _PORTAL
     | {
         Perm.USERS_VIEW,
@@ -103,6 +106,7 @@ BUILTIN_ROLES: dict[str, frozenset[Perm]] = {
         Perm.COMPLIANCE_EXPORT,
         Perm.USERS_ERASE,
         Perm.CALLS_VIEW,
+        Perm.RECORDINGS_READ,
     },
     "security_desk": _PORTAL
     | {
