@@ -48,6 +48,30 @@ class ConversationRetentionView(APIView):
         return Response(retention.conversation_retention_payload(conversation))
 
 
+class ComplianceConversationRetentionView(APIView):
+    permission_classes = [CompliancePerm]
+
+    @extend_schema(
+        request=cs.RetentionSerializer,
+        responses={200: cs.RetentionStateSerializer, 400: ERROR, 403: ERROR, 404: ERROR},
+        tags=["retention"],
+        description="Set (or with null clear) any conversation's retention in days, "
+        "beyond the org's policy too; the caller need not be a member.",
+    )
+    def put(self, request, conversation_id):
+        conversation = retention.access_any_conversation(conversation_id)
+        form = cs.RetentionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        conversation = retention.check_set_conversation_retention(
+            conversation,
+            form.validated_data["days"],
+            acting_user=request.user,
+            acting_device_id=request.auth.device_id,
+            actor=audit.Actor.from_request(request),
+        )
+        return Response(retention.conversation_retention_payload(conversation))
+
+
 class PolicyView(APIView):
     permission_classes = [CompliancePerm]
 
@@ -124,12 +148,17 @@ class HoldDetailView(APIView):
         return Response(retention.hold_payload(retention.access_hold(hold_id)))
 
     @extend_schema(
-        responses={200: s.HoldSerializer, 403: ERROR, 404: ERROR},
+        request=s.HoldReleaseSerializer,
+        responses={200: s.HoldSerializer, 400: ERROR, 403: ERROR, 404: ERROR},
         tags=["retention"],
-        description="Release the hold (kept, with who released it and when).",
+        description="Release the hold (kept, with who released it and when; the optional "
+        "`reason` goes to the audit entry).",
     )
     def delete(self, request, hold_id):
+        hold = retention.access_hold(hold_id)
+        form = s.HoldReleaseSerializer(data=request.data if isinstance(request.data, dict) else {})
+        form.is_valid(raise_exception=True)
         hold = retention.check_release_hold(
-            retention.access_hold(hold_id), actor=audit.Actor.from_request(request)
+            hold, actor=audit.Actor.from_request(request), reason=form.validated_data["reason"]
         )
         return Response(retention.hold_payload(hold))

@@ -170,17 +170,18 @@ def check_set_conversation_retention(
     actor: audit.Actor,
 ) -> Conversation:
     """Set (or with None clear) a conversation's retention override. Group admins may set
-    it on their groups, either member on a direct conversation. Without the
-    `compliance.manage` permission the override may only shorten retention (at most the
-    org's policy). Audited (`retention.conversation_changed`); the members' devices get a
-    `retention.changed` conversation event."""
+    it on their groups, either member on a direct conversation, and `compliance.manage`
+    on any conversation (`access_any_conversation`). Without `compliance.manage` the
+    override may only shorten retention (at most the org's policy). Audited
+    (`retention.conversation_changed`); the members' devices get a `retention.changed`
+    conversation event."""
     from messaging.services.conversations import _require_group_admin
     from messaging.services.delivery import do_append_event
 
     _check_days(days)
-    if conversation.kind == Conversation.GROUP:
-        _require_group_admin(conversation, acting_user)
     compliance = has_perm(acting_user, Perm.COMPLIANCE_MANAGE)
+    if conversation.kind == Conversation.GROUP and not compliance:
+        _require_group_admin(conversation, acting_user)
     org_days = org_retention_days()
     if days is not None and days > org_days and not compliance:
         raise ApiError(
@@ -209,6 +210,31 @@ def check_set_conversation_retention(
                 actor_device_id=acting_device_id,
             )
     return locked
+
+
+def access_any_conversation(conversation_id) -> Conversation:
+    """Any conversation of the org by id, for `compliance.manage` (members use
+    messaging.services.conversations.access_conversation); 404 for an unknown or
+    malformed id."""
+    try:
+        return Conversation.objects.get(pk=uuid.UUID(str(conversation_id)))
+    except (Conversation.DoesNotExist, ValueError):
+        raise not_found("No such conversation.") from None
+
+
+MAX_OVERRIDES_PAGE = 200
+
+
+def conversation_overrides(limit: int = MAX_OVERRIDES_PAGE) -> list[Conversation]:
+    """Conversations with a retention override of their own (oldest first, at most
+    `limit`), each with `member_count`."""
+    from django.db.models import Count
+
+    return list(
+        Conversation.objects.filter(retention_days__isnull=False)
+        .annotate(member_count=Count("members"))
+        .order_by("created_at")[:limit]
+    )
 
 
 # --- legal holds ------------------------------------------------------------------------
@@ -302,9 +328,12 @@ def check_place_hold(
     return hold
 
 
-def check_release_hold(hold: LegalHold, *, actor: audit.Actor) -> LegalHold:
+def check_release_hold(hold: LegalHold, *, actor: audit.Actor, reason: str = "") -> LegalHold:
     """Release an active hold (idempotent: releasing a released hold changes nothing).
-    Audited `legal_hold.released`; what no other hold covers is purged by the next run."""
+    Audited `legal_hold.released` (with `reason`, why it was released); what no other
+    hold covers is purged by the next run."""
+    if len(reason) > 500:
+        raise ApiError(400, MessagingError.INVALID_HOLD, "The reason is at most 500 characters.")
     with transaction.atomic():
         _lock_holds()
         hold = LegalHold.objects.select_for_update().get(pk=hold.pk)
@@ -321,6 +350,7 @@ def check_release_hold(hold: LegalHold, *, actor: audit.Actor) -> LegalHold:
                     "kind": hold.kind,
                     "user_id": str(hold.user_id) if hold.user_id else None,
                     "conversation_id": str(hold.conversation_id) if hold.conversation_id else None,
+                    "reason": reason,
                 },
             )
     return hold

@@ -1,0 +1,102 @@
+"""The org's activity figures (GET /api/v1/org/activity, the portal dashboard's): users
+seen lately, messages per UTC day, and the sockets open now in every web process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from django.utils import timezone
+
+from messaging.models import Message
+from messaging.services import stats
+from messaging.tests.helpers import send_body, start_conversation
+from siphera.tenancy import in_tenant
+from tests.fixtures import create_org, make_user, unique
+from tests.ws import authed_socket, wait_closed
+
+
+def activity(session) -> dict:
+    response = session.api.get("/api/v1/org/activity")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_messages_are_counted_per_utc_day_without_events(server, new_session):
+    org = create_org(unique("act"))
+    alice, bob = new_session(org, role="admin"), new_session(org)
+    conversation = start_conversation(alice, bob)["id"]
+    for _ in range(3):
+        assert send_body(alice, conversation).status_code == 201
+    # Two of them moved to three days ago (metadata only: what the chart counts)
+    today = timezone.now().astimezone(dt.UTC).date()
+    three_days_ago = timezone.now() - dt.timedelta(days=3)
+
+    def backdate():
+        ids = list(Message.objects.filter(kind=Message.MESSAGE).values_list("pk", flat=True)[:2])
+        Message.objects.filter(pk__in=ids).update(created_at=three_days_ago)
+
+    in_tenant(org, backdate)
+    days = {d["date"]: d["count"] for d in activity(alice)["messages_per_day"]}
+    assert len(days) == stats.CHART_DAYS
+    assert days[today.isoformat()] == 1
+    assert days[three_days_ago.astimezone(dt.UTC).date().isoformat()] == 2
+    assert sum(days.values()) == 3  # the conversation's creation event is not counted
+    # Out-of-range windows are clamped, never an error
+    clamped = in_tenant(org, stats.messages_per_day, 10_000)
+    assert len(clamped) == stats.MAX_DAYS
+    assert len(in_tenant(org, stats.messages_per_day, -5)) == 1
+
+
+def test_active_users_are_those_seen_lately(server, new_session):
+    org = create_org(unique("act"))
+    make_user(org)  # never seen: not active
+    watcher = new_session(org, role="admin")  # registered a device: logged in, seen
+    body = activity(watcher)
+    assert body["active_days"] == 7
+    assert body["active_users"] == 1
+
+
+async def test_open_sockets_are_counted_across_two_web_processes(
+    server, second_server, new_session
+):
+    org = create_org(unique("act"))
+    admin, alice = new_session(org, role="admin"), new_session(org)
+    phone = new_session(org, alice.user, name="phone")
+    assert (activity(admin)["open_sockets"], activity(admin)["connected_users"]) == (0, 0)
+    # Alice's laptop on one web process, her phone on the other
+    one = await authed_socket(server, alice)
+    two = await authed_socket(second_server, phone)
+    other_org = create_org(unique("act"))
+    stranger = new_session(other_org)
+    three = await authed_socket(server, stranger)  # another org's: not counted
+    try:
+        body = await asyncio.to_thread(activity, admin)
+        assert (body["open_sockets"], body["connected_users"]) == (2, 1)
+        # The same answer through the other process
+        admin.api = admin.api.__class__(second_server, admin.api.host, admin.token)
+        body = await asyncio.to_thread(activity, admin)
+        assert (body["open_sockets"], body["connected_users"]) == (2, 1)
+    finally:
+        await two.close()
+    await wait_closed(two, timeout=5)
+
+    async def settled():
+        for _ in range(100):
+            body = await asyncio.to_thread(activity, admin)
+            if body["open_sockets"] == 1:
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(body)
+
+    assert (await settled())["connected_users"] == 1
+    await one.close()
+    await three.close()
+
+
+def test_members_without_portal_access_are_refused(server, new_session):
+    org = create_org(unique("act"))
+    member = new_session(org)
+    response = member.api.get("/api/v1/org/activity")
+    assert response.status_code == 403
+    assert response.json()["permission"] == "portal.access"
