@@ -216,6 +216,100 @@ def eventually(check, *, within: float = 20.0) -> None:
         time.sleep(0.2)
 
 
+class RedisProcess:
+    """redis-server on a spare port, no persistence: stop() is Redis gone, start() again
+    is Redis back, empty (as after a crash of a cache-only Redis). Never the machine's."""
+
+    def __init__(self, tmp_path: Path):
+        self.port = _free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.dir)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of its own (initdb into `directory`, trust auth, a spare port),
+    to stop and start under a server without touching the machine's. As root it runs as
+    the `postgres` user (PostgreSQL refuses root), so `directory` must be reachable by it."""
+
+    def __init__(self, directory: Path):
+        self.bindir = Path(_pg_bindir())
+        self.port = _free_port()
+        self.data = directory / "data"
+        self.log = directory / "server.log"
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(directory, "postgres", "postgres")
+        self._run(
+            str(self.bindir / "initdb"),
+            *("-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"),
+            "--no-locale",
+        )
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{directory}'\nmax_connections = 100\n"
+                "fsync = off\n"
+            )
+
+    def url(self, database: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120, cwd="/")
+
+    def start(self) -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"), *("-D", str(self.data), "-l", str(self.log)), "-w", "start"
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """`immediate` is a crash: no checkpoint, recovery at the next start."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+
+def _pg_bindir() -> str:
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name.split(".")[0])
+    )
+    for bindir in reversed(candidates):
+        if (bindir / "initdb").exists():
+            return str(bindir)
+    initdb = shutil.which("initdb")
+    if initdb:
+        return str(Path(initdb).resolve().parent)
+    raise RuntimeError("PostgreSQL's initdb is not installed (scripts/ensure_services.sh)")
+
+
 @pytest.fixture(scope="session")
 def celery_worker(_database, tmp_path_factory):
     """A real Celery worker consuming this run's queue from Redis."""

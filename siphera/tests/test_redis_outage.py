@@ -8,76 +8,23 @@ started again on the same port."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import subprocess
-import time
 
 import httpx
 import pytest
-import redis
 from websockets.exceptions import ConnectionClosed
 
 from messaging.tests.helpers import send_body, start_conversation
 from tests.fixtures import (
     PASSWORD,
     Api,
-    _free_port,
+    RedisProcess,
     host_of,
     make_user,
     server_with_env,
-    stop_process,
 )
 from tests.ws import authed_socket, open_socket, recv_type, send
-
-
-class RedisProcess:
-    """redis-server on a spare port, no persistence: stop() is Redis gone, start() again
-    is Redis back, empty (as after a crash of a cache-only Redis)."""
-
-    def __init__(self, tmp_path):
-        self.port = _free_port()
-        self.dir = tmp_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
 
 
 @pytest.fixture
