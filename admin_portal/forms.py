@@ -5,6 +5,7 @@ from django import forms
 from orgs.accounts.models import OrgPolicy
 from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.roles import PERM_LABELS, Perm
+from orgs.services.policy import GROUP_MEMBERS_MAX, GROUP_MEMBERS_MIN
 
 
 class LoginForm(forms.Form):
@@ -148,11 +149,19 @@ class PolicyForm(forms.Form):
         help_text="For every password set from now on; breached and common passwords are "
         "always refused.",
     )
+    group_max_members = forms.IntegerField(
+        min_value=GROUP_MEMBERS_MIN,
+        max_value=GROUP_MEMBERS_MAX,
+        required=False,
+        label="Largest group (members)",
+        help_text="Groups already bigger keep their members but take no one new.",
+    )
 
     def clean(self):
         data = super().clean()
-        if data.get("password_min_length") is None:
-            data.pop("password_min_length", None)  # left empty: unchanged
+        for name in ("password_min_length", "group_max_members"):
+            if data.get(name) is None:
+                data.pop(name, None)  # left empty: unchanged
         return data
 
 

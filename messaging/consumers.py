@@ -1,5 +1,6 @@
 """Messaging's part of the client WebSocket (siphera.consumer), registered in
-MessagingConfig.ready(): the `send`, `ack`, `receipt` and `typing` frames and delivery.
+MessagingConfig.ready(): the `send`, `ack`, `receipt` and `typing` frames, delivery, and
+the `receipt`, `typing`, `mention` and `keys.low` frames other changes push.
 
 Delivery: after `ready` the socket drains the device's queue from PostgreSQL oldest first,
 sends `queue.empty`, then keeps reading the queue whenever a `queue.wake` arrives. Live
@@ -99,6 +100,10 @@ def _acks() -> _AckBatches:
     if batches is None or batches.loop is not loop:
         batches = _ack_batches[id(loop)] = _AckBatches(loop)
     return batches
+
+
+# `mention` frames being sent from local hand-overs (the loop keeps only weak references).
+_relaying: set[asyncio.Task] = set()
 
 
 class MessagingSocket(sockets.Extension):
@@ -325,6 +330,26 @@ class MessagingSocket(sockets.Extension):
     @sockets.event("typing.relay")
     async def typing_relay(self, event):
         await self.send_frame({k: v for k, v in event.items() if k != "type"} | {"type": "typing"})
+
+    @sockets.event("mention.relay")
+    async def mention_relay(self, event):
+        """Someone mentioned this user (messaging.services.unread): metadata, no body."""
+        if Perm.MESSAGING_USE not in self.socket.codes:
+            return  # as its messages, held while the role may not read them
+        try:
+            await self.send_frame(
+                {k: v for k, v in event.items() if k != "type"} | {"type": "mention"}
+            )
+        except OSError:
+            pass  # the socket closed meanwhile
+
+    @sockets.local_event("mention.relay")
+    def local_mention_relay(self, event):
+        """The same, handed over by a send in this process (siphera.events.send_soon):
+        sent from a task of its own, since a local event must not block."""
+        task = asyncio.ensure_future(self.mention_relay(event))
+        _relaying.add(task)
+        task.add_done_callback(_relaying.discard)
 
     @sockets.event("keys.low")
     async def keys_low(self, event):

@@ -13,6 +13,9 @@ class MessagingError(StrEnum):
     UNKNOWN_REFERENCE = "unknown_reference"  # thread/ref not a message of the conversation
     INVALID_MENTION = "invalid_mention"
     NOT_ALLOWED = "not_allowed"
+    # group administration
+    GROUP_TOO_LARGE = "group_too_large"  # 400: over the org's group size (+max_members)
+    LAST_ADMIN = "last_admin"  # 409: the only admin leaves or steps down: promote someone
     # attachments
     ATTACHMENT_TOO_LARGE = "attachment_too_large"  # 413: over the org's size limit
     EMPTY_ATTACHMENT = "empty_attachment"  # 400: no bytes

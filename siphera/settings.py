@@ -502,6 +502,28 @@ CELERY_BEAT_SCHEDULE["purge-call-records"] = {
     "schedule": CELERY_BEAT_SCHEDULE["retention-purge"]["schedule"],
 }
 
+# --- Compliance recording and transcription (calls/services/recording.py; docs/admin-guide.md)
+# A party of a call the org's policy records must connect its leg to the recorder within
+# this long (the caller from its invite, the callee from its accept), else the call ends
+# with `call.ended` reason `recording_refused`.
+CALL_RECORDING_CONNECT_SECONDS = env_int("CALL_RECORDING_CONNECT_SECONDS", 20)
+# The recorder stops a recording (and stores what it has) after this long.
+CALL_RECORDING_MAX_SECONDS = env_int("CALL_RECORDING_MAX_SECONDS", 4 * 3600)
+# The transcription engine: `pocketsphinx` (default; its wheel ships an English model), or
+# `faster-whisper` (install the package; needs TRANSCRIPTION_WHISPER_MODEL, a local model
+# directory: nothing is ever downloaded), or `none` (no transcripts).
+TRANSCRIPTION_ENGINE = env("TRANSCRIPTION_ENGINE", "pocketsphinx")
+TRANSCRIPTION_WHISPER_MODEL = env("TRANSCRIPTION_WHISPER_MODEL", "")
+if TRANSCRIPTION_ENGINE not in ("pocketsphinx", "faster-whisper", "none"):
+    raise ImproperlyConfigured("TRANSCRIPTION_ENGINE is pocketsphinx, faster-whisper or none.")
+if TRANSCRIPTION_ENGINE == "faster-whisper" and not TRANSCRIPTION_WHISPER_MODEL:
+    raise ImproperlyConfigured(
+        "TRANSCRIPTION_ENGINE=faster-whisper needs TRANSCRIPTION_WHISPER_MODEL."
+    )
+for _name in ("CALL_RECORDING_CONNECT_SECONDS", "CALL_RECORDING_MAX_SECONDS"):
+    if not 1 <= globals()[_name] <= 7 * 24 * 3600:
+        raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
+
 # --- Group calls on LiveKit (calls/services/livekit.py; docs/operations.md, "LiveKit") ----
 # The URL clients connect to (ws:// or wss://). Empty, or no key/secret: group-call
 # endpoints answer 503 `livekit_not_configured`.

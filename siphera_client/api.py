@@ -207,6 +207,47 @@ class Api:
         """Remove a member (group admins), or leave (your own user id)."""
         await self._call("DELETE", f"/api/v1/conversations/{conversation_id}/members/{user_id}")
 
+    async def set_member_role(self, conversation_id: str, user_id: str, role: str) -> dict:
+        """Promote (`admin`) or demote (`member`) a group member (group admins)."""
+        return await self._call(
+            "PATCH",
+            f"/api/v1/conversations/{conversation_id}/members/{user_id}",
+            json={"role": role},
+        )
+
+    async def update_conversation(self, conversation_id: str, **changes: bytes | None) -> dict:
+        """Set a group's `title` and/or `topic` (ciphertext the caller encrypted; None
+        clears it). Group admins."""
+        payload = {name: None if value is None else b64(value) for name, value in changes.items()}
+        return await self._call("PATCH", f"/api/v1/conversations/{conversation_id}", json=payload)
+
+    async def history(
+        self,
+        conversation_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        thread: str | None = None,
+    ) -> list[dict]:
+        """The stored history (or, with `thread`, that thread: its root, then its replies)."""
+        params: dict = {"after_seq": after_seq, "limit": limit}
+        if thread is not None:
+            params["thread"] = thread
+        return await self._call(
+            "GET", f"/api/v1/conversations/{conversation_id}/messages", params=params
+        )
+
+    async def read_state(self, conversation_id: str) -> dict:
+        """`{conversation, last_seq, read_seq, unread_count, mention_count}`."""
+        return await self._call("GET", f"/api/v1/conversations/{conversation_id}/read")
+
+    async def mark_read(self, conversation_id: str, up_to_seq: int) -> dict:
+        return await self._call(
+            "POST",
+            f"/api/v1/conversations/{conversation_id}/read",
+            json={"up_to_seq": up_to_seq},
+        )
+
     async def send_message(
         self,
         conversation_id: str,
@@ -214,12 +255,18 @@ class Api:
         client_id: str,
         body: bytes | None,
         envelopes: list[dict] | None,
+        thread: str | None = None,
+        mentions: list[str] | None = None,
     ) -> dict:
         payload: dict = {"client_id": client_id}
         if body is not None:
             payload["body"] = b64(body)
         if envelopes is not None:
             payload["envelopes"] = envelopes
+        if thread is not None:
+            payload["thread"] = thread
+        if mentions:
+            payload["mentions"] = mentions
         return await self._call(
             "POST", f"/api/v1/conversations/{conversation_id}/messages", json=payload
         )

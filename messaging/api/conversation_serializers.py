@@ -9,6 +9,30 @@ class ConversationCreateSerializer(serializers.Serializer):
     title = Base64Field(required=False, allow_null=True, max_bytes=4096)
 
 
+class ConversationUpdateSerializer(serializers.Serializer):
+    title = Base64Field(required=False, allow_null=True, max_bytes=4096)
+    topic = Base64Field(required=False, allow_null=True, max_bytes=4096)
+
+
+class MemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["admin", "member"])
+
+
+class MarkReadSerializer(serializers.Serializer):
+    up_to_seq = serializers.IntegerField(min_value=0, max_value=2**63 - 1)
+
+
+class ReadStateSerializer(serializers.Serializer):
+    conversation = serializers.UUIDField()
+    last_seq = serializers.IntegerField()
+    read_seq = serializers.IntegerField()
+    unread_count = serializers.IntegerField(
+        help_text="Others' messages after read_seq (not events, not edits/reactions), "
+        "counted up to 100 (100: 100 or more)."
+    )
+    mention_count = serializers.IntegerField(help_text="Messages after read_seq that mention you.")
+
+
 class MemberSerializer(serializers.Serializer):
     user_id = serializers.UUIDField()
     role = serializers.CharField()
@@ -18,10 +42,14 @@ class ConversationSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     kind = serializers.CharField()
     title = serializers.CharField(allow_null=True)
+    topic = serializers.CharField(allow_null=True)
     members = MemberSerializer(many=True)
     last_seq = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     retention_days = serializers.IntegerField(allow_null=True)
+    read_seq = serializers.IntegerField(help_text="Your read marker.")
+    unread_count = serializers.IntegerField(help_text="As in ReadState.")
+    mention_count = serializers.IntegerField(help_text="As in ReadState.")
 
 
 class MembersAddSerializer(serializers.Serializer):
@@ -94,7 +122,9 @@ class MessageFrameSerializer(serializers.Serializer):
         allow_null=True, help_text="This device's envelope; always null in the history."
     )
     event = serializers.DictField(
-        required=False, help_text="Membership events only: {action, user_ids, ...}."
+        required=False,
+        help_text="Events only: {action, by, ...}: member.added / removed / left / "
+        "role_changed, title.changed, topic.changed, retention.changed.",
     )
 
 

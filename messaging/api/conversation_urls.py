@@ -24,6 +24,11 @@ urlpatterns = [
         views.MessagesView.as_view(),
         name="conversation-messages",
     ),
+    path(
+        "conversations/<str:conversation_id>/read",
+        views.ReadStateView.as_view(),
+        name="conversation-read",
+    ),
     path("messages", views.QueueView.as_view(), name="message-queue"),
     path("messages/ack", views.AckView.as_view(), name="message-ack"),
     path("", include("messaging.api.attachment_urls")),

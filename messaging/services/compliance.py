@@ -33,7 +33,7 @@ from messaging.models import (
     QueuedMessage,
 )
 from messaging.services import attachments, retention
-from messaging.services.delivery import do_append_event
+from messaging.services.conversations import do_remove_member
 from orgs.accounts.models import User
 from orgs.services.compliance import (
     ArchiveFile,
@@ -328,15 +328,16 @@ def on_user_erasing(user: User, report: ErasureReport) -> None:
         transaction.on_commit(lambda: attachments.delete_blobs(names))
 
     left = 0
-    for member in memberships.select_related("conversation"):
-        conversation = member.conversation
+    for member in memberships:
+        conversation = Conversation.objects.select_for_update().get(pk=member.conversation_id)
         if conversation.kind == Conversation.GROUP:
-            do_append_event(
-                conversation,
-                {"action": "member.removed", "user_ids": [str(user.pk)], "reason": "erased"},
-                actor=user,
+            # The group's other members are told, and one becomes admin if the erased
+            # user was its only one.
+            do_remove_member(
+                conversation, member, action="member.removed", actor=user, reason="erased"
             )
-        member.delete()
+        else:
+            member.delete()
         left += 1
     report.remove("memberships", left)
 

@@ -16,6 +16,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from django.core.exceptions import ValidationError
 from django.db import (
     DEFAULT_DB_ALIAS,
     IntegrityError,
@@ -30,6 +31,7 @@ from psycopg.errors import DeadlockDetected
 from messaging.error_codes import MessagingError
 from messaging.models import Conversation, Member, Message, QueuedMessage
 from messaging.services import attachments as attachment_services
+from messaging.services import unread
 from orgs.accounts.models import Device, User
 from orgs.api.fields import b64
 from orgs.services.devices import device_group
@@ -289,10 +291,12 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
     )
     with db.cursor() as cursor:
         cursor.execute(sql, params)
-        seq, device_pks, user_ids, device_ids, queued_pks, queue_ids = cursor.fetchone()
+        seq, device_pks, user_ids, device_ids, queued_pks, queue_ids, *mentioned = cursor.fetchone()
     if seq is None:
         return False
     message.seq = seq
+    if mentioned:
+        unread.notify_mentions_on_commit(message, mentioned[0])
     queue_id_of = dict(zip(queued_pks, queue_ids, strict=True))
     envelope_of = {(e.user_id, e.device_id): e for e in envelopes}
     _wake_with_message_on_commit(
@@ -348,10 +352,19 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         queued += " NULL::bytea AS body FROM devices),"
     if not has_body:
         rules.append("EXISTS (SELECT 1 FROM queued)")  # something to store or deliver
+    mentioned = ""
     if mentions:
         rules.append(
             "NOT EXISTS (SELECT unnest(%(mentions)s::uuid[]) EXCEPT SELECT m.user_id"
             " FROM messaging_member m, p WHERE m.conversation_id = p.conversation)"
+        )
+        # The mentioned members' counters, in the statement that takes the seq (under the
+        # conversation's row lock: messaging.services.unread).
+        mentioned = (
+            ", mc AS (UPDATE messaging_member mm SET mention_count = mm.mention_count + 1"
+            "  FROM p, m WHERE mm.conversation_id = p.conversation"
+            "  AND mm.user_id = ANY(%(mentions)s::uuid[]) AND mm.user_id <> p.sender"
+            "  AND mm.read_seq < m.seq RETURNING mm.user_id)"
         )
     if references:
         rules.append(
@@ -381,9 +394,11 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         " q AS (INSERT INTO messaging_queuedmessage"
         "       (device_id, message_id, envelope_type, envelope_body)"
         "       SELECT u.id, m.id, u.type, u.body FROM queued u, m RETURNING id, device_id)"
+        f"{mentioned}"
         " SELECT (SELECT seq FROM m), ARRAY(SELECT id FROM queued),"
         " ARRAY(SELECT user_id FROM queued), ARRAY(SELECT device_id FROM queued),"
         " ARRAY(SELECT device_id FROM q), ARRAY(SELECT id FROM q)"
+        + (", ARRAY(SELECT user_id FROM mc)" if mentions else "")
     )
 
 
@@ -672,9 +687,22 @@ def _delete_acked(devices: list[int], ids: list[uuid.UUID]) -> int:
         return cursor.rowcount
 
 
-def history(conversation: Conversation, *, after_seq: int = 0, limit: int = 100) -> list[dict]:
-    """Stored history (bodies and events, never envelopes), oldest first."""
-    messages = Message.objects.filter(conversation=conversation, seq__gt=after_seq).order_by("seq")[
-        :limit
-    ]
-    return [message_frame(m, None) for m in messages]
+def history(
+    conversation: Conversation, *, after_seq: int = 0, limit: int = 100, thread=None
+) -> list[dict]:
+    """Stored history (bodies and events, never envelopes), oldest first. With `thread`
+    (a message id), only that thread: its root message, then the replies naming it; a
+    root that is not a message of this conversation (or not a message id) is a 404."""
+    if thread is None:
+        messages = Message.objects.filter(conversation=conversation, seq__gt=after_seq)
+        return [message_frame(m, None) for m in messages.order_by("seq")[:limit]]
+    try:
+        root = Message.objects.filter(conversation=conversation, pk=thread).first()
+    except (ValidationError, ValueError):
+        root = None
+    if root is None:
+        raise not_found("No such thread.")
+    replies = Message.objects.filter(conversation=conversation, thread=root.pk, seq__gt=after_seq)
+    # A reply names a root that existed when it was sent: the root's seq comes first.
+    messages = ([root] if root.seq > after_seq else []) + list(replies.order_by("seq")[:limit])
+    return [message_frame(m, None) for m in messages[:limit]]

@@ -8,6 +8,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 
 from messaging.models import Member
+from messaging.services import unread
 from orgs.accounts.models import User
 from siphera.api_errors import ApiError, not_found
 from siphera.events import notify_on_commit, send_now
@@ -45,16 +46,17 @@ def do_mark(
 ) -> dict:
     """Raise the member's delivered/read marker to `up_to_seq` (never lowers it) and relay
     it to the other members. Read markers are stored but not relayed when the org turned
-    read receipts off."""
+    read receipts off. A read marker stops at the conversation's last seq and moves the
+    member's unread and mention counts (messaging.services.unread)."""
     if kind not in KINDS:
         raise ApiError(400, "invalid_request", "kind is 'delivered' or 'read'.")
     member = _membership(conversation_id, user)
     field = "delivered_seq" if kind == "delivered" else "read_seq"
     with transaction.atomic():
-        updates = {field: Greatest(F(field), up_to_seq)}
         if kind == "read":  # read implies delivered
-            updates["delivered_seq"] = Greatest(F("delivered_seq"), up_to_seq)
-        Member.objects.filter(pk=member.pk).update(**updates)
+            unread.do_mark_read(member, up_to_seq)
+        else:
+            Member.objects.filter(pk=member.pk).update(**{field: Greatest(F(field), up_to_seq)})
         member.refresh_from_db(fields=["delivered_seq", "read_seq"])
         marker = {
             "type": "receipt.relay",

@@ -252,6 +252,9 @@ class OrgPolicy(models.Model):
     presence_hidden = models.BooleanField(default=False)
     # Shortest password anyone of the org may set (every path: orgs.accounts.passwords).
     password_min_length = models.PositiveSmallIntegerField(default=8)
+    # Most members a group conversation may have (messaging checks it on create and add;
+    # lowering it leaves bigger groups as they are, but they take no one new).
+    group_max_members = models.PositiveIntegerField(default=1000)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -4,7 +4,12 @@ from rest_framework import serializers
 
 from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.services.mfa import MFA_POLICIES
-from orgs.services.policy import SESSION_MINUTES_MAX, SESSION_MINUTES_MIN
+from orgs.services.policy import (
+    GROUP_MEMBERS_MAX,
+    GROUP_MEMBERS_MIN,
+    SESSION_MINUTES_MAX,
+    SESSION_MINUTES_MIN,
+)
 
 
 class AdminUserSerializer(serializers.Serializer):
@@ -87,6 +92,12 @@ class PolicySerializer(serializers.Serializer):
         min_value=MIN_LENGTH_FLOOR,
         max_value=MIN_LENGTH_CEILING,
         help_text="Shortest password anyone of the org may set (new passwords only).",
+    )
+    group_max_members = serializers.IntegerField(
+        min_value=GROUP_MEMBERS_MIN,
+        max_value=GROUP_MEMBERS_MAX,
+        help_text="Most members a group conversation may have (groups already bigger keep "
+        "their members but take no one new).",
     )
 
 

@@ -1,6 +1,7 @@
 """The org's policies (`accounts.OrgPolicy`, one row per org): MFA, portal session
 lifetime, allowed login methods, read receipts, hidden presence, the minimum password
-length (applied by orgs.accounts.passwords).
+length (applied by orgs.accounts.passwords), the largest group conversation (applied by
+messaging.services.conversations).
 
 Every change is audited `org.policy_changed`, one entry per field with before/after, in
 the same transaction. Readers call the small functions below rather than the model.
@@ -22,6 +23,9 @@ from siphera.api_errors import ApiError
 
 SESSION_MINUTES_MIN = 5
 SESSION_MINUTES_MAX = 30 * 24 * 60  # 30 days
+# A group's size bounds what one message fans out to (a queue row per member device).
+GROUP_MEMBERS_MIN = 2
+GROUP_MEMBERS_MAX = 5000
 FIELDS = (
     "mfa_policy",
     "session_lifetime_minutes",
@@ -30,12 +34,14 @@ FIELDS = (
     "read_receipts",
     "presence_hidden",
     "password_min_length",
+    "group_max_members",
 )
 
 __all__ = [
     "FIELDS",
     "check_update_policy",
     "get_org_policy",
+    "group_max_members",
     "password_login_allowed",
     "read_receipts_enabled",
     "session_lifetime_seconds",
@@ -64,6 +70,11 @@ def is_break_glass(user, policy: OrgPolicy | None = None) -> bool:
 def read_receipts_enabled() -> bool:
     """Whether read markers are relayed to the other members of a conversation."""
     return get_org_policy().read_receipts
+
+
+def group_max_members() -> int:
+    """The most members a group conversation of this org may have."""
+    return get_org_policy().group_max_members
 
 
 def _clean(changes: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +115,19 @@ def _clean(changes: dict[str, Any]) -> dict[str, Any]:
                 f"password_min_length is {MIN_LENGTH_FLOOR}-{MIN_LENGTH_CEILING}.",
             )
         clean["password_min_length"] = length
+    if "group_max_members" in changes:
+        size = changes["group_max_members"]
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or not GROUP_MEMBERS_MIN <= size <= GROUP_MEMBERS_MAX
+        ):
+            raise ApiError(
+                400,
+                "invalid_policy",
+                f"group_max_members is {GROUP_MEMBERS_MIN}-{GROUP_MEMBERS_MAX}.",
+            )
+        clean["group_max_members"] = size
     for name in ("password_login", "sso_login", "read_receipts", "presence_hidden"):
         if name in changes:
             if not isinstance(changes[name], bool):

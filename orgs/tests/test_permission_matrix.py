@@ -373,3 +373,45 @@ async def test_frames_allow_or_refuse_each_role_as_its_codes_say(
     finally:
         await ws.close()
     assert wrong == [], f"{role}: {wrong}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_pushed_mention_frames_reach_only_roles_that_may_read_messages(
+    role, org_m, sessions_by_role, server
+):
+    # Server-pushed frames follow the codes too: a `mention` (messaging.services.unread)
+    # reaches a socket only if its role holds messaging.use, as its messages do.
+    from tests.fixtures import Api, Session, register_device
+
+    user, device_id, token = sessions_by_role[role]
+    codes = _codes(role, org_m)
+    sender = make_user(org_m, role="owner")
+    api = Api(server, host_of(org_m))
+    _, sender_token, _ = register_device(api, sender.username)
+    api = api.as_device(sender_token)
+    conversation = api.post(
+        "/api/v1/conversations", json={"kind": "group", "members": [str(user.pk)]}
+    ).json()["id"]
+    session = Session(org=org_m, user=user, device_id=device_id, token=token, keys=None, api=None)
+    ws = await authed_socket(server, session)
+    try:
+        sent = api.post(
+            f"/api/v1/conversations/{conversation}/messages",
+            json={"client_id": str(uuid.uuid4()), "body": "eA==", "mentions": [str(user.pk)]},
+        )
+        assert sent.status_code == 201, sent.text
+        await send(ws, {"type": "ping", "ref": "after-mention"})
+        seen: list[dict] = []
+        expect_mention = Perm.MESSAGING_USE in codes
+        while not (
+            any(f.get("ref") == "after-mention" for f in seen)
+            and (not expect_mention or any(f["type"] == "mention" for f in seen))
+        ):
+            seen.append(await recv(ws, timeout=10))
+        mentions = [f for f in seen if f["type"] == "mention"]
+        if expect_mention:
+            assert [f["message"] for f in mentions] == [sent.json()["id"]]
+        else:
+            assert mentions == [], f"{role} got a mention frame"
+    finally:
+        await ws.close()

@@ -478,6 +478,7 @@ def test_policies_are_validated_and_every_change_is_audited(fresh_org, new_sessi
         "read_receipts": False,
         "presence_hidden": False,
         "password_min_length": 8,
+        "group_max_members": 1000,
     }
     rows = {e.target_id: e.data for e in events(fresh_org, "org.policy_changed")}
     assert rows["read_receipts"] == {"field": "read_receipts", "before": True, "after": False}
