@@ -17,3 +17,9 @@ class CallsConfig(AppConfig):
         hooks.device_revoked.register(signaling.on_device_revoked)
         hooks.in_call.register(signaling.in_a_call)
         compliance.register()
+        # Compliance recordings: the wrapped data key of each blob, the held answer, the
+        # transcript (key-ring tokens; rotate_keys re-encrypts them, never the blobs).
+        from siphera.encrypted_at_rest import register_encrypted_field
+
+        for column in ("data_key_encrypted", "held_accept_encrypted", "transcript_encrypted"):
+            register_encrypted_field("calls.Recording", column)

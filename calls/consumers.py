@@ -9,10 +9,13 @@ the call (`on_device_connected`). A socket replaced by a newer one of the same d
 
 from __future__ import annotations
 
-from calls.services import signaling
+from channels.layers import get_channel_layer
+
+from calls.services import recording, signaling
 from orgs.roles import Perm
 from siphera import sockets
 from siphera.api_errors import ApiError
+from siphera.redis_outage import REDIS_ERRORS
 from siphera.tenancy import tenant_db
 from siphera.ws import FrameError
 
@@ -72,6 +75,9 @@ class CallsSocket(sockets.Extension):
             sdp=frame.get("sdp"),
         )
         call_id = str(outcome.call.pk)
+        if outcome.recording is not None:
+            # Compliance recording: the caller hears of the recorder before anything else.
+            await self.send_frame(self._reply(dict(outcome.recording), frame))
         if outcome.ringing:
             reply = {"type": "call.invited", "call_id": call_id}
         else:
@@ -99,6 +105,17 @@ class CallsSocket(sockets.Extension):
     @sockets.frame("call.hangup", perm=Perm.CALLS_USE)
     async def hangup(self, frame):
         await self._run(signaling.check_hangup, frame)
+
+    @sockets.frame("call.recording.offer", perm=Perm.CALLS_USE)
+    async def recording_offer(self, frame):
+        """This device's leg to the call's recorder (compliance recording): its SDP offer,
+        candidates included, goes to the recorder, which answers with
+        `call.recording.answer`."""
+        offer = await self._run(recording.check_recording_offer, frame, sdp=frame.get("sdp"))
+        try:
+            await get_channel_layer().send(offer.channel, offer.message)
+        except REDIS_ERRORS:
+            raise FrameError("recorder_unavailable", "The recorder cannot be reached.") from None
 
     # --- channel-layer events --------------------------------------------------------
     @sockets.event("call.frame")

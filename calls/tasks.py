@@ -56,3 +56,50 @@ def purge_call_records() -> dict:
     deleted = records.do_purge_call_records(actor=audit.Actor.system("job:retention"))
     log.info("call records purged", extra={"schema": connection.schema_name, "deleted": deleted})
     return {"schema": connection.schema_name, "deleted": deleted}
+
+
+# --- compliance recording and transcription (calls.services.recording, .transcription) --
+
+_recorders: list = []  # recorder processes this worker started (reaped as they exit)
+
+
+@shared_task(name="calls.tasks.start_recorder")
+def start_recorder(call_id: str) -> int:
+    """Start the call's recorder (`python -m calls.recorder`, aiortc) beside the worker:
+    it lives as long as the call, independent of this task. Its log lines go to the
+    worker's log. Returns its process id."""
+    import subprocess
+    import sys
+
+    _recorders[:] = [p for p in _recorders if p.poll() is None]
+    proc = subprocess.Popen(  # noqa: S603 (our own module, fixed arguments)
+        [sys.executable, "-m", "calls.recorder", connection.schema_name, str(call_id)],
+        start_new_session=True,
+    )
+    _recorders.append(proc)
+    log.info("recorder started", extra={"call_id": call_id, "pid": proc.pid})
+    return proc.pid
+
+
+@shared_task(name="calls.tasks.recording_deadline")
+def recording_deadline(call_id: str, stage: str) -> bool:
+    from calls.services import recording
+
+    ended = recording.do_recording_deadline(call_id, stage)
+    if ended:
+        log.info("call.failed", extra={"call_id": call_id, "reason": recording.REFUSED})
+    return ended
+
+
+@shared_task(name="calls.tasks.transcribe_recording")
+def transcribe_recording(recording_id: str) -> str:
+    """Transcribe a stored recording with the configured engine; progress in the log."""
+    from calls.services import transcription
+
+    def progress(done: float, total: float) -> None:
+        log.info(
+            "transcription progress",
+            extra={"recording": recording_id, "percent": round(100 * done / max(total, 1e-9))},
+        )
+
+    return transcription.do_transcribe(recording_id, progress=progress)

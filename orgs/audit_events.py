@@ -52,6 +52,10 @@ class AuditEvent(StrEnum):
     CALL_PARTICIPANT_REMOVED = "call.participant_removed"
     CALL_RECORDS_VIEWED = "call.records_viewed"
     CALL_RECORDS_PURGED = "call.records_purged"
+    CALL_RECORDING_POLICY_CHANGED = "call.recording_policy_changed"
+    CALL_RECORDING_ACCESSED = "call.recording_accessed"  # audio or transcript fetched
+    CALL_RECORDINGS_SEARCHED = "call.recordings_searched"  # list or transcript search
+    CALL_RECORDINGS_PURGED = "call.recordings_purged"
     SSO_CONFIGURED = "sso.configured"
     SSO_REMOVED = "sso.removed"
     SSO_TESTED = "sso.tested"

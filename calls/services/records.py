@@ -19,7 +19,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from calls.error_codes import CallError
-from calls.models import Call, CallParticipant
+from calls.models import Call, CallParticipant, Recording
+from calls.services import recording_store
 from messaging.services import retention
 from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
@@ -146,7 +147,8 @@ def check_list_org_calls(
 
 def do_purge_call_records(*, actor: audit.Actor, now: datetime | None = None) -> int:
     """Delete ended calls older than the org's message retention (the same period as
-    messages), except those of a held user or held conversation, in batches. Returns
+    messages), with their recordings and transcripts, except those of a held user or
+    held conversation, in batches. Returns
     how many; a run that deleted any is audited `call.records_purged`."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=retention.org_retention_days())
@@ -162,7 +164,13 @@ def do_purge_call_records(*, actor: audit.Actor, now: datetime | None = None) ->
     deleted = 0
     while batch := list(rows.values_list("pk", flat=True)[:PURGE_BATCH]):
         with transaction.atomic():
+            # A call's compliance recording (and transcript) goes with it; its blob is
+            # deleted once the rows are.
+            blobs = list(
+                Recording.objects.filter(call_id__in=batch).values_list("storage_name", flat=True)
+            )
             Call.objects.filter(pk__in=batch).delete()
+        recording_store.delete_blobs(blobs)
         deleted += len(batch)
     if deleted:
         audit.record(

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from calls.error_codes import CallError
 from calls.models import Call, CallParticipant
+from calls.services import recording
 from messaging.models import Conversation
 from messaging.services.conversations import access_conversation
 from orgs.accounts.models import User
@@ -124,6 +125,7 @@ class InviteOutcome:
     ringing: bool
     reason: str = ""  # why it ended at once: busy, glare, dnd
     replaced_by: uuid.UUID | None = None  # glare: the callee's call that rings instead
+    recording: dict | None = None  # the `call.recording` frame, sent before `call.invited`
 
 
 def _callee_of(caller: User, to) -> tuple[User, Conversation | None]:
@@ -219,7 +221,13 @@ def check_invite(*, user: User, device_id: int, call_id, to, media, sdp) -> Invi
         existing = Call.objects.filter(pk=call_id).first()
         if existing is not None:
             if existing.caller_id == caller.pk and existing.caller_device_id == device_id:
-                return InviteOutcome(existing, existing.state == Call.RINGING, existing.end_reason)
+                rec = recording.recording_of(existing)
+                return InviteOutcome(
+                    existing,
+                    existing.state == Call.RINGING,
+                    existing.end_reason,
+                    recording=recording.notice(existing) if rec else None,
+                )
             raise ApiError(409, CallError.CALL_ID_IN_USE, "Another call has this call_id.")
         now = timezone.now()
         call = Call.objects.create(
@@ -261,6 +269,8 @@ def check_invite(*, user: User, device_id: int, call_id, to, media, sdp) -> Invi
         }
         if conversation is not None:
             incoming["conversation"] = str(conversation.pk)
+        # Compliance recording: the callee's devices hear `call.recording` first.
+        notice = recording.on_invite(call, caller, callee, user_group(callee.pk))
         _after_commit(user_group(callee.pk), incoming)
         due = now + timedelta(seconds=settings.CALL_RING_TIMEOUT_SECONDS)
         _schedule(
@@ -269,7 +279,7 @@ def check_invite(*, user: User, device_id: int, call_id, to, media, sdp) -> Invi
             due.isoformat(),
             countdown=settings.CALL_RING_TIMEOUT_SECONDS,
         )
-    return InviteOutcome(call, True)
+    return InviteOutcome(call, True, recording=notice)
 
 
 # --- answering --------------------------------------------------------------------------
@@ -312,15 +322,15 @@ def check_accept(*, user: User, device_id: int, call_id, sdp) -> Call:
         call.save(update_fields=["state", "answered_at"])
         me.device_id, me.joined_at = device_id, now
         me.save(update_fields=["device_id", "joined_at"])
-        _after_commit(
-            device_group(call.caller_id, call.caller_device_id),
-            {
-                "type": "call.accept",
-                "call_id": str(call.pk),
-                "sdp": sdp,
-                "from": {"user_id": str(user.pk), "device_id": device_id},
-            },
-        )
+        accept = {
+            "type": "call.accept",
+            "call_id": str(call.pk),
+            "sdp": sdp,
+            "from": {"user_id": str(user.pk), "device_id": device_id},
+        }
+        # A recorded call: the caller gets the answer once every recorder leg connects.
+        if not recording.hold_accept(call, accept):
+            _after_commit(device_group(call.caller_id, call.caller_device_id), accept)
         _after_commit(
             user_group(user.pk),
             {"type": "call.answered_elsewhere", "call_id": str(call.pk), "device_id": device_id},
@@ -432,6 +442,7 @@ def _finish(
     CallParticipant.objects.filter(call=call, joined_at__isnull=False, left_at__isnull=True).update(
         left_at=now
     )
+    recording.on_finished(call)
     if not notify:
         return
     parts = parts if parts is not None else _participants(call)

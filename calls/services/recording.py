@@ -1,0 +1,337 @@
+"""Compliance recording of 1:1 calls, without breaking end-to-end encryption.
+
+Where the org's policy covers the caller or the callee (calls.services.recording_policy),
+the org's recorder is a visible third participant: every client connects a leg of its
+own (a separate peer connection carrying its own audio) to the recorder, which runs in the
+worker with aiortc (calls.recorder). The server never decrypts media it was not sent, as
+a participant, on such a leg.
+
+Order of events (docs/protocol.md, "Compliance recording"):
+1. `call.invite`: the caller's socket hears `call.recording` before `call.invited`; each
+   callee device hears `call.recording` before `call.incoming`. The worker starts the
+   recorder for the call.
+2. Each party's device sends `call.recording.offer` (its SDP offer for the leg, with its
+   candidates); the recorder answers with `call.recording.answer`; once the leg's media
+   connects, the device hears `call.recording.connected`.
+3. The callee's `call.accept` is held (its answer, as a key-ring token on the recording
+   row) until the caller's leg and the answering device's leg are both connected; then
+   the caller gets `call.accept` and the recorder starts keeping audio. Without the
+   answer no media flows between the parties, so nothing is said unrecorded.
+4. A party that does not connect its leg within `CALL_RECORDING_CONNECT_SECONDS` (the
+   caller's from the invite, the callee's from the accept) ends the call: `call.ended`
+   reason `recording_refused` (outcome `failed`).
+5. When the call ends the recorder stops, stores the audio encrypted
+   (calls.services.recording_store) and the transcription job is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from calls.error_codes import CallError
+from calls.models import Call, CallParticipant, Recording, RecordingLeg
+from calls.services import recording_policy, recording_store
+from orgs.accounts.models import User
+from siphera import crypto
+from siphera.api_errors import ApiError, not_found
+from siphera.events import notify_on_commit
+from siphera.redis_outage import REDIS_ERRORS
+from siphera.tenancy import group_name
+
+log = logging.getLogger("siphera.recordings")
+
+REFUSED = "recording_refused"
+RECORDER = {"id": "recorder", "name": "Compliance recorder"}
+
+
+def recorder_channel(call_id, schema: str | None = None) -> str:
+    """The channel-layer channel the call's recorder reads (a queue: what is sent before
+    the recorder is up waits for it, up to the layer's expiry)."""
+    return group_name(schema or connection.schema_name, "rec", uuid.UUID(str(call_id)))
+
+
+def _send_to_recorder(call_id, message: dict) -> None:
+    channel = recorder_channel(call_id)
+    try:
+        async_to_sync(get_channel_layer().send)(channel, message)
+    except REDIS_ERRORS:
+        log.warning("recorder message not sent", extra={"call_id": str(call_id)}, exc_info=True)
+
+
+def _to_recorder_on_commit(call_id, message: dict) -> None:
+    transaction.on_commit(lambda: _send_to_recorder(call_id, message))
+
+
+def notice(call: Call) -> dict:
+    """The `call.recording` frame: who records, and by how long a leg must connect."""
+    return {
+        "type": "call.recording",
+        "call_id": str(call.pk),
+        "required": True,
+        "recorder": RECORDER,
+        "connect_within": settings.CALL_RECORDING_CONNECT_SECONDS,
+    }
+
+
+def _device_group(user_id, device_id) -> str:
+    return group_name(connection.schema_name, "d", user_id, device_id)
+
+
+def _frame_event(frame: dict) -> dict:
+    return {"type": "call.frame", "frame": frame}
+
+
+# --- invite and accept (called by calls.services.signaling, inside its transactions) ---
+
+
+def on_invite(call: Call, caller: User, callee: User, callee_group: str) -> dict | None:
+    """A new ringing call: if policy requires recording, make its recording row, tell
+    the callee's devices (`call.recording`, before their `call.incoming`), start the
+    recorder and the caller's deadline. Returns the caller's `call.recording` frame."""
+    if not recording_policy.recording_required(caller, callee):
+        return None
+    Recording.objects.create(call=call)
+    frame = notice(call)
+    notify_on_commit(callee_group, _frame_event(frame))
+    _schedule("start_recorder", str(call.pk))
+    _schedule(
+        "recording_deadline",
+        str(call.pk),
+        "caller",
+        countdown=settings.CALL_RECORDING_CONNECT_SECONDS,
+    )
+    return frame
+
+
+def recording_of(call: Call) -> Recording | None:
+    return Recording.objects.filter(call=call).first()
+
+
+def hold_accept(call: Call, frame: dict) -> bool:
+    """The callee answered a recorded call (call locked, now active): keep its
+    `call.accept` for the caller until every leg is connected. True if held."""
+    rec = Recording.objects.select_for_update().filter(call=call).first()
+    if rec is None:
+        return False
+    rec.held_accept_encrypted = crypto.encrypt(json.dumps(frame))
+    rec.save(update_fields=["held_accept_encrypted"])
+    _schedule(
+        "recording_deadline",
+        str(call.pk),
+        "answer",
+        countdown=settings.CALL_RECORDING_CONNECT_SECONDS,
+    )
+    _release_if_ready(call, rec)
+    return True
+
+
+def _legs_connected(call: Call, rec: Recording) -> bool:
+    callee = CallParticipant.objects.get(call=call, role=CallParticipant.CALLEE)
+    wanted = {(call.caller_id, call.caller_device_id), (callee.user_id, callee.device_id)}
+    connected = set(
+        RecordingLeg.objects.filter(recording=rec, connected_at__isnull=False).values_list(
+            "user_id", "device_id"
+        )
+    )
+    return wanted <= connected
+
+
+def _release_if_ready(call: Call, rec: Recording) -> bool:
+    """Hand the held answer to the caller once both parties' legs are connected, and
+    start the recording (call and recording rows locked)."""
+    if not rec.held_accept_encrypted or call.state != Call.ACTIVE:
+        return False
+    if not _legs_connected(call, rec):
+        return False
+    frame = json.loads(crypto.decrypt(rec.held_accept_encrypted))
+    notify_on_commit(_device_group(call.caller_id, call.caller_device_id), _frame_event(frame))
+    callee = CallParticipant.objects.get(call=call, role=CallParticipant.CALLEE)
+    rec.held_accept_encrypted = ""
+    rec.state = Recording.RECORDING
+    rec.started_at = timezone.now()
+    rec.save(update_fields=["held_accept_encrypted", "state", "started_at"])
+    _to_recorder_on_commit(
+        call.pk,
+        {
+            "type": "recorder.start",
+            "legs": [
+                [str(call.caller_id), call.caller_device_id],
+                [str(callee.user_id), callee.device_id],
+            ],
+        },
+    )
+    return True
+
+
+def on_finished(call: Call) -> None:
+    """The call ended (row locked): the recorder stops; a recording that never started
+    is `empty`."""
+    rec = Recording.objects.select_for_update().filter(call=call).first()
+    if rec is None or rec.ended_at is not None:
+        return
+    rec.ended_at = timezone.now()
+    rec.held_accept_encrypted = ""
+    if rec.state == Recording.PENDING:
+        rec.state = Recording.EMPTY
+    rec.save(update_fields=["ended_at", "held_accept_encrypted", "state"])
+    _to_recorder_on_commit(call.pk, {"type": "recorder.stop"})
+
+
+# --- legs -------------------------------------------------------------------------------
+
+
+@dataclass
+class LegOffer:
+    channel: str
+    message: dict
+
+
+def check_recording_offer(*, user: User, device_id: int, call_id, sdp) -> LegOffer:
+    """A party's device offers its leg to the recorder. Returns what to send to the
+    recorder's channel (the socket sends it). The caller's calling device, a callee
+    device while the call rings, or the answering device may offer; 404 otherwise (and
+    for a call without recording), 410 once the call ended."""
+    from calls.services.signaling import _call_id, _sdp
+
+    sdp = _sdp(sdp)
+    call = Call.objects.filter(pk=_call_id(call_id), kind=Call.DIRECT).first()
+    if call is None:
+        raise not_found("No such call.")
+    me = CallParticipant.objects.filter(call=call, user=user).first()
+    rec = recording_of(call)
+    if me is None or rec is None:
+        raise not_found("No such call.")
+    if call.state == Call.ENDED:
+        raise ApiError(410, CallError.CALL_ENDED, "The call has ended.")
+    if me.role == CallParticipant.CALLER:
+        allowed = device_id == call.caller_device_id
+    else:
+        allowed = call.state == Call.RINGING or me.device_id == device_id
+    if not allowed:
+        raise not_found("No such call.")
+    RecordingLeg.objects.update_or_create(
+        recording=rec,
+        user=user,
+        device_id=device_id,
+        defaults={"offered_at": timezone.now(), "connected_at": None},
+    )
+    return LegOffer(
+        recorder_channel(call.pk),
+        {
+            "type": "recorder.offer",
+            "user_id": str(user.pk),
+            "device_id": device_id,
+            "sdp": sdp,
+        },
+    )
+
+
+def do_leg_connected(call_id, user_id, device_id: int) -> bool:
+    """The recorder reports a leg's media connected: the device hears
+    `call.recording.connected`, and a held answer goes out if this was the last leg."""
+    from calls.services.signaling import _lock_call
+
+    with transaction.atomic():
+        try:
+            call, _ = _lock_call(call_id)
+        except ApiError:
+            return False
+        rec = Recording.objects.select_for_update().filter(call=call).first()
+        if rec is None or call.state == Call.ENDED:
+            return False
+        updated = RecordingLeg.objects.filter(
+            recording=rec, user_id=user_id, device_id=device_id
+        ).update(connected_at=timezone.now())
+        if not updated:
+            return False
+        notify_on_commit(
+            _device_group(user_id, device_id),
+            _frame_event(
+                {"type": "call.recording.connected", "call_id": str(call.pk), "recorder": RECORDER}
+            ),
+        )
+        _release_if_ready(call, rec)
+    return True
+
+
+def do_recording_deadline(call_id, stage: str) -> bool:
+    """The connect deadline of a party's leg (`caller`: from the invite; `answer`: from the
+    accept). Ends the call `recording_refused` if that leg is still missing; True if so."""
+    from calls.services.signaling import _finish, _lock_call
+
+    with transaction.atomic():
+        try:
+            call, parts = _lock_call(call_id)
+        except ApiError:
+            return False
+        rec = Recording.objects.select_for_update().filter(call=call).first()
+        if rec is None or call.state == Call.ENDED:
+            return False
+        if stage == "caller":
+            missing = not RecordingLeg.objects.filter(
+                recording=rec,
+                user_id=call.caller_id,
+                device_id=call.caller_device_id,
+                connected_at__isnull=False,
+            ).exists()
+        else:
+            missing = bool(rec.held_accept_encrypted)
+        if not missing:
+            return False
+        _finish(call, Call.FAILED, REFUSED, parts=parts)
+        return True
+
+
+# --- the stored audio -------------------------------------------------------------------
+
+
+def do_store_recording(recording_id, *, duration_ms: int, pieces) -> Recording:
+    """Encrypt and store the recording's WAV (`pieces`, plaintext bytes), mark it stored
+    and queue its transcription. Raises (and marks it failed) if the store fails."""
+    rec = Recording.objects.get(pk=recording_id)
+    key, wrapped = recording_store.new_data_key()
+    try:
+        name, size = recording_store.write_encrypted(rec.pk, key, pieces)
+    except Exception:
+        Recording.objects.filter(pk=rec.pk).update(state=Recording.FAILED)
+        log.exception("recording not stored", extra={"recording": str(rec.pk)})
+        raise
+    with transaction.atomic():
+        rec = Recording.objects.select_for_update().get(pk=rec.pk)
+        rec.state = Recording.STORED
+        rec.storage_name, rec.size, rec.data_key_encrypted = name, size, wrapped
+        rec.duration_ms = duration_ms
+        rec.transcript_state = Recording.T_QUEUED
+        rec.save(
+            update_fields=[
+                "state",
+                "storage_name",
+                "size",
+                "data_key_encrypted",
+                "duration_ms",
+                "transcript_state",
+            ]
+        )
+        _schedule("transcribe_recording", str(rec.pk))
+    log.info(
+        "recording stored",
+        extra={"recording": str(rec.pk), "duration_ms": duration_ms, "size": size},
+    )
+    return rec
+
+
+def _schedule(task_name: str, *args, countdown: float | None = None) -> None:
+    from calls import tasks
+    from siphera.tenancy import send_task
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: send_task(task, *args, countdown=countdown))
