@@ -206,6 +206,12 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "siphera")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep our JSON log lines in workers too
 CELERY_TASK_ACKS_LATE = True  # a job killed mid-way is redelivered, not lost
+# ... once its message has stayed unacknowledged this long (Redis has no other way to know
+# the worker died): keep it above the longest job's run time, or a job still running is
+# handed to a second worker too. Jobs are idempotent (docs/operations.md, "Faults").
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 3600)
+}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "purge-expired-grants": {
