@@ -292,3 +292,97 @@ class SsoForm(forms.Form):
                 raise forms.ValidationError(f"Line {number}: write 'group = role'.")
             entries.append({"group": group.strip(), "role": role.strip()})
         return entries
+
+
+class ProfileForm(forms.Form):
+    """The signed-in user's own profile; orgs.services.profiles checks the values."""
+
+    display_name = forms.CharField(max_length=200, required=False, label="Display name")
+    title = forms.CharField(max_length=100, required=False, label="Job title")
+    time_zone = forms.CharField(
+        max_length=64,
+        required=False,
+        label="Time zone",
+        help_text="An IANA name such as Europe/Paris; empty: not set.",
+        widget=forms.TextInput(attrs={"list": "time-zones", "autocomplete": "off"}),
+    )
+
+
+class AvatarForm(forms.Form):
+    avatar = forms.FileField(
+        label="New picture",
+        help_text="PNG, JPEG, GIF or WebP; stored as a 256×256 PNG without its metadata.",
+        widget=forms.ClearableFileInput(
+            attrs={"accept": "image/png,image/jpeg,image/gif,image/webp"}
+        ),
+    )
+
+
+class PasswordChangeForm(SetPasswordForm):
+    current = forms.CharField(
+        label="Current password",
+        max_length=1024,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+    )
+    field_order = ["current", "password", "confirm"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["password"].widget.attrs.pop("autofocus", None)
+
+
+class RetentionPolicyForm(forms.Form):
+    retention_days = forms.IntegerField(
+        min_value=1,
+        max_value=36500,
+        required=False,
+        label="Keep messages for (days)",
+        help_text="Empty: the server default.",
+    )
+
+
+class ConversationRetentionForm(forms.Form):
+    conversation = forms.UUIDField(label="Conversation id")
+    days = forms.IntegerField(
+        min_value=1,
+        max_value=36500,
+        required=False,
+        label="Days",
+        help_text="Empty: clear the override (the org's policy applies).",
+    )
+
+
+class HoldForm(forms.Form):
+    USER = "user"
+    CONVERSATION = "conversation"
+
+    kind = forms.ChoiceField(
+        choices=[(USER, "A user"), (CONVERSATION, "A conversation")],
+        widget=forms.RadioSelect,
+        initial=USER,
+        label="Hold",
+    )
+    username = forms.CharField(max_length=150, required=False, label="Username")
+    conversation = forms.UUIDField(required=False, label="Conversation id")
+    reason = forms.CharField(
+        max_length=500,
+        label="Reason",
+        help_text="Required: kept with the hold and in the audit log (e.g. a case number).",
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("kind") == self.USER and not data.get("username"):
+            self.add_error("username", "Name the user to hold.")
+        if data.get("kind") == self.CONVERSATION and not data.get("conversation"):
+            self.add_error("conversation", "Give the conversation's id.")
+        return data
+
+
+class HoldReleaseForm(forms.Form):
+    reason = forms.CharField(max_length=500, label="Why release it")
+
+
+class DomainForm(forms.Form):
+    domain = forms.CharField(max_length=253, label="Host name", help_text="e.g. chat.example.com")

@@ -15,6 +15,7 @@ from django.contrib.auth import login as django_login
 from django.contrib.auth import update_session_auth_hash
 from django.http import HttpRequest
 
+from orgs.accounts.models import User
 from orgs.services import audit, policy, portal_sessions
 from siphera.net import client_ip
 
@@ -58,7 +59,7 @@ def keep_after_password_change(request: HttpRequest) -> None:
     """The user changed their own password in this browser: keep this session (a new key,
     the new auth hash) while every other one ends."""
     old_key = request.session.session_key
-    user = type(request.user).objects.get(pk=request.user.pk)
+    user = User.objects.get(pk=request.user.pk)  # with the new password hash
     update_session_auth_hash(request, user)  # a new key, saved with the response
     portal_sessions.do_rekey_session(old_key, request.session.session_key)
 

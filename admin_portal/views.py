@@ -13,8 +13,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from admin_portal.decorators import portal_perm
 from admin_portal.forms import RoleChangeForm, UserCreateForm, UserSearchForm
+from messaging.services import stats
 from orgs.roles import Perm, has_perm
-from orgs.services import audit, devices, directory, mfa, users
+from orgs.services import audit, devices, directory, mfa, portal_sessions, users
 from orgs.services import roles as role_service
 from siphera.api_errors import ApiError
 
@@ -24,13 +25,19 @@ USERS_PER_PAGE = 50
 @require_GET
 @portal_perm()
 def dashboard(request: HttpRequest) -> HttpResponse:
+    activity = stats.org_activity()
+    days = activity["messages_per_day"]
     return render(
         request,
         "portal/dashboard.html",
         {
             "nav": "dashboard",
-            "active_users": directory.count_active_users(),
+            "accounts": directory.count_active_users(),
             "active_devices": directory.count_active_devices(),
+            "activity": activity,
+            "days": days,
+            "peak": max([d["count"] for d in days] + [1]),
+            "total": sum(d["count"] for d in days),
         },
     )
 
@@ -105,6 +112,8 @@ def user_detail(request: HttpRequest, user_id) -> HttpResponse:
             "subject": user,
             "role_name": next((r.name for r in roles if r.slug == user.role), user.role),
             "devices": directory.all_user_devices(user) if can_see_devices else None,
+            "sessions": portal_sessions.live_sessions(user) if can_see_devices else None,
+            "current_session": request.session.session_key,
             "role_form": RoleChangeForm(initial={"role": user.role}, roles=roles),
             "mfa": mfa.mfa_status(user),
             "is_self": user.pk == request.user.pk,
@@ -204,4 +213,34 @@ def revoke_device(request: HttpRequest, user_id, device_id: int) -> HttpResponse
             f"Revoked “{device.name}” of {user.username}: its token no longer works and its "
             "live connection was closed.",
         )
+    return redirect("portal:user", user_id=user.pk)
+
+
+@require_POST
+@portal_perm(Perm.DEVICES_REVOKE)
+def end_session(request: HttpRequest, user_id, session_id) -> HttpResponse:
+    user = users.access_user(user_id)
+    try:
+        row = portal_sessions.access_session(user, session_id)
+    except ApiError:
+        messages.warning(request, "That session had ended already.")
+    else:
+        portal_sessions.do_end_session(row, actor=audit.Actor.from_request(request))
+        messages.success(request, f"Ended a portal session of {user.username}.")
+    return redirect("portal:user", user_id=user.pk)
+
+
+@require_POST
+@portal_perm(Perm.DEVICES_REVOKE)
+def sign_out_everywhere(request: HttpRequest, user_id) -> HttpResponse:
+    """End every portal session of the user and revoke every device (sockets closed)."""
+    user = users.access_user(user_id)
+    counts = portal_sessions.do_sign_out_everywhere(user, actor=audit.Actor.from_request(request))
+    messages.success(
+        request,
+        f"Signed {user.username} out everywhere: {counts['sessions']} portal session(s) "
+        f"ended, {counts['devices']} device(s) revoked.",
+    )
+    if user.pk == request.user.pk:
+        return redirect("portal:login")
     return redirect("portal:user", user_id=user.pk)
