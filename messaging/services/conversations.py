@@ -62,6 +62,23 @@ def _require_visible(user: User, user_ids) -> None:
         )
 
 
+def _users_to_add(acting_user: User, wanted: set[str]) -> dict[str, User]:
+    """The users `acting_user` brings into a conversation, by id: 403 `not_allowed` for
+    anyone they may not look up (checked first: it confirms nothing), then 400
+    `invalid_members` (+`unknown`) for unknown or inactive ids."""
+    _require_visible(acting_user, wanted)
+    users = _active_users(wanted)
+    unknown = sorted(wanted - set(users))
+    if unknown:
+        raise ApiError(
+            400,
+            MessagingError.INVALID_MEMBERS,
+            "Unknown or inactive users.",
+            extra={"unknown": unknown},
+        )
+    return users
+
+
 def direct_key(a: User, b: User) -> str:
     low, high = sorted([str(a.pk), str(b.pk)])
     return f"{low}:{high}"
@@ -74,17 +91,7 @@ def check_create_conversation(
     created). A member the creator may not look up in the directory -> 403 `not_allowed`
     (checked first, so a guest learns nothing of ids it cannot see); unknown or inactive
     member ids -> 400 `invalid_members`."""
-    wanted = {str(m) for m in member_ids} - {str(creator.pk)}
-    _require_visible(creator, wanted)
-    users = _active_users(wanted)
-    unknown = sorted(wanted - set(users))
-    if unknown:
-        raise ApiError(
-            400,
-            MessagingError.INVALID_MEMBERS,
-            "Unknown or inactive users.",
-            extra={"unknown": unknown},
-        )
+    users = _users_to_add(creator, {str(m) for m in member_ids} - {str(creator.pk)})
     if kind == Conversation.DIRECT:
         if len(users) != 1:
             raise ApiError(
@@ -168,16 +175,7 @@ def check_add_members(
     with transaction.atomic():
         locked = _lock(conversation)
         _require_group_admin(locked, acting_user)
-        _require_visible(acting_user, wanted)
-        users = _active_users(wanted)
-        unknown = sorted(wanted - set(users))
-        if unknown:
-            raise ApiError(
-                400,
-                MessagingError.INVALID_MEMBERS,
-                "Unknown or inactive users.",
-                extra={"unknown": unknown},
-            )
+        users = _users_to_add(acting_user, wanted)
         present = set(
             Member.objects.filter(conversation=locked, user__in=users.values()).values_list(
                 "user_id", flat=True
