@@ -27,7 +27,7 @@ COPY . .
 # var/static at build time and served by whitenoise: no CDN, no separate web server.
 # collectstatic only imports settings; it needs no database and no real secret.
 RUN SECRET_KEY=collectstatic-only-not-a-secret python manage.py collectstatic --noinput -v 0 \
-    && mkdir -p /app/var/audit-anchors \
+    && mkdir -p /app/var/audit-anchors /app/var/key-ring \
     && chown -R siphera:siphera /app/var
 
 USER siphera

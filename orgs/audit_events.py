@@ -34,7 +34,11 @@ class AuditEvent(StrEnum):
     ROLE_UPDATED = "role.updated"
     ROLE_DELETED = "role.deleted"
     AUDIT_VERIFIED = "audit.verified"
+    # Written by versions before the key-rotation job (now secrets.reencrypted); kept for
+    # old logs.
     MFA_SECRETS_ROTATED = "mfa.secrets_rotated"
+    SECRETS_REENCRYPTED = "secrets.reencrypted"
+    AUDIT_KEY_SEALED = "audit.key_sealed"
     MFA_ENROLLMENT_STARTED = "mfa.enrollment_started"
     MFA_ENABLED = "mfa.enabled"
     MFA_DISABLED = "mfa.disabled"

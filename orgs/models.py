@@ -41,3 +41,49 @@ class Domain(DomainMixin):
 
     def __str__(self) -> str:
         return self.domain
+
+
+class KeyRotationRun(models.Model):
+    """One run of the re-encryption job (orgs.services.key_rotation): moving every secret
+    at rest to the key `key_id`. A run killed half way is resumed from its checkpoints by
+    the next run for the same key; a newer active key supersedes it."""
+
+    RUNNING = "running"
+    DONE = "done"
+    SUPERSEDED = "superseded"
+    STATES = [(RUNNING, "running"), (DONE, "done"), (SUPERSEDED, "superseded")]
+
+    key_id = models.CharField(max_length=16)
+    # The org schemas it covers, comma-separated ("": every org and the public schema).
+    scope = models.TextField(blank=True)
+    state = models.CharField(max_length=12, choices=STATES, default=RUNNING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class KeyRotationCheckpoint(models.Model):
+    """How far a run got through one encrypted field (or blob store) of one org: the last
+    primary key (or blob name) done, committed in the same transaction as the batch it
+    re-encrypted, so a killed run resumes exactly there."""
+
+    run = models.ForeignKey(KeyRotationRun, on_delete=models.CASCADE, related_name="checkpoints")
+    schema = models.CharField(max_length=63)
+    target = models.CharField(max_length=200)  # "app.Model.field" or "blobs:<store>"
+    after = models.TextField(blank=True)  # the last key done ("" before the first batch)
+    total = models.PositiveBigIntegerField(default=0)  # rows when the target was started
+    scanned = models.PositiveBigIntegerField(default=0)
+    rotated = models.PositiveBigIntegerField(default=0)
+    unreadable = models.PositiveBigIntegerField(default=0)  # no key of the ring opens them
+    done = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "schema", "target"], name="key_rotation_checkpoint_unique"
+            )
+        ]

@@ -11,9 +11,8 @@ from celery import shared_task
 from django.db import connection
 
 from orgs.models import Org
-from orgs.services import audit, mail, passwords
+from orgs.services import audit, key_rotation, mail, passwords
 from orgs.services.auth import do_purge_expired_grants
-from orgs.services.mfa import do_rotate_totp_secrets
 from siphera.tenancy import public_schema, send_task
 
 log = logging.getLogger("siphera.tasks")
@@ -66,20 +65,32 @@ def anchor_audit_chain() -> dict:
     }
 
 
-@shared_task(name="orgs.tasks.dispatch_rotate_totp_secrets")
-def dispatch_rotate_totp_secrets() -> int:
-    """Beat (daily): re-encrypt TOTP seeds with the newest key, one task per org."""
-    sent = for_each_org(rotate_totp_secrets)
-    log.info("dispatched rotate_totp_secrets", extra={"orgs": sent})
-    return sent
+@shared_task(name="orgs.tasks.key_rotation_tick")
+def key_rotation_tick() -> dict:
+    """Beat (every KEY_ROTATION_CHECK_SECONDS): add or promote a key when due, then
+    re-encrypt what is not under the active key (orgs.services.key_rotation). One task for
+    all orgs, run in `public`: the job walks the orgs itself, with checkpoints."""
+    return key_rotation.do_rotation_tick()
 
 
-@shared_task(name="orgs.tasks.rotate_totp_secrets")
-def rotate_totp_secrets() -> dict:
-    """Re-encrypt this org's TOTP seeds still under an older key of SECRET_KEYS."""
-    rotated = do_rotate_totp_secrets()
-    log.info("rotated TOTP secrets", extra={"schema": connection.schema_name, "rotated": rotated})
-    return {"schema": connection.schema_name, "rotated": rotated}
+@shared_task(name="orgs.tasks.reencrypt_secrets")
+def reencrypt_secrets(batch_size: int | None = None, schemas: list[str] | None = None) -> dict:
+    """`manage.py rotate_keys --enqueue`: re-encrypt every secret at rest under the active
+    key, resuming an interrupted run. With acks_late, a worker killed half way has the task
+    redelivered, and the run resumes from its last committed batch."""
+    try:
+        report = key_rotation.do_reencrypt(batch_size=batch_size, schemas=schemas)
+    except key_rotation.AlreadyRunning as exc:
+        log.info("re-encryption not started", extra={"why": str(exc)})
+        return {"started": False}
+    return {
+        "started": True,
+        "run": report.run_id,
+        "key_id": report.key_id,
+        "scanned": report.scanned_now,
+        "rotated": report.rotated_now,
+        "unreadable": report.unreadable,
+    }
 
 
 @shared_task(

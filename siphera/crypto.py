@@ -1,11 +1,13 @@
 """Secrets the server must read back (TOTP seeds, IdP/Stripe/TURN secrets, transcripts)
 are encrypted at rest with a rotating key ring (DESIGN invariant 4).
 
-`SECRET_KEYS` lists the ring, newest first, comma-separated. Each entry is key material
-(a Fernet key from `Fernet.generate_key()`, or any long random string) from which a
-Fernet key is derived with HKDF-SHA256. The newest key encrypts; every key decrypts, so a
-new key can be put in front at any time, `rotate()` re-encrypts stored values under it,
-and an old key is removed only once nothing uses it any more.
+The ring is siphera.keyring (the key-ring file, then `SECRET_KEYS`). Each key is key
+material (a Fernet key from `Fernet.generate_key()`, or any long random string) from
+which a Fernet key is derived with HKDF-SHA256. The active key encrypts; every key of the
+ring (pending, active, old) decrypts, so `rotate()` re-encrypts stored values under the
+active key, and an old key is retired only once nothing uses it any more
+(orgs.services.key_rotation). Where encrypted values live is registered in
+siphera.encrypted_at_rest.
 """
 
 from __future__ import annotations
@@ -16,9 +18,18 @@ import functools
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from django.conf import settings
 
-__all__ = ["DecryptionError", "decrypt", "encrypt", "key_ring", "needs_rotation", "rotate"]
+from siphera import keyring
+
+__all__ = [
+    "DecryptionError",
+    "decrypt",
+    "encrypt",
+    "key_id_of",
+    "key_ring",
+    "needs_rotation",
+    "rotate",
+]
 
 _HKDF_INFO = b"siphera secrets at rest v1"
 
@@ -36,20 +47,21 @@ def _derive(material: str) -> Fernet:
 
 
 @functools.cache
-def _ring(materials: tuple[str, ...]) -> tuple[MultiFernet, Fernet]:
+def _ring(materials: tuple[str, ...]) -> tuple[MultiFernet, Fernet, tuple[tuple[str, Fernet], ...]]:
     if not materials:
         raise RuntimeError("SECRET_KEYS is empty: at least one key is needed.")
     keys = [_derive(m) for m in materials]
-    return MultiFernet(keys), keys[0]
+    by_id = tuple((keyring.key_id(m), k) for m, k in zip(materials, keys, strict=True))
+    return MultiFernet(keys), keys[0], by_id
 
 
 def key_ring() -> MultiFernet:
-    """The ring from settings.SECRET_KEYS (newest first)."""
-    return _ring(tuple(settings.SECRET_KEYS))[0]
+    """The ring (siphera.keyring): the active key first, then pending and old keys."""
+    return _ring(keyring.materials())[0]
 
 
 def encrypt(plaintext: bytes | str) -> str:
-    """Encrypt (and authenticate) with the newest key; returns ASCII text for a TextField."""
+    """Encrypt (and authenticate) with the active key; returns ASCII text for a TextField."""
     data = plaintext.encode() if isinstance(plaintext, str) else plaintext
     return key_ring().encrypt(data).decode("ascii")
 
@@ -63,8 +75,8 @@ def decrypt(token: str) -> bytes:
 
 
 def needs_rotation(token: str) -> bool:
-    """Whether `token` was made with a key other than the newest."""
-    _, newest = _ring(tuple(settings.SECRET_KEYS))
+    """Whether `token` was made with a key other than the active one."""
+    _, newest, _ = _ring(keyring.materials())
     try:
         newest.decrypt(token.encode("ascii"))
     except InvalidToken:
@@ -73,8 +85,25 @@ def needs_rotation(token: str) -> bool:
 
 
 def rotate(token: str) -> str:
-    """`token` re-encrypted under the newest key (same plaintext)."""
+    """`token` re-encrypted under the active key (same plaintext)."""
     try:
         return key_ring().rotate(token.encode("ascii")).decode("ascii")
     except InvalidToken:
         raise DecryptionError("no key of SECRET_KEYS decrypts this value") from None
+
+
+def key_id_of(token: str) -> str | None:
+    """The id (siphera.keyring) of the ring's key that made `token`, or None when no key
+    of the ring opens it."""
+    _, _, by_id = _ring(keyring.materials())
+    try:
+        data = token.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    for kid, key in by_id:
+        try:
+            key.decrypt(data)
+        except InvalidToken:
+            continue
+        return kid
+    return None

@@ -1,10 +1,10 @@
-"""HMAC keys derived from the server's key ring (SECRET_KEYS, newest first; see
-siphera.crypto), one family per purpose.
+"""HMAC keys derived from the server's key ring (siphera.keyring: the key-ring file, then
+SECRET_KEYS), one family per purpose.
 
 Each key of the ring yields, through HKDF-SHA256 with the purpose in its `info`, a 32-byte
 MAC key that is independent of the encryption key and of every other purpose's key. The
-newest signs; every key of the ring still verifies, so a new key can be put in front of
-SECRET_KEYS and what older keys signed keeps verifying while they stay in the ring.
+active key signs; every key of the ring (pending, active, old) still verifies, so what
+older keys signed keeps verifying while they stay in the ring.
 
 A signature carries the short public id of the key that made it (the first 16 hex digits
 of SHA-256 over the derived key: it names the key without revealing it), so a verifier
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from django.conf import settings
 
-__all__ = ["MacKey", "find", "newest"]
+from siphera import keyring
+
+__all__ = ["MacKey", "find", "newest", "purpose_id", "ring_id"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,28 @@ def _keys(purpose: str, materials: tuple[str, ...]) -> tuple[MacKey, ...]:
 
 
 def ring(purpose: str) -> tuple[MacKey, ...]:
-    """The purpose's keys, newest first (one per key of SECRET_KEYS)."""
-    return _keys(purpose, tuple(settings.SECRET_KEYS))
+    """The purpose's keys, the signing one first (one per key of the ring)."""
+    return _keys(purpose, keyring.materials())
 
 
 def newest(purpose: str) -> MacKey:
-    """The key that signs now: derived from the first key of SECRET_KEYS."""
+    """The key that signs now: derived from the ring's active key."""
     return ring(purpose)[0]
+
+
+def purpose_id(purpose: str, material: str) -> str:
+    """The id a key of the ring has as `purpose`'s MAC key (e.g. an audit entry's
+    `key_id`)."""
+    return _keys(purpose, (material,))[0].id
+
+
+def ring_id(purpose: str, mac_key_id: str) -> str | None:
+    """The ring key id (siphera.keyring) behind `purpose`'s MAC key `mac_key_id`, if the
+    ring still has it."""
+    for key in keyring.ring():
+        if purpose_id(purpose, key.material) == mac_key_id:
+            return key.id
+    return None
 
 
 def find(purpose: str, key_id: str) -> MacKey | None:

@@ -302,9 +302,46 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --- MFA / secrets ---------------------------------------------------------------------
-# Key ring for secrets the server must read back (TOTP seeds, ...): comma-separated, newest
-# first; the newest encrypts, all decrypt (siphera.crypto). Defaults to SECRET_KEY (dev).
+# Key ring for secrets the server must read back (TOTP seeds, IdP secrets, ...) and for the
+# audit chain's MAC keys (siphera.keyring; docs/key-rotation.md): the keys of KEY_RING_FILE
+# first, then SECRET_KEYS (comma-separated, newest first; `pending:<key>` is decrypt-only).
+# The first key that is not pending encrypts; all decrypt. Defaults to SECRET_KEY (dev).
 SECRET_KEYS = env_list("SECRET_KEYS") or [SECRET_KEY]
+# The key-ring file `manage.py rotate_keys` and the scheduled rotation write (JSON, 0600).
+# Every web, worker and beat process must read the same file (one volume). Empty: keys come
+# only from SECRET_KEYS and are added, promoted and retired by editing it.
+KEY_RING_FILE = env("KEY_RING_FILE", str(SECRET_KEY_FILE.parent / "key_ring.json"))
+# How often a process checks the file for a change (before it next uses the ring).
+KEY_RING_RELOAD_SECONDS = env_int("KEY_RING_RELOAD_SECONDS", 10)
+# Each process notes in Redis which keys it holds, for this long after it last used the
+# ring: a promotion refuses while a process noted there lacks the new key.
+KEY_RING_SEEN_SECONDS = env_int("KEY_RING_SEEN_SECONDS", 600)
+# A new key is added (pending) every KEY_ROTATION_DAYS (0: never automatically) and
+# promoted KEY_ROTATION_PROMOTE_AFTER_SECONDS later, once every process knows it; then the
+# re-encryption job moves every secret to it. Beat checks every KEY_ROTATION_CHECK_SECONDS.
+KEY_ROTATION_DAYS = env_int("KEY_ROTATION_DAYS", 90)
+KEY_ROTATION_PROMOTE_AFTER_SECONDS = env_int("KEY_ROTATION_PROMOTE_AFTER_SECONDS", 3600)
+KEY_ROTATION_CHECK_SECONDS = env_int("KEY_ROTATION_CHECK_SECONDS", 3600)
+# Rows re-encrypted per transaction (and per checkpoint) by the re-encryption job.
+KEY_ROTATION_BATCH = env_int("KEY_ROTATION_BATCH", 500)
+if not 0 <= KEY_ROTATION_DAYS <= 3650:
+    raise ImproperlyConfigured("KEY_ROTATION_DAYS must be between 0 (off) and 3650.")
+if not 0 <= KEY_RING_RELOAD_SECONDS <= 300:
+    raise ImproperlyConfigured("KEY_RING_RELOAD_SECONDS must be between 0 and 300.")
+if not 60 <= KEY_RING_SEEN_SECONDS <= 86400:
+    raise ImproperlyConfigured("KEY_RING_SEEN_SECONDS must be between 60 and 86400.")
+if KEY_ROTATION_PROMOTE_AFTER_SECONDS < 2 * KEY_RING_RELOAD_SECONDS:
+    raise ImproperlyConfigured(
+        "KEY_ROTATION_PROMOTE_AFTER_SECONDS must be at least twice KEY_RING_RELOAD_SECONDS."
+    )
+if not 1 <= KEY_ROTATION_BATCH <= 10000:
+    raise ImproperlyConfigured("KEY_ROTATION_BATCH must be between 1 and 10000.")
+if not 60 <= KEY_ROTATION_CHECK_SECONDS <= 7 * 86400:
+    raise ImproperlyConfigured("KEY_ROTATION_CHECK_SECONDS must be between 60 and 604800.")
+CELERY_BEAT_SCHEDULE["key-rotation"] = {
+    "task": "orgs.tasks.key_rotation_tick",
+    "schedule": KEY_ROTATION_CHECK_SECONDS,
+}
 # With DEBUG off, a key anyone can read signs sessions and opens TOTP seeds: refuse to start
 # (siphera.serve prints this message and exits non-zero; so does every manage.py command).
 _weak_keys = [k for k in [SECRET_KEY, *SECRET_KEYS] if not k.strip() or k == DEV_SECRET_KEY]
@@ -548,7 +585,7 @@ LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600)
 if not 10 <= LIVEKIT_TOKEN_TTL_SECONDS <= 86400:
     raise ImproperlyConfigured("LIVEKIT_TOKEN_TTL_SECONDS must be between 10 and 86400.")
 
-# --- Enterprise controls: rate limits, key rotation (orgs; docs/rate-limits.md) ----------
+# --- Enterprise controls: rate limits (orgs; docs/rate-limits.md) ----------------------
 # Named rate limits, "name=count/seconds,..." over the defaults in siphera/ratelimit.py
 # (every name and default is in docs/rate-limits.md). Empty: the defaults.
 RATE_LIMITS = env("RATE_LIMITS", "")
@@ -559,11 +596,6 @@ MIDDLEWARE.insert(
 )
 # `api.user` on every authenticated API call.
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["siphera.ratelimit.ApiUserRateLimit"]
-# Re-encrypt TOTP seeds still under an older key of SECRET_KEYS, daily, one task per org.
-CELERY_BEAT_SCHEDULE["rotate-totp-secrets"] = {
-    "task": "orgs.tasks.dispatch_rotate_totp_secrets",
-    "schedule": 24 * 3600,
-}
 
 # --- Calls: TURN relay credentials (calls/services/turn.py; docs/operations.md, "TURN") --
 # URLs clients get with each credential (`turn:turn.example.com:3478?transport=udp`,

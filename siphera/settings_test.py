@@ -20,6 +20,12 @@ os.environ.setdefault("CELERY_QUEUE", f"siphera-{_RUN}")
 os.environ.setdefault(
     "AUDIT_ANCHOR_DIR", os.path.join(tempfile.gettempdir(), f"siphera-{_RUN}-audit-anchors")
 )
+# The key-ring file (siphera.keyring): one per run, never a developer's var/key_ring.json;
+# re-read on every use, so a test's change reaches the servers and workers at once.
+os.environ.setdefault(
+    "KEY_RING_FILE", os.path.join(tempfile.gettempdir(), f"siphera-{_RUN}-key-ring.json")
+)
+os.environ.setdefault("KEY_RING_RELOAD_SECONDS", "0")
 # Every consumer DB call checks with PostgreSQL that it runs in its socket's org schema
 # (siphera.tenancy.verify_schema): a cross-org mix-up fails loudly instead of passing.
 os.environ.setdefault("TENANT_DB_VERIFY_SCHEMA", "true")

@@ -7,3 +7,9 @@ class AccountsConfig(AppConfig):
     name = "orgs.accounts"
     label = "accounts"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from siphera.encrypted_at_rest import register_encrypted_field
+
+        # TOTP seeds (orgs.services.mfa): re-encrypted by the key-rotation job.
+        register_encrypted_field("accounts.TotpFactor", "secret_encrypted")

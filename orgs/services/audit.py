@@ -279,9 +279,21 @@ def walk_chain(
     expected = start_hash
     count = 0
     prev_id = 0
+    # Entries made with a key that has left the ring: checked against the seal written
+    # before it was retired (do_seal_key): key id -> [first entry id, digest, count].
+    unsealed: dict[str, list] = {}
     for row in rows:
         count += 1
         broken = link_problem(row, keyed)
+        if broken and broken[0] == UNKNOWN_KEY:
+            retired = unsealed.setdefault(row["key_id"], [row["id"], hashlib.sha256(), 0])
+            retired[1].update(_seal_bytes(row))
+            retired[2] += 1
+            broken = None
+        elif not broken and row.get("event") == AuditEvent.AUDIT_KEY_SEALED:
+            broken = _seal_problem(row, unsealed, full=start_hash == GENESIS)
+            if broken:
+                return ChainReport(False, count, expected, broken[0], *broken[1:])
         if broken:
             return ChainReport(False, count, expected, row["id"], *broken)
         if row["prev_hash"] != expected:
@@ -301,7 +313,46 @@ def walk_chain(
             progress(count, total)
     if progress is not None:
         progress(count, total)
+    if unsealed:
+        key_id, (first_id, _, _) = min(unsealed.items(), key=lambda item: item[1][0])
+        return ChainReport(
+            False,
+            count,
+            expected,
+            first_id,
+            UNKNOWN_KEY,
+            f"its hash was made with key {key_id}, which no key of the ring has, and no seal "
+            "entry covers it (the key was removed from the ring without `rotate_keys "
+            "--retire`, or the entry is forged)",
+        )
     return ChainReport(True, count, expected)
+
+
+def _seal_bytes(row: Mapping[str, Any]) -> bytes:
+    """What a seal's digest covers of one entry: its link, content and hash."""
+    return row["prev_hash"].encode() + canonical_payload(row) + row["hash"].encode() + b"\n"
+
+
+def _seal_problem(
+    row: Mapping[str, Any], unsealed: dict[str, list], *, full: bool
+) -> tuple[int, str, str] | None:
+    """Check a (verified) seal entry against the entries of its key seen since the key's
+    previous seal: (entry id, problem, detail) or None. Only a walk from the log's start
+    (`full`) has seen them all; a walk of a segment takes the seal's word for them."""
+    data = row["data"] or {}
+    pending = unsealed.pop(str(data.get("key_id")), None)
+    if pending is None or not full:
+        return None  # the key is still in the ring: its entries verified one by one
+    first_id, digest, entries = pending
+    if digest.hexdigest() == data.get("digest") and entries == data.get("entries"):
+        return None
+    return (
+        first_id,
+        ALTERED,
+        f"the entries made with retired key {data.get('key_id')} no longer match the seal "
+        f"written when it was retired (entry {row['id']}): one of them was edited, added or "
+        "removed",
+    )
 
 
 def link_problem(row: Mapping[str, Any], keyed: bool) -> tuple[str, str] | None:
@@ -420,12 +471,79 @@ def _locate(hash_: str) -> int | None:
     return AuditEntry.objects.filter(hash=hash_).values_list("id", flat=True).first()
 
 
+# --- retiring a key --------------------------------------------------------------------
+
+
+def chain_key_usage() -> dict[str, int]:
+    """Chain key id -> how many of the current org's entries it made and no seal covers
+    yet (keyed entries only)."""
+    rows = AuditEntry.objects.exclude(key_id=LEGACY_KEY_ID).values_list("key_id", "id")
+    last_seal: dict[str, int] = {}
+    for target_id, entry_id in AuditEntry.objects.filter(
+        event=AuditEvent.AUDIT_KEY_SEALED
+    ).values_list("target_id", "id"):
+        last_seal[target_id] = max(entry_id, last_seal.get(target_id, 0))
+    usage: dict[str, int] = {}
+    for key_id, entry_id in rows.iterator(5000):
+        if entry_id > last_seal.get(key_id, 0):
+            usage[key_id] = usage.get(key_id, 0) + 1
+    return usage
+
+
+def do_seal_key(key_id: str, *, actor: Actor) -> AuditEntry | None:
+    """Append an `audit.key_sealed` entry, signed with the active key, that covers every
+    entry chain key `key_id` made since its previous seal: their count, first and last id
+    and a SHA-256 digest over each one's link, content and hash. Once the key has left the
+    ring, `verify_chain` checks those entries against the seal instead of their own HMACs,
+    so editing, adding or removing one still shows. None when there is nothing to seal.
+
+    The caller makes sure no process still signs with `key_id` (it is not the active key
+    anywhere): an entry it made after the seal would fail verification once it is retired.
+    """
+    if key_id == mac_keys.newest(CHAIN_PURPOSE).id:
+        raise ValueError("the active key cannot be sealed: it signs new entries")
+    with transaction.atomic():
+        previous = (
+            AuditEntry.objects.filter(event=AuditEvent.AUDIT_KEY_SEALED, target_id=key_id)
+            .order_by("-id")
+            .values_list("id", flat=True)
+            .first()
+        )
+        entries = AuditEntry.objects.filter(key_id=key_id, id__gt=previous or 0).order_by("id")
+        digest, count, first_id, last_id = hashlib.sha256(), 0, None, None
+        for entry in entries.iterator(2000):
+            fields = entry_fields(entry)
+            digest.update(_seal_bytes(fields))
+            count += 1
+            first_id = first_id or entry.id
+            last_id = entry.id
+        if not count:
+            return None
+        return record(
+            AuditEvent.AUDIT_KEY_SEALED,
+            actor=actor,
+            target_type="audit_key",
+            target_id=key_id,
+            data={
+                "key_id": key_id,
+                "entries": count,
+                "first_id": first_id,
+                "last_id": last_id,
+                "digest": digest.hexdigest(),
+                "sealed_with": mac_keys.newest(CHAIN_PURPOSE).id,
+            },
+        )
+
+
 # --- anchoring -------------------------------------------------------------------------
 
 
-def do_anchor_head() -> ChainReport:
+def do_anchor_head(*, resign: bool = False) -> ChainReport:
     """Anchor the current org's chain head outside the database (audit_anchor.write), if
     the entries written since its latest anchor link to that anchor.
+
+    `resign`: a head already anchored with an older key is anchored again with the
+    active key (before that key is retired, so the org keeps an anchor that verifies).
 
     Checks only what is new (flat cost however long the log): the anchored entry must still
     be there with its hash, and every later entry must link from it. If not, nothing is
@@ -456,6 +574,10 @@ def do_anchor_head() -> ChainReport:
     if report.count == 0:
         if latest is None:
             return replace(report, note="empty log, nothing to anchor")
+        if resign and latest.key_id != mac_keys.newest(audit_anchor.ANCHOR_PURPOSE).id:
+            latest = audit_anchor.write(
+                schema, entry_id=latest.entry_id, hash=latest.hash, entry_ts=latest.entry_ts
+            )
         return replace(report, anchor_id=latest.entry_id, anchored_at=latest.anchored_at)
     head = AuditEntry.objects.get(hash=report.head)
     anchor = audit_anchor.write(

@@ -8,3 +8,9 @@ class SsoConfig(AppConfig):
     name = "orgs.sso"
     label = "sso"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from siphera.encrypted_at_rest import register_encrypted_field
+
+        # The OIDC client secret / SAML SP private key: re-encrypted by the key-rotation job.
+        register_encrypted_field("sso.IdentityProvider", "secret_encrypted")

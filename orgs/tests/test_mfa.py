@@ -436,48 +436,6 @@ def test_the_key_ring_decrypts_with_old_keys_and_rotation_moves_to_the_newest(se
         crypto.decrypt(token)
 
 
-def test_rotating_totp_seeds_re_encrypts_them_under_the_newest_key(settings, fresh_org):
-    user = make_user(fresh_org)
-    in_tenant(fresh_org, mfa.check_start_enrollment, user, actor=audit.Actor.system("tests"))
-    before = in_tenant(fresh_org, TotpFactor.objects.get, user=user).secret_encrypted
-    settings.SECRET_KEYS = ["a-brand-new-key-for-rotation-0001", *settings.SECRET_KEYS]
-    assert in_tenant(fresh_org, mfa.do_rotate_totp_secrets) == 1
-    assert in_tenant(fresh_org, mfa.do_rotate_totp_secrets) == 0
-    after = in_tenant(fresh_org, TotpFactor.objects.get, user=user).secret_encrypted
-    assert after != before and crypto.decrypt(after) == crypto.decrypt(before)
-
-
-def test_a_rotation_batch_commits_with_its_audit_entry_or_not_at_all(settings, fresh_org):
-    # Given three seeds under the old key, the last of which no key of the ring opens
-    system = audit.Actor.system("tests")
-    people = [make_user(fresh_org) for _ in range(3)]
-    for person in people:
-        in_tenant(fresh_org, mfa.check_start_enrollment, person, actor=system)
-    in_tenant(
-        fresh_org,
-        lambda: TotpFactor.objects.filter(user=people[-1]).update(secret_encrypted="garbage"),
-    )
-    settings.SECRET_KEYS = ["a-brand-new-key-for-rotation-0002", *settings.SECRET_KEYS]
-
-    def stale() -> list[bool]:
-        factors = in_tenant(fresh_org, lambda: list(TotpFactor.objects.order_by("pk")))
-        return [crypto.needs_rotation(f.secret_encrypted) for f in factors]
-
-    # When all three are one batch, the bad seed fails it: nothing rotated, nothing audited
-    with pytest.raises(crypto.DecryptionError):
-        in_tenant(fresh_org, mfa.do_rotate_totp_secrets)
-    assert stale() == [True, True, True]
-    assert events(fresh_org, "mfa.secrets_rotated") == []
-
-    # When the batches hold two seeds, the first batch commits with its own entry and the
-    # second (the bad seed) rolls back on its own
-    with pytest.raises(crypto.DecryptionError):
-        in_tenant(fresh_org, mfa.do_rotate_totp_secrets, batch_size=2)
-    assert stale() == [False, False, True]
-    [entry] = events(fresh_org, "mfa.secrets_rotated")
-    assert entry.data == {"rotated": 2} and entry.actor_label == "key-rotation"
-
-
 def test_a_holder_of_mfa_reset_cannot_reset_their_own_mfa_without_a_code(org_a, new_session):
     # Resetting your own second factor goes through DELETE /mfa/totp, which asks for a
     # current code: a stolen session of an admin must not drop the admin's MFA.
