@@ -35,11 +35,27 @@ def bind_loop() -> None:
     _loop.set(asyncio.get_running_loop())
 
 
+# Sends asked for by sync code on a socket DB thread (siphera.tenancy._DbPool): made on the
+# loop by the coroutine that awaited the call, once the call has returned (`collecting`).
+_collected: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "siphera_collected_sends", default=None
+)
+# Channel-layer sends one batch of collected sends keeps in flight at a time: a 1,000-member
+# fan-out neither goes one Redis round trip after another nor takes every connection of
+# the process's pool (REDIS_MAX_CONNECTIONS) from the other sockets' sends.
+FANOUT_CONCURRENCY = 32
+
+
 def send_now(group: str, payload: dict) -> None:
     """Send and wait until the channel layer has it (events whose order matters).
 
-    From a consumer's worker thread the send runs on the consumer's loop (bound by
-    `bind_loop`), on that loop's Redis connections; anywhere else on a loop of its own.
+    From a socket's DB thread (siphera.tenancy.tenant_db) the send is only noted: the
+    coroutine that awaited the call makes it on its loop as soon as the call returns, in
+    the order the call asked, before it goes on (`collecting`). The DB thread is free
+    meanwhile: a typing frame into a 1,000-member group used to hold it for 1,000 channel
+    layer sends, and a slow Redis held every DB thread of the process that way. From
+    other sync code with a bound loop (an HTTP request's thread) the send runs on that
+    loop, on its Redis connections; anywhere else on a loop of its own.
 
     With Redis unreachable the event is dropped (logged once per outage by
     siphera.redis_outage), never raised into the request or frame that caused it: what it
@@ -47,6 +63,10 @@ def send_now(group: str, payload: dict) -> None:
     when its process loses Redis and reads its state afresh when it connects again. Each
     event is still tried (not skipped during a known outage, as rate limits are): a blip
     that one call saw must not cost live sockets their wake-ups."""
+    collected = _collected.get()
+    if collected is not None:
+        collected.append((group, payload))
+        return
     loop = _loop.get()
     try:
         if loop is not None and not loop.is_closed() and not _on_a_loop():
@@ -58,6 +78,63 @@ def send_now(group: str, payload: dict) -> None:
         redis_outage.failed(exc, where="events")
         return
     redis_outage.succeeded()
+
+
+def collecting(fn: Callable[[], Any], sends: list) -> Any:
+    """Run `fn` (on a DB thread, in its call's context) with its `send_now` sends, and
+    those of its `notify_on_commit` hooks, appended to `sends` instead of made."""
+    _collected.set(sends)
+    return fn()
+
+
+async def send_collected(sends: list[tuple[str, dict]]) -> None:
+    """Make the sends a DB call collected, on this loop: sends to different groups go
+    together (at most FANOUT_CONCURRENCY at a time), two sends to one group in the order
+    they were asked for. Returns once all are done. A send Redis refuses is dropped, as
+    in `send_now`. Not cut short if the caller is cancelled (its socket closed): what
+    the call committed still reaches the other sockets."""
+    task = asyncio.ensure_future(_send_in_order(sends))
+    _sending.add(task)
+    task.add_done_callback(_sent)
+    await asyncio.shield(task)
+
+
+def send_collected_later(sends: list[tuple[str, dict]]) -> None:
+    """`send_collected` without waiting (on the loop's thread): for a call whose caller
+    went away before it returned."""
+    task = asyncio.ensure_future(_send_in_order(sends))
+    _sending.add(task)
+    task.add_done_callback(_sent)
+
+
+async def _send_in_order(sends: list[tuple[str, dict]]) -> None:
+    layer = get_channel_layer()
+    wave: list[tuple[str, dict]] = []
+    groups: set[str] = set()
+    for group, payload in sends:
+        if group in groups or len(wave) >= FANOUT_CONCURRENCY:
+            await _send_wave(layer, wave)
+            wave, groups = [], set()
+        wave.append((group, payload))
+        groups.add(group)
+    await _send_wave(layer, wave)
+
+
+async def _send_wave(layer, wave: list[tuple[str, dict]]) -> None:
+    if not wave:
+        return
+    results = await asyncio.gather(
+        *(layer.group_send(group, payload) for group, payload in wave), return_exceptions=True
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if not failures:
+        redis_outage.succeeded()
+        return
+    for failure in failures:
+        if isinstance(failure, REDIS_ERRORS):
+            redis_outage.failed(failure, where="events")
+        else:
+            log.error("events.send_failed", exc_info=failure)
 
 
 def _on_a_loop() -> bool:
@@ -161,5 +238,6 @@ def leave_local(group: str, consumer) -> None:
 
 
 def notify_on_commit(group: str, payload: dict) -> None:
-    """Send `payload` (with a `type` naming the consumer handler) to `group` after commit."""
+    """Send `payload` (with a `type` naming the consumer handler) to `group` after commit
+    (by `send_now`: from a socket's DB thread, on the loop once the call returned)."""
     transaction.on_commit(lambda: send_now(group, payload))

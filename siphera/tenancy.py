@@ -150,7 +150,9 @@ class _DbPool:
     `call_soon_threadsafe` cost 7 µs, and every frame makes one or two calls. The call runs
     in a copy of the caller's context (the org of the log lines, the loop bound by
     siphera.events), as with sync_to_async, on the thread's connection once one that saw
-    an error has been checked and, if unusable, closed (PITFALLS 5).
+    an error has been checked and, if unusable, closed (PITFALLS 5). The channel-layer
+    events the call asks for are sent by `run`, on the loop, after the thread is free
+    (siphera.events.send_now): a thread is never held while Redis answers.
     """
 
     def __init__(self, threads: int):
@@ -162,26 +164,32 @@ class _DbPool:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         events.bind_loop()  # sync code of the call posts its wake-ups to this loop
-        self._jobs.put((loop, future, contextvars.copy_context(), fn))
-        return await future
+        sends: list = []  # its channel-layer events, made here once it has returned
+        self._jobs.put((loop, future, contextvars.copy_context(), fn, sends))
+        try:
+            return await future
+        finally:
+            # Not on cancellation (the call may still be running): `_settle` sends them.
+            if sends and not future.cancelled():
+                await events.send_collected(sends)
 
     def _work(self) -> None:
         _use_unpooled_connection()
         checked = 0  # the connection-loss generation this thread's connection was checked at
         while True:
-            loop, future, context, fn = self._jobs.get()
+            loop, future, context, fn, sends = self._jobs.get()
             try:
                 checked = _discard_broken_connection(checked)
-                outcome = (context.run(fn), None)
+                outcome = (context.run(events.collecting, fn, sends), None)
             except BaseException as exc:  # handed to the awaiting coroutine
                 if isinstance(exc, (OperationalError, InterfaceError)):
                     _connection_lost()
                 outcome = (None, exc)
             try:
-                loop.call_soon_threadsafe(_settle, future, *outcome)
+                loop.call_soon_threadsafe(_settle, future, *outcome, sends)
             except RuntimeError:
                 pass  # the loop closed while the call ran: nobody is waiting any more
-            del future, outcome  # drop references while the thread waits for work
+            del future, outcome, sends  # drop references while the thread waits for work
 
 
 def _use_unpooled_connection() -> None:
@@ -199,9 +207,13 @@ def _use_unpooled_connection() -> None:
     connections[DEFAULT_DB_ALIAS] = backend(settings_dict, DEFAULT_DB_ALIAS)
 
 
-def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+def _settle(future: asyncio.Future, result, exc: BaseException | None, sends: list) -> None:
     if future.cancelled():
-        return  # the caller went away (a closed socket); the call still ran to its end
+        # The caller went away (a closed socket); the call still ran to its end, and what
+        # it committed still reaches the other sockets.
+        if sends:
+            events.send_collected_later(sends)
+        return
     if exc is None:
         future.set_result(result)
     else:
