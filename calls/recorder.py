@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +112,7 @@ class Recorder:
             "call_id": self.call_id,
             "sdp": pc.localDescription.sdp,
         }
-        group = group_name(self.org.schema_name, "d", key[0], key[1])
+        group = group_name(self.org.schema_name, "d", uuid.UUID(key[0]), key[1])
         await get_channel_layer().group_send(group, {"type": "call.frame", "frame": frame})
 
     async def _consume(self, leg: Leg, track) -> None:

@@ -83,7 +83,7 @@ def notice(call: Call) -> dict:
 
 
 def _device_group(user_id, device_id) -> str:
-    return group_name(connection.schema_name, "d", user_id, device_id)
+    return group_name(connection.schema_name, "d", uuid.UUID(str(user_id)), device_id)
 
 
 def _frame_event(frame: dict) -> dict:

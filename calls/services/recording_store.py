@@ -86,32 +86,38 @@ def write_encrypted(recording_id: uuid.UUID, data_key: bytes, pieces: Iterable[b
 
 
 def read_decrypted(recording_id: uuid.UUID, data_key_token: str, name: str) -> Iterator[bytes]:
-    """The plaintext WAV, a chunk at a time (raises CorruptRecording on any mismatch)."""
+    """The plaintext WAV of a stored recording, a chunk at a time (raises
+    CorruptRecording on any mismatch)."""
+    with storage().open(name, "rb") as blob:
+        yield from decrypt_stream(recording_id, data_key_token, blob)
+
+
+def decrypt_stream(recording_id: uuid.UUID, data_key_token: str, blob) -> Iterator[bytes]:
+    """Decrypt an open blob chunk by chunk."""
     try:
         fernet = Fernet(crypto.decrypt(data_key_token))
     except (crypto.DecryptionError, ValueError):
         raise CorruptRecording("the data key does not decrypt") from None
-    with storage().open(name, "rb") as blob:
-        index = 0
-        while True:
-            head = blob.read(_LENGTH.size)
-            if len(head) != _LENGTH.size:
-                raise CorruptRecording("the blob ends before its last chunk")
-            (length,) = _LENGTH.unpack(head)
-            if length > _MAX_TOKEN:
-                raise CorruptRecording("a chunk is too long")
-            token = blob.read(length)
-            try:
-                plain = fernet.decrypt(token)
-            except InvalidToken:
-                raise CorruptRecording(f"chunk {index} does not decrypt") from None
-            rec, got_index, last = _HEADER.unpack(plain[: _HEADER.size])
-            if rec != recording_id.bytes or got_index != index:
-                raise CorruptRecording(f"chunk {index} is out of place")
-            yield plain[_HEADER.size :]
-            if last:
-                return
-            index += 1
+    index = 0
+    while True:
+        head = blob.read(_LENGTH.size)
+        if len(head) != _LENGTH.size:
+            raise CorruptRecording("the blob ends before its last chunk")
+        (length,) = _LENGTH.unpack(head)
+        if length > _MAX_TOKEN:
+            raise CorruptRecording("a chunk is too long")
+        token = blob.read(length)
+        try:
+            plain = fernet.decrypt(token)
+        except InvalidToken:
+            raise CorruptRecording(f"chunk {index} does not decrypt") from None
+        rec, got_index, last = _HEADER.unpack(plain[: _HEADER.size])
+        if rec != recording_id.bytes or got_index != index:
+            raise CorruptRecording(f"chunk {index} is out of place")
+        yield plain[_HEADER.size :]
+        if last:
+            return
+        index += 1
 
 
 def delete_blobs(names: Iterable[str]) -> int:

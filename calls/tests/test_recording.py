@@ -126,7 +126,7 @@ async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_store
         assert notice["recorder"]["name"] == "Compliance recorder"
         await alice.expect("call.invited")
         assert alice.arrivals[-2:] == ["call.recording", "call.invited"]
-        await bob.expect("call.incoming")
+        incoming = await bob.expect("call.incoming")
         assert bob.arrivals.index("call.recording") < bob.arrivals.index("call.incoming")
 
         # Alice adds her leg to the recorder while it rings; trickles her candidates
@@ -135,8 +135,7 @@ async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_store
         await alice.trickle(call_id)
 
         # Bob answers before his leg is up: Alice does not get the answer yet
-        incoming_sdp = (await asyncio.wait_for(_incoming(bob), WAIT))["sdp"]
-        await bob.pc.setRemoteDescription(RTCSessionDescription(incoming_sdp, "offer"))
+        await bob.pc.setRemoteDescription(RTCSessionDescription(incoming["sdp"], "offer"))
         bob.pc.addTrack(Tone(CALLEE_HZ))
         await bob.pc.setLocalDescription(await bob.pc.createAnswer())
         tasks.append(asyncio.create_task(bob.apply_remote_candidates(alice)))
@@ -177,14 +176,8 @@ async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_store
     stored = (Path(media_root) / rec.storage_name).read_bytes()
     assert rec.size == len(stored)
     assert b"RIFF" not in stored and b"WAVE" not in stored  # no plaintext WAV in the store
-    plain = b"".join(
-        in_tenant(
-            org,
-            lambda: list(
-                recording_store.read_decrypted(rec.pk, rec.data_key_encrypted, rec.storage_name)
-            ),
-        )
-    )
+    with open(Path(media_root) / rec.storage_name, "rb") as blob:
+        plain = b"".join(recording_store.decrypt_stream(rec.pk, rec.data_key_encrypted, blob))
     with wave.open(io.BytesIO(plain)) as wav:
         assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (2, 16000, 2)
         seconds = wav.getnframes() / wav.getframerate()
@@ -201,10 +194,6 @@ async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_store
     assert max(map(abs, left)) > 2000 and max(map(abs, right)) > 2000
     assert abs(dominant_hz(left, 16000) - CALLER_HZ) < CALLER_HZ * 0.15
     assert abs(dominant_hz(right, 16000) - CALLEE_HZ) < CALLEE_HZ * 0.15
-
-
-async def _incoming(side: OrderedSide) -> dict:
-    return await side.expect("call.incoming")
 
 
 def _recording(org, call_id):
