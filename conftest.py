@@ -15,6 +15,6 @@ import os
 # not inherit this: tests/fixtures.child_env removes it.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-pytest_plugins = ["tests.fixtures", "tests.smtp"]
+pytest_plugins = ["tests.fixtures", "tests.smtp", "tests.dns"]
 
 logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import pytest
 
 
 class DnsServer:
@@ -82,3 +83,23 @@ def dns_server() -> Iterator[DnsServer]:
         yield server
     finally:
         server.stop()
+
+
+# Named by the decorator: a function called `dns` would hide the dnspython package above.
+@pytest.fixture(scope="module", name="dns")
+def dns_fixture():
+    """A DNS server for the test module (a plugin of conftest.py)."""
+    with dns_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dns_web(dns, _database, tmp_path_factory):
+    """A web process that asks `dns` (with a short timeout) to verify host names."""
+    from tests.fixtures import server_with_env
+
+    log = tmp_path_factory.mktemp("dns-web") / "server.log"
+    with server_with_env(
+        log, DOMAIN_VERIFY_NAMESERVERS=dns.address, DOMAIN_VERIFY_TIMEOUT_SECONDS="2"
+    ) as live:
+        yield live

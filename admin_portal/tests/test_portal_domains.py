@@ -6,28 +6,10 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from admin_portal.tests.conftest import Portal
 from orgs.accounts.models import AuditEntry
 from siphera.tenancy import in_tenant
-from tests.dns import dns_server
-from tests.fixtures import create_org, host_of, make_user, server_with_env, unique
-
-
-@pytest.fixture(scope="module")
-def dns():
-    with dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dns_web(dns, _database, tmp_path_factory):
-    log = tmp_path_factory.mktemp("dns-portal") / "server.log"
-    with server_with_env(
-        log, DOMAIN_VERIFY_NAMESERVERS=dns.address, DOMAIN_VERIFY_TIMEOUT_SECONDS="2"
-    ) as live:
-        yield live
+from tests.fixtures import create_org, host_of, make_user, unique
 
 
 def signed_in(live, org, user, host: str | None = None) -> Portal:

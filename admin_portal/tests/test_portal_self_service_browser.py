@@ -16,8 +16,7 @@ from messaging.models import LegalHold
 from messaging.tests.helpers import send_body, start_conversation
 from orgs.accounts.models import AuditEntry, User
 from siphera.tenancy import in_tenant
-from tests.dns import dns_server
-from tests.fixtures import PASSWORD, create_org, host_of, make_user, server_with_env, unique
+from tests.fixtures import PASSWORD, create_org, host_of, make_user, unique
 from tests.ws import authed_socket, recv_type, wait_closed
 
 pytestmark = pytest.mark.browser
@@ -165,21 +164,6 @@ async def test_the_dashboard_shows_activity(server, org_y, chromium, screenshots
 
 
 # --- domains: a real DNS server, two host names in the browser -------------------------------
-
-
-@pytest.fixture(scope="module")
-def dns():
-    with dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dns_web(dns, _database, tmp_path_factory):
-    log = tmp_path_factory.mktemp("dns-browser") / "server.log"
-    with server_with_env(
-        log, DOMAIN_VERIFY_NAMESERVERS=dns.address, DOMAIN_VERIFY_TIMEOUT_SECONDS="2"
-    ) as live:
-        yield live
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,20 @@ ERROR = OpenApiResponse(description='{"error": {"code", "message"}, ...}')
 CompliancePerm = require(Perm.COMPLIANCE_MANAGE)
 
 
+def _set_retention(request, conversation) -> Response:
+    """A PUT of {"days"} on `conversation` (already accessed by the view's rule)."""
+    form = cs.RetentionSerializer(data=request.data)
+    form.is_valid(raise_exception=True)
+    conversation = retention.check_set_conversation_retention(
+        conversation,
+        form.validated_data["days"],
+        acting_user=request.user,
+        acting_device_id=request.auth.device_id,
+        actor=audit.Actor.from_request(request),
+    )
+    return Response(retention.conversation_retention_payload(conversation))
+
+
 class ConversationRetentionView(APIView):
     permission_classes = [require(Perm.MESSAGING_USE)]
 
@@ -36,16 +50,7 @@ class ConversationRetentionView(APIView):
     )
     def put(self, request, conversation_id):
         conversation = conversations.access_conversation(request.user, conversation_id)
-        form = cs.RetentionSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        conversation = retention.check_set_conversation_retention(
-            conversation,
-            form.validated_data["days"],
-            acting_user=request.user,
-            acting_device_id=request.auth.device_id,
-            actor=audit.Actor.from_request(request),
-        )
-        return Response(retention.conversation_retention_payload(conversation))
+        return _set_retention(request, conversation)
 
 
 class ComplianceConversationRetentionView(APIView):
@@ -59,17 +64,7 @@ class ComplianceConversationRetentionView(APIView):
         "beyond the org's policy too; the caller need not be a member.",
     )
     def put(self, request, conversation_id):
-        conversation = retention.access_any_conversation(conversation_id)
-        form = cs.RetentionSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        conversation = retention.check_set_conversation_retention(
-            conversation,
-            form.validated_data["days"],
-            acting_user=request.user,
-            acting_device_id=request.auth.device_id,
-            actor=audit.Actor.from_request(request),
-        )
-        return Response(retention.conversation_retention_payload(conversation))
+        return _set_retention(request, retention.access_any_conversation(conversation_id))
 
 
 class PolicyView(APIView):

@@ -33,9 +33,9 @@ from orgs.accounts.models import PendingDomain
 from orgs.audit_events import AuditEvent
 from orgs.models import Domain, Org
 from orgs.services import audit
-from orgs.services.orgs import do_add_domain, validate_host_name
+from orgs.services.orgs import do_add_domain, do_remove_domain, validate_host_name
 from siphera.api_errors import ApiError, not_found
-from siphera.tenancy import in_tenant, public_schema
+from siphera.tenancy import public_schema
 
 TXT_LABEL = "_siphera-verify"
 TXT_PREFIX = "siphera-verify="
@@ -229,14 +229,4 @@ def check_remove_domain(
             "domain_in_use",
             "You are signed in through this domain: remove it from another one.",
         )
-    with public_schema(), transaction.atomic():
-        Domain.objects.filter(pk=row.pk, tenant=org).delete()
-        in_tenant(
-            org,
-            audit.record,
-            AuditEvent.ORG_DOMAIN_REMOVED,
-            actor=actor,
-            target_type="domain",
-            target_id=row.domain,
-            data={"domain": row.domain, "was": "verified"},
-        )
+    do_remove_domain(org, row, actor=actor)

@@ -106,6 +106,22 @@ def do_add_domain(org: Org, domain: str, *, actor: audit.Actor) -> Domain:
     return row
 
 
+def do_remove_domain(org: Org, domain: Domain, *, actor: audit.Actor) -> None:
+    """Stop routing a (non-primary) host name of `org`, audited `org.domain_removed` in
+    the org's log in the same transaction (as `do_add_domain`)."""
+    with public_schema(), transaction.atomic():
+        Domain.objects.filter(pk=domain.pk, tenant=org, is_primary=False).delete()
+        in_tenant(
+            org,
+            audit.record,
+            AuditEvent.ORG_DOMAIN_REMOVED,
+            actor=actor,
+            target_type="domain",
+            target_id=domain.domain,
+            data={"domain": domain.domain, "was": "verified"},
+        )
+
+
 def get_org(slug: str) -> Org:
     with public_schema():
         org = Org.objects.filter(slug=slug).first()

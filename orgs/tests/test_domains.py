@@ -5,36 +5,17 @@ another org sees."""
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from orgs.accounts.models import AuditEntry
 from siphera.tenancy import in_tenant
-from tests.dns import dns_server
 from tests.fixtures import (
     Api,
     create_org,
     host_of,
     make_user,
     register_device,
-    server_with_env,
     unique,
 )
-
-
-@pytest.fixture(scope="module")
-def dns():
-    with dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dns_web(dns, _database, tmp_path_factory):
-    """A web process asking the test DNS server (and a short timeout)."""
-    log = tmp_path_factory.mktemp("dns-web") / "server.log"
-    with server_with_env(
-        log, DOMAIN_VERIFY_NAMESERVERS=dns.address, DOMAIN_VERIFY_TIMEOUT_SECONDS="2"
-    ) as live:
-        yield live
 
 
 def owner_api(server, org, role: str = "owner") -> Api:
