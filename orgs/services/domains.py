@@ -87,6 +87,8 @@ def check_claim_domain(org: Org, domain: str, *, actor: audit.Actor) -> PendingD
     this or another org), 409 `too_many_pending`. Claiming a name already pending here
     returns that claim unchanged. Audited `org.domain_claimed`."""
     domain = validate_host_name(domain)
+    if len(f"{TXT_LABEL}.{domain}") > 253:  # the record's name must be a DNS name too
+        raise ApiError(400, "invalid_domain", "This name is too long to verify by DNS.")
     if _taken(domain):
         raise ApiError(409, "domain_taken", f"Domain already in use: {domain}.")
     existing = PendingDomain.objects.filter(domain=domain).first()
