@@ -1,8 +1,8 @@
 # Siphera developer commands. `make run` and `make test` work on a fresh machine: they
 # create .venv, ensure PostgreSQL and Redis run (starting or installing them), then act.
-# `make test` also installs Chromium (browser test), coturn (TURN tests) and xmlsec1 (the SAML
-# tests' identity provider) when missing, and a Docker Compose client (the test that runs
-# `docker-compose config` on docker-compose.yml).
+# `make test` also installs Chromium (browser test), coturn (TURN tests), xmlsec1 (the SAML
+# tests' identity provider), espeak-ng (speech for the transcription test) when missing, and
+# a Docker Compose client (the test that runs `docker-compose config` on docker-compose.yml).
 # Settings come from the environment (README: Configuration), e.g.
 #   make run PORT=8001 DATABASE_URL=postgres://postgres@127.0.0.1:5432/siphera_dev
 
@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint format bench clean services stop-local venv chromium coturn xmlsec1 \
+.PHONY: help run test lint format bench clean services stop-local venv chromium coturn xmlsec1 espeak \
 	compose
 
 help:
@@ -40,6 +40,9 @@ coturn:
 xmlsec1:
 	@scripts/ensure_xmlsec1.sh
 
+espeak:
+	@scripts/ensure_espeak.sh
+
 compose:
 	@scripts/ensure_compose.sh
 
@@ -48,7 +51,7 @@ run: venv services
 
 # PYTEST_ARGS passes options through, e.g. make test PYTEST_ARGS="-k websocket -x".
 # pytest's own exit code is reported by make ("Error 5" when no test ran) and fails the run.
-test: venv services chromium coturn xmlsec1 compose
+test: venv services chromium coturn xmlsec1 compose espeak
 	@echo "==> Running the test suite (real PostgreSQL, Redis, uvicorn and Celery worker)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
