@@ -22,6 +22,10 @@ class MessagingError(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: not application/octet-stream
     INVALID_ATTACHMENT = "invalid_attachment"  # 400: not the sender's, or bound elsewhere
     STORAGE_UNAVAILABLE = "storage_unavailable"  # 503: the blob store failed; try again
+    STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"  # 413: the org's storage quota
+    UNSENT_UPLOAD_QUOTA_EXCEEDED = "unsent_upload_quota_exceeded"  # 413: the user's quota
+    # queues
+    QUEUE_FULL = "queue_full"  # 409: envelopes for devices whose queue is full
     # retention and legal holds
     INVALID_RETENTION = "invalid_retention"  # 400: days out of range
     RETENTION_EXCEEDS_POLICY = "retention_exceeds_policy"  # 403: longer than the org allows

@@ -212,7 +212,13 @@ class Attachment(models.Model):
                 fields=["created_at"],
                 name="attachment_unbound_age",
                 condition=models.Q(conversation__isnull=True),
-            )
+            ),
+            # A user's never-sent uploads (the unsent-upload quota).
+            models.Index(
+                fields=["uploader"],
+                name="attachment_unbound_by_user",
+                condition=models.Q(conversation__isnull=True),
+            ),
         ]
 
 
@@ -238,18 +244,39 @@ class MessagingPolicy(models.Model):
     """The org's retention and attachment policy: one row per org schema (pk is always 1).
 
     Null fields follow the platform defaults (`RETENTION_DEFAULT_DAYS`,
-    `ATTACHMENT_MAX_BYTES`). Kept apart from accounts.OrgPolicy so each app owns its
+    `ATTACHMENT_MAX_BYTES`, `DEVICE_QUEUE_MAX`, `ATTACHMENT_STORAGE_QUOTA_BYTES`,
+    `UNSENT_UPLOAD_QUOTA_BYTES`). Kept apart from accounts.OrgPolicy so each app owns its
     migrations. Read and changed only through messaging.services.retention.
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     retention_days = models.PositiveIntegerField(null=True)
     attachment_max_bytes = models.BigIntegerField(null=True)
+    # Quotas: messages waiting for one device; bytes of the org's completed attachments;
+    # bytes of one user's uploads not yet sent in a message.
+    device_queue_max = models.PositiveIntegerField(null=True)
+    attachment_storage_quota_bytes = models.BigIntegerField(null=True)
+    unsent_upload_quota_bytes = models.BigIntegerField(null=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=models.Q(id=1), name="messaging_policy_singleton")
+        ]
+
+
+class AttachmentStorage(models.Model):
+    """The bytes of the org's completed attachments, kept as a running total (one row per
+    org schema, pk always 1) so the storage quota costs no SUM over every attachment per
+    upload. Changed only by messaging.services.attachments, in the transaction that
+    completes or deletes attachments."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    used_bytes = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="attachment_storage_singleton")
         ]
 
 

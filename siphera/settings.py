@@ -408,6 +408,10 @@ KEYS_TARGET_CLAIM_RATE = env_int("KEYS_TARGET_CLAIM_RATE", 100)
 # at most once per interval per device (the interval restarts when the device uploads).
 KEYS_LOW_THRESHOLD = env_int("KEYS_LOW_THRESHOLD", 10)
 KEYS_LOW_NOTIFY_INTERVAL_SECONDS = env_int("KEYS_LOW_NOTIFY_INTERVAL_SECONDS", 30)
+# Messages waiting for one device (unacknowledged), unless the org's policy sets its own:
+# past it a send refuses envelopes for that device (409 queue_full) and a body-only
+# message skips its queue (messaging.services.delivery).
+DEVICE_QUEUE_MAX = env_int("DEVICE_QUEUE_MAX", 10_000)
 
 # --- REST API -----------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -472,6 +476,10 @@ REQUEST_BODY_LIMITS = {
 }
 # Uploads never referenced by a message are purged after this long (a day).
 ATTACHMENT_UNBOUND_TTL_SECONDS = env_int("ATTACHMENT_UNBOUND_TTL_SECONDS", 24 * 3600)
+# Quotas, unless the org's policy sets its own: bytes of an org's completed attachments,
+# and bytes of one user's uploads not yet sent in a message.
+ATTACHMENT_STORAGE_QUOTA_BYTES = env_int("ATTACHMENT_STORAGE_QUOTA_BYTES", 100 * 1024**3)
+UNSENT_UPLOAD_QUOTA_BYTES = env_int("UNSENT_UPLOAD_QUOTA_BYTES", 1024**3)
 ATTACHMENTS_S3_BUCKET = env("ATTACHMENTS_S3_BUCKET")
 if ATTACHMENTS_S3_BUCKET:
     from boto3.s3.transfer import TransferConfig

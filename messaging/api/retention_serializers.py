@@ -4,14 +4,21 @@ from rest_framework import serializers
 class CompliancePolicyChangeSerializer(serializers.Serializer):
     retention_days = serializers.IntegerField(required=False, allow_null=True)
     attachment_max_bytes = serializers.IntegerField(required=False, allow_null=True)
+    device_queue_max = serializers.IntegerField(required=False, allow_null=True)
+    attachment_storage_quota_bytes = serializers.IntegerField(required=False, allow_null=True)
+    unsent_upload_quota_bytes = serializers.IntegerField(required=False, allow_null=True)
 
 
 class CompliancePolicySerializer(serializers.Serializer):
     retention_days = serializers.IntegerField(allow_null=True)
     attachment_max_bytes = serializers.IntegerField(allow_null=True)
+    device_queue_max = serializers.IntegerField(allow_null=True)
+    attachment_storage_quota_bytes = serializers.IntegerField(allow_null=True)
+    unsent_upload_quota_bytes = serializers.IntegerField(allow_null=True)
     effective = serializers.DictField()
     defaults = serializers.DictField()
     limits = serializers.DictField()
+    usage = serializers.DictField()
 
 
 class HoldCreateSerializer(serializers.Serializer):

@@ -13,6 +13,12 @@ Guarantees:
   conversation may. Anyone else, another org included, gets the same 404.
 - An attachment is deleted (row, then blob) with the last message that references it, and
   a never-sent upload after `ATTACHMENT_UNBOUND_TTL_SECONDS`.
+- Quotas (the org's policy): the bytes of the org's completed attachments (a running
+  total, AttachmentStorage, changed in the transaction that completes or deletes them)
+  and the bytes of one user's uploads not yet sent. An upload that would exceed either is
+  refused (413 `storage_quota_exceeded` / `unsent_upload_quota_exceeded`) with nothing
+  left behind; the check at completion runs under locks, so concurrent uploads cannot
+  pass a quota together.
 """
 
 from __future__ import annotations
@@ -21,16 +27,17 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.core.files.storage import Storage, storages
-from django.db import connection
-from django.db.models import Q
+from django.db import connection, transaction
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from messaging.error_codes import MessagingError
-from messaging.models import Attachment, Message, MessageAttachment
+from messaging.models import Attachment, AttachmentStorage, Message, MessageAttachment
 from orgs.accounts.models import User
 from siphera.api_errors import ApiError, not_found
 
@@ -110,6 +117,87 @@ def too_large(limit: int) -> ApiError:
     )
 
 
+# With hashtext(user id): one advisory lock per user for completing uploads (unsent quota).
+_UPLOAD_LOCK_NAMESPACE = 0x5E1C
+
+
+@dataclass(frozen=True)
+class _Room:
+    """How many more bytes an upload may have, and the error for each limit."""
+
+    max_bytes: int  # the org's size limit for one attachment
+    storage_quota: int
+    storage_used: int
+    unsent_quota: int
+    unsent_used: int
+
+    def error_for(self, size: int) -> ApiError | None:
+        if size > self.max_bytes:
+            return too_large(self.max_bytes)
+        if self.storage_used + size > self.storage_quota:
+            return ApiError(
+                413,
+                MessagingError.STORAGE_QUOTA_EXCEEDED,
+                "The org's attachment storage is full; an admin can raise its quota.",
+                extra={"quota_bytes": self.storage_quota, "used_bytes": self.storage_used},
+            )
+        if self.unsent_used + size > self.unsent_quota:
+            return ApiError(
+                413,
+                MessagingError.UNSENT_UPLOAD_QUOTA_EXCEEDED,
+                "Your uploads not yet sent in a message fill your quota: send them or let "
+                "them expire first.",
+                extra={"quota_bytes": self.unsent_quota, "used_bytes": self.unsent_used},
+            )
+        return None
+
+    @property
+    def limit(self) -> int:
+        """The most bytes a body may have now (reading stops one byte past it)."""
+        return max(
+            0,
+            min(
+                self.max_bytes,
+                self.storage_quota - self.storage_used,
+                self.unsent_quota - self.unsent_used,
+            ),
+        )
+
+
+def _room(uploader: User) -> _Room:
+    from messaging.services import retention
+
+    policy = retention.get_policy()
+    return _Room(
+        max_bytes=retention.attachment_max_bytes(policy),
+        storage_quota=retention.attachment_storage_quota_bytes(policy),
+        storage_used=storage_used_bytes(),
+        unsent_quota=retention.unsent_upload_quota_bytes(policy),
+        unsent_used=unsent_bytes(uploader),
+    )
+
+
+def storage_used_bytes() -> int:
+    """The bytes of the org's completed attachments (the running total)."""
+    return AttachmentStorage.objects.filter(pk=1).values_list("used_bytes", flat=True).first() or 0
+
+
+def unsent_bytes(uploader: User) -> int:
+    """The bytes of `uploader`'s completed uploads not yet sent in a message (a few rows:
+    the quota and the unsent-upload purge bound them; partial index)."""
+    total = Attachment.objects.filter(
+        uploader=uploader, conversation__isnull=True, completed_at__isnull=False
+    ).aggregate(total=Sum("size"))["total"]
+    return total or 0
+
+
+def _add_used(delta: int) -> None:
+    if delta and not AttachmentStorage.objects.filter(pk=1).update(
+        used_bytes=F("used_bytes") + delta
+    ):
+        AttachmentStorage.objects.create(pk=1, used_bytes=max(delta, 0))
+
+
 def check_upload(
     stream,
     *,
@@ -122,19 +210,17 @@ def check_upload(
     completed attachment. Content-Type must be application/octet-stream (415); an empty
     body is 400; more than the org's limit is 413 (from Content-Length before anything is
     stored, or while streaming a body without one) and leaves nothing behind."""
-    from messaging.services.retention import attachment_max_bytes
-
     if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
         raise ApiError(
             415,
             MessagingError.UNSUPPORTED_MEDIA_TYPE,
             f"Upload the encrypted bytes as the raw body with Content-Type: {CONTENT_TYPE}.",
         )
-    limit = attachment_max_bytes()
+    room = _room(uploader)
     if content_length == 0:
         raise ApiError(400, MessagingError.EMPTY_ATTACHMENT, "The body is empty.")
-    if content_length is not None and content_length > limit:
-        raise too_large(limit)
+    if content_length is not None and (error := room.error_for(content_length)):
+        raise error
 
     attachment_id = uuid.uuid4()
     attachment = Attachment.objects.create(
@@ -144,12 +230,12 @@ def check_upload(
         storage_name=_storage_name(attachment_id),
         created_at=timezone.now(),
     )
-    body = _LimitedBody(stream, limit)
+    body = _LimitedBody(stream, room.limit)
     try:
         stored_name = storage().save(attachment.storage_name, body)
     except _TooLarge:
         _discard(attachment)
-        raise too_large(limit) from None
+        raise room.error_for(room.limit + 1) from None
     except Exception:
         error = storage_unavailable(attachment)
         _discard(attachment)
@@ -168,9 +254,32 @@ def check_upload(
     attachment.size = body.size
     attachment.sha256 = body.digest.hexdigest()
     attachment.completed_at = timezone.now()
-    attachment.save(update_fields=["storage_name", "size", "sha256", "completed_at"])
+    try:
+        _do_complete(attachment, uploader)
+    except ApiError:
+        _discard(attachment)
+        raise
     log.info("attachment stored", extra={"attachment": str(attachment.pk), "size": body.size})
     return attachment
+
+
+def _do_complete(attachment: Attachment, uploader: User) -> None:
+    """Mark the stored upload complete and count its bytes, if the quotas still allow it
+    (checked again under the org's storage row lock and the uploader's lock: concurrent
+    uploads each passed the first check); else the quota's 413."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                [_UPLOAD_LOCK_NAMESPACE, str(uploader.pk)],
+            )
+        AttachmentStorage.objects.get_or_create(pk=1)
+        AttachmentStorage.objects.select_for_update().get(pk=1)
+        error = _room(uploader).error_for(attachment.size)
+        if error is not None:
+            raise error
+        attachment.save(update_fields=["storage_name", "size", "sha256", "completed_at"])
+        _add_used(attachment.size)
 
 
 def storage_unavailable(attachment: Attachment) -> ApiError:
@@ -312,10 +421,20 @@ def delete_unreferenced(attachment_ids: Iterable) -> list[str]:
     caller's transaction). Returns their storage names: delete the blobs after commit
     with `delete_blobs`."""
     orphans = Attachment.objects.filter(pk__in=list(attachment_ids), message_links__isnull=True)
-    names = list(orphans.values_list("storage_name", flat=True))
-    if names:
-        Attachment.objects.filter(storage_name__in=names).delete()
-    return names
+    return delete_rows(orphans)
+
+
+def delete_rows(rows) -> list[str]:
+    """Delete these attachment rows (inside the caller's transaction), taking their bytes
+    off the org's storage total. Returns their storage names: delete the blobs after
+    commit with `delete_blobs`. Every deletion of completed attachments goes through here
+    (a failed upload's row, never counted, is `_discard`ed)."""
+    found = list(rows.values_list("pk", "storage_name", "size", "completed_at"))
+    if not found:
+        return []
+    Attachment.objects.filter(pk__in=[pk for pk, *_ in found]).delete()
+    _add_used(-sum(size or 0 for _, _, size, done in found if done is not None))
+    return [name for _, name, _, _ in found]
 
 
 def take_stale_unbound(*, now, ttl_seconds: int, limit: int, keep_uploaders=()) -> list[str]:
@@ -331,10 +450,7 @@ def take_stale_unbound(*, now, ttl_seconds: int, limit: int, keep_uploaders=()) 
         .order_by("created_at")
         .values_list("pk", "storage_name")[:limit]
     )
-    rows = list(rows)
-    if rows:
-        Attachment.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
-    return [name for _, name in rows]
+    return delete_rows(Attachment.objects.filter(pk__in=[pk for pk, _ in rows]))
 
 
 def delete_blobs(names: Iterable[str]) -> int:

@@ -320,9 +320,9 @@ def on_user_erasing(user: User, report: ErasureReport) -> None:
     )
     QueuedMessage.objects.filter(message_id__in=ids).update(envelope_body=None)
     names = attachments.delete_unreferenced(linked)
-    unbound = Attachment.objects.filter(uploader=user, conversation__isnull=True)
-    names += list(unbound.values_list("storage_name", flat=True))
-    unbound.delete()
+    names += attachments.delete_rows(
+        Attachment.objects.filter(uploader=user, conversation__isnull=True)
+    )
     report.remove("attachments", len(names))
     if names:
         transaction.on_commit(lambda: attachments.delete_blobs(names))

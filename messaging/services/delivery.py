@@ -16,6 +16,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -58,13 +59,19 @@ class Envelope:
 class SendResult:
     message: Message
     created: bool
+    # (user id, device id) of devices whose queue was full: a body-only message was not
+    # queued for them (they find it in the history).
+    queue_full: tuple = ()
 
     def payload(self) -> dict:
-        return {
+        payload = {
             "id": str(self.message.pk),
             "seq": self.message.seq,
             "ts": self.message.created_at.isoformat(),
         }
+        if self.queue_full:
+            payload["queue_full"] = _device_list(self.queue_full)
+        return payload
 
 
 def _device_list(pairs) -> list[dict]:
@@ -91,6 +98,12 @@ def check_send_message(
     all members except the sending device: otherwise 409 (missing/extra) or 410 (stale),
     and nothing is stored. `attachments` (ids) must be the sender's own uploads, not yet
     sent or sent to this conversation (400 `invalid_attachment`); they are bound to it.
+
+    Queue cap (the org's `device_queue_max`): a device holding that many unacknowledged
+    messages takes no more. Envelopes addressed to it refuse the send (409 `queue_full`
+    naming the devices; nothing stored), and envelopes may leave such a device out; a
+    message without envelopes skips its queue, and the result names it (`queue_full`).
+    Nothing already queued is ever dropped for the cap.
     """
     if body is None and envelopes is None:
         raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Send a body, envelopes, or both.")
@@ -136,9 +149,10 @@ def check_send_message(
             # path below, which finds the exact answer. (An envelope's user_id compares
             # as a string, and the statement reads it as a uuid: any other spelling
             # names no device, which the locked path answers with a 409.)
-            if _insert_message(message, envelopes):
+            skipped = _insert_message(message, envelopes)
+            if skipped is not None:
                 metrics.MESSAGES_SENT.inc()
-                return SendResult(message, created=True)
+                return SendResult(message, created=True, queue_full=skipped)
         with transaction.atomic():
             result = _send_locked(message, envelopes, attachments or [])
         if result.created:
@@ -181,6 +195,7 @@ class _Locked:
     existing_id: uuid.UUID | None  # an earlier message with this client_id
     member_ids: set[str]
     devices: set[tuple[str, int]]  # (user id, device id) of every member's current devices
+    pks: dict[tuple[str, int], int]  # their primary keys
 
 
 def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | None:
@@ -203,13 +218,30 @@ def _lock_conversation(conversation_id, sender: User, client_id) -> _Locked | No
         rows = cursor.fetchall()
     if not rows:
         return None
-    devices = {(str(user_id), device_id) for user_id, pk, device_id, _, _ in rows if pk is not None}
+    pks = {(str(user_id), device_id): pk for user_id, pk, device_id, _, _ in rows if pk is not None}
     return _Locked(
         is_member=rows[0][3],
         existing_id=rows[0][4],
         member_ids={str(row[0]) for row in rows},
-        devices=devices,
+        devices=set(pks),
+        pks=pks,
     )
+
+
+def _full_queues(pks: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
+    """Those of the (user id, device id) -> pk devices whose queue is at the org's cap."""
+    from messaging.services.retention import device_queue_max
+
+    if not pks:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.id FROM unnest(%s::bigint[]) AS d(id) WHERE EXISTS ("
+            " SELECT 1 FROM messaging_queuedmessage q WHERE q.device_id = d.id OFFSET %s)",
+            [list(pks.values()), device_queue_max() - 1],
+        )
+        full = {pk for (pk,) in cursor.fetchall()}
+    return {device for device, pk in pks.items() if pk in full}
 
 
 def _send_locked(message: Message, envelopes, attachment_ids) -> SendResult:
@@ -232,16 +264,18 @@ def _send_locked(message: Message, envelopes, attachment_ids) -> SendResult:
             member_ids,
         )
         targets = locked.devices - {(str(sender.pk), message.sender_device_id)}
-        _check_coverage(targets, envelopes, member_ids)
+        full = _full_queues({d: locked.pks[d] for d in targets})
+        _check_coverage(targets, envelopes, member_ids, full)
         if message.body is None and not targets:
             raise ApiError(400, MessagingError.EMPTY_MESSAGE, "Nothing to store or deliver.")
         blobs = attachment_services.lock_for_message(
             message.conversation_id, attachment_ids, sender=sender
         )
         message.attachments = attachment_services.frame_entries(blobs)
-        if _insert_message(message, envelopes):
+        skipped = _insert_message(message, envelopes)
+        if skipped is not None:
             attachment_services.do_link_to_message(message, blobs)
-            return SendResult(message, created=True)
+            return SendResult(message, created=True, queue_full=skipped)
         # A device was added or revoked since the lock query read them (devices do not
         # take the conversation lock): read them again and check again.
     raise ApiError(
@@ -252,16 +286,19 @@ def _send_locked(message: Message, envelopes, attachment_ids) -> SendResult:
     )
 
 
-def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
+def _insert_message(message: Message, envelopes: list[Envelope] | None) -> tuple | None:
     """Store the message and queue it for its devices, in one statement (the send path's
-    hot spot), if every rule of a send holds; returns whether it stored it (and set
+    hot spot), if every rule of a send holds; returns None if it stored nothing, else the
+    (user id, device id) of the devices it skipped for a full queue (and it set
     `message.seq`, and woke the devices on commit).
 
     The rules, read in the statement's snapshot: the sender is a member; no message of
     theirs has this client_id (a retry); `envelopes`, if given, name exactly the current
     devices of the members but the sending one (else every such device is queued);
     something is stored or delivered; `thread` and `refers_to` are messages of the
-    conversation, and `mentions` are members. They are the rules `_send_locked` explains
+    conversation, and `mentions` are members; no envelope addresses a device whose queue
+    is at the org's cap (a message without envelopes skips such a device's queue, and
+    envelopes may leave it out). They are the rules `_send_locked` explains
     when one fails, so that this statement, run first without any lock, never accepts
     what the locked path would refuse. The conversation row's update takes the lock that
     orders sends (seq) and membership changes, and stores nothing if an event committed
@@ -284,6 +321,7 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
         "env_bodies": [e.body for e in envelopes],
         "mentions": message.mentions,
         "references": references,
+        "queue_default": settings.DEVICE_QUEUE_MAX,
         **{f"c{i}": value for i, value in enumerate(values)},
     }
     sql = _insert_sql(
@@ -291,9 +329,10 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
     )
     with db.cursor() as cursor:
         cursor.execute(sql, params)
-        seq, device_pks, user_ids, device_ids, queued_pks, queue_ids, *mentioned = cursor.fetchone()
+        row = cursor.fetchone()
+    seq, device_pks, user_ids, device_ids, queued_pks, queue_ids, full, *mentioned = row
     if seq is None:
-        return False
+        return None
     message.seq = seq
     if mentioned:
         unread.notify_mentions_on_commit(message, mentioned[0])
@@ -306,7 +345,7 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> bool:
             for pk, u, d in zip(device_pks, user_ids, device_ids, strict=True)
         ],
     )
-    return True
+    return tuple((u, int(d)) for u, d in full)
 
 
 def _this_threads_connection():
@@ -337,11 +376,16 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         " p.conversation AND x.sender_id = p.sender AND x.client_id = p.client_id)",
     ]
     if has_envelopes:
-        # envelopes cover exactly the devices (the client's list has no duplicates)
-        rules.append("(SELECT count(*) FROM queued) = (SELECT count(*) FROM devices)")
+        # envelopes cover exactly the devices with room in their queue (the client's list
+        # has no duplicates), and none is for a device whose queue is full
+        rules.append("NOT EXISTS (SELECT 1 FROM queued WHERE queued.at_cap)")
+        rules.append(
+            "(SELECT count(*) FROM queued) = (SELECT count(*) FROM devices WHERE NOT at_cap)"
+        )
         rules.append("(SELECT count(*) FROM queued) >= cardinality(%(env_devices)s::integer[])")
         queued = (
-            " queued AS (SELECT d.id, d.user_id, d.device_id, g.type, g.body FROM devices d"
+            " queued AS (SELECT d.id, d.user_id, d.device_id, d.at_cap, g.type, g.body"
+            "   FROM devices d"
             "   JOIN unnest(%(env_users)s::uuid[], %(env_devices)s::integer[],"
             "     %(env_types)s::integer[], %(env_bodies)s::bytea[])"
             "     AS g(user_id, device_id, type, body)"
@@ -349,7 +393,7 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         )
     else:
         queued = " queued AS (SELECT id, user_id, device_id, NULL::integer AS type,"
-        queued += " NULL::bytea AS body FROM devices),"
+        queued += " NULL::bytea AS body FROM devices WHERE NOT at_cap),"
     if not has_body:
         rules.append("EXISTS (SELECT 1 FROM queued)")  # something to store or deliver
     mentioned = ""
@@ -375,8 +419,14 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         "WITH p AS (SELECT %(conversation)s::uuid AS conversation, %(sender)s::uuid AS sender,"
         "           %(client_id)s::uuid AS client_id, %(sender_device)s::integer AS sender_device,"
         "           (SELECT c.last_event_seq FROM messaging_conversation c"
-        "            WHERE c.id = %(conversation)s::uuid) AS event_seq),"
-        " devices AS (SELECT d.id, d.user_id, d.device_id FROM p"
+        "            WHERE c.id = %(conversation)s::uuid) AS event_seq,"
+        "           coalesce((SELECT device_queue_max FROM messaging_messagingpolicy"
+        "                     WHERE id = 1), %(queue_default)s) - 1 AS queue_skip),"
+        # `at_cap`: the device holds the org's cap of queued messages already, read as one
+        # bounded walk of its queue index (no count of the whole queue)
+        " devices AS (SELECT d.id, d.user_id, d.device_id, EXISTS (SELECT 1"
+        "     FROM messaging_queuedmessage w WHERE w.device_id = d.id"
+        "     OFFSET (SELECT queue_skip FROM p)) AS at_cap FROM p"
         "   JOIN messaging_member m ON m.conversation_id = p.conversation"
         "   JOIN accounts_device d ON d.user_id = m.user_id AND d.revoked_at IS NULL"
         "   WHERE NOT (d.user_id = p.sender AND d.device_id = p.sender_device)),"
@@ -397,7 +447,8 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         f"{mentioned}"
         " SELECT (SELECT seq FROM m), ARRAY(SELECT id FROM queued),"
         " ARRAY(SELECT user_id FROM queued), ARRAY(SELECT device_id FROM queued),"
-        " ARRAY(SELECT device_id FROM q), ARRAY(SELECT id FROM q)"
+        " ARRAY(SELECT device_id FROM q), ARRAY(SELECT id FROM q),"
+        " ARRAY(SELECT ARRAY[user_id::text, device_id::text] FROM devices WHERE at_cap)"
         + (", ARRAY(SELECT user_id FROM mc)" if mentions else "")
     )
 
@@ -427,12 +478,14 @@ def _check_references(conversation_id, thread, refers_to, mentions, member_ids) 
         )
 
 
-def _check_coverage(targets, envelopes, member_ids) -> None:
-    """409 or 410 unless `envelopes` (if given) name exactly the `targets` devices."""
+def _check_coverage(targets, envelopes, member_ids, full=frozenset()) -> None:
+    """409 or 410 unless `envelopes` (if given) name exactly the `targets` devices (those
+    in `full`, whose queue is at the cap, may be left out, and must be: 409
+    `queue_full`)."""
     if envelopes is None:
         return
     given = {(e.user_id, e.device_id) for e in envelopes}
-    missing = set(targets) - given
+    missing = set(targets) - given - set(full)
     extra = given - set(targets)
     stale = _revoked(extra, member_ids)
     if missing or extra - stale:
@@ -452,6 +505,17 @@ def _check_coverage(targets, envelopes, member_ids) -> None:
             MessagingError.STALE_DEVICES,
             "Some envelopes address revoked devices.",
             extra={"stale": _device_list(stale)},
+        )
+    if given & set(full):
+        from messaging.services.retention import device_queue_max
+
+        cap = device_queue_max()
+        raise ApiError(
+            409,
+            MessagingError.QUEUE_FULL,
+            f"These devices hold {cap} undelivered messages already: send again without "
+            "their envelopes, or later.",
+            extra={"devices": _device_list(given & set(full)), "max_queued": cap},
         )
 
 

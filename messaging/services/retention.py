@@ -89,23 +89,66 @@ def attachment_max_bytes(policy: MessagingPolicy | None = None) -> int:
     return policy.attachment_max_bytes or settings.ATTACHMENT_MAX_BYTES
 
 
+def device_queue_max(policy: MessagingPolicy | None = None) -> int:
+    policy = policy or get_policy()
+    return policy.device_queue_max or settings.DEVICE_QUEUE_MAX
+
+
+def attachment_storage_quota_bytes(policy: MessagingPolicy | None = None) -> int:
+    policy = policy or get_policy()
+    return policy.attachment_storage_quota_bytes or settings.ATTACHMENT_STORAGE_QUOTA_BYTES
+
+
+def unsent_upload_quota_bytes(policy: MessagingPolicy | None = None) -> int:
+    policy = policy or get_policy()
+    return policy.unsent_upload_quota_bytes or settings.UNSENT_UPLOAD_QUOTA_BYTES
+
+
+MAX_QUEUE_CAP = 1_000_000
+MAX_QUOTA_BYTES = 2**62
+
+# Each policy field: (its effective value, its platform default, its [min, max]).
+_POLICY_FIELDS: dict[str, tuple[Callable, Callable[[], int], Callable[[], list[int]]]] = {
+    "retention_days": (
+        org_retention_days,
+        lambda: settings.RETENTION_DEFAULT_DAYS,
+        lambda: [MIN_DAYS, MAX_DAYS],
+    ),
+    "attachment_max_bytes": (
+        attachment_max_bytes,
+        lambda: settings.ATTACHMENT_MAX_BYTES,
+        lambda: [1, settings.ATTACHMENT_MAX_BYTES_CEILING],
+    ),
+    "device_queue_max": (
+        device_queue_max,
+        lambda: settings.DEVICE_QUEUE_MAX,
+        lambda: [1, MAX_QUEUE_CAP],
+    ),
+    "attachment_storage_quota_bytes": (
+        attachment_storage_quota_bytes,
+        lambda: settings.ATTACHMENT_STORAGE_QUOTA_BYTES,
+        lambda: [1, MAX_QUOTA_BYTES],
+    ),
+    "unsent_upload_quota_bytes": (
+        unsent_upload_quota_bytes,
+        lambda: settings.UNSENT_UPLOAD_QUOTA_BYTES,
+        lambda: [1, MAX_QUOTA_BYTES],
+    ),
+}
+
+
 def policy_payload(policy: MessagingPolicy | None = None) -> dict:
+    """The policy as set (null: the default), what is in effect, the defaults, the
+    limits of each field, and the org's attachment storage in use."""
+    from messaging.services.attachments import storage_used_bytes
+
     policy = policy or get_policy()
     return {
-        "retention_days": policy.retention_days,
-        "attachment_max_bytes": policy.attachment_max_bytes,
-        "effective": {
-            "retention_days": org_retention_days(policy),
-            "attachment_max_bytes": attachment_max_bytes(policy),
-        },
-        "defaults": {
-            "retention_days": settings.RETENTION_DEFAULT_DAYS,
-            "attachment_max_bytes": settings.ATTACHMENT_MAX_BYTES,
-        },
-        "limits": {
-            "retention_days": [MIN_DAYS, MAX_DAYS],
-            "attachment_max_bytes": [1, settings.ATTACHMENT_MAX_BYTES_CEILING],
-        },
+        **{name: getattr(policy, name) for name in _POLICY_FIELDS},
+        "effective": {name: f[0](policy) for name, f in _POLICY_FIELDS.items()},
+        "defaults": {name: f[1]() for name, f in _POLICY_FIELDS.items()},
+        "limits": {name: f[2]() for name, f in _POLICY_FIELDS.items()},
+        "usage": {"attachment_storage_bytes": storage_used_bytes()},
     }
 
 
@@ -119,24 +162,27 @@ def _check_days(days: int | None) -> None:
 
 
 def check_set_policy(changes: dict, *, actor: audit.Actor) -> MessagingPolicy:
-    """Change the org's retention days and/or attachment size limit (null: the platform
-    default). Each changed field is one `retention.policy_changed` audit entry."""
+    """Change the org's retention days, attachment size limit and quotas (null: the
+    platform default). Each changed field is one `retention.policy_changed` audit entry.
+    Lowering a quota below what is in use drops nothing: it refuses what would go beyond."""
     if "retention_days" in changes:
         _check_days(changes["retention_days"])
-    if "attachment_max_bytes" in changes:
-        value = changes["attachment_max_bytes"]
-        ceiling = settings.ATTACHMENT_MAX_BYTES_CEILING
-        if value is not None and not (1 <= value <= ceiling):
+    for field, (_, _, limits) in _POLICY_FIELDS.items():
+        value = changes.get(field)
+        if field == "retention_days" or value is None:
+            continue
+        low, high = limits()
+        if not (low <= value <= high):
             raise ApiError(
                 400,
                 "invalid_policy",
-                f"attachment_max_bytes is between 1 and {ceiling} (or null for the default).",
+                f"{field} is between {low} and {high} (or null for the default).",
             )
     with transaction.atomic():
         get_policy()
         policy = MessagingPolicy.objects.select_for_update().get(pk=1)
         changed = []
-        for field in ("retention_days", "attachment_max_bytes"):
+        for field in _POLICY_FIELDS:
             if field in changes and getattr(policy, field) != changes[field]:
                 before = getattr(policy, field)
                 setattr(policy, field, changes[field])
