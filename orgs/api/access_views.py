@@ -2,7 +2,7 @@
 everywhere); and the org's host names (claim, verify by DNS, remove). Views parse,
 authorize and call orgs.services.portal_sessions / devices / domains."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,7 +12,12 @@ from orgs.api.permissions import require, require_by_method
 from orgs.api.views import ERROR
 from orgs.roles import Perm
 from orgs.services import audit, directory, domains, portal_sessions, users
+from siphera.params import page_limit, parse_int
 from siphera.tenancy import normalize_host
+
+SESSIONS_PAGE = 200
+DEVICES_PAGE = 500
+DOMAINS_PAGE = 500
 
 
 class SessionSerializer(serializers.Serializer):
@@ -42,15 +47,19 @@ class UserSessionsView(APIView):
     permission_classes = [require_by_method(GET=Perm.DEVICES_VIEW, DELETE=Perm.DEVICES_REVOKE)]
 
     @extend_schema(
-        responses={200: SessionSerializer(many=True), 403: ERROR, 404: ERROR},
+        parameters=[OpenApiParameter("limit", int, description=f"1-{SESSIONS_PAGE} (the default)")],
+        responses={200: SessionSerializer(many=True), 400: ERROR, 403: ERROR, 404: ERROR},
         tags=["users"],
-        description="The user's live portal sessions, most recently used first.",
+        description="The user's live portal sessions, the `limit` most recently used.",
     )
     def get(self, request, user_id):
+        limit = page_limit(request.query_params, default=SESSIONS_PAGE, hi=SESSIONS_PAGE)
         user = users.access_user(user_id)
-        return Response(SessionSerializer(portal_sessions.live_sessions(user), many=True).data)
+        rows = portal_sessions.live_sessions(user)[:limit]
+        return Response(SessionSerializer(rows, many=True).data)
 
     @extend_schema(
+        operation_id="users_sign_out_everywhere",
         responses={200: SignedOutSerializer, 403: ERROR, 404: ERROR},
         tags=["users"],
         description="Sign the user out everywhere: every portal session ends and every "
@@ -67,7 +76,11 @@ class UserSessionsView(APIView):
 class UserSessionDetailView(APIView):
     permission_classes = [require(Perm.DEVICES_REVOKE)]
 
-    @extend_schema(responses={204: None, 403: ERROR, 404: ERROR}, tags=["users"])
+    @extend_schema(
+        operation_id="users_session_end",
+        responses={204: None, 403: ERROR, 404: ERROR},
+        tags=["users"],
+    )
     def delete(self, request, user_id, session_id):
         user = users.access_user(user_id)
         row = portal_sessions.access_session(user, session_id)
@@ -79,14 +92,22 @@ class UserDevicesView(APIView):
     permission_classes = [require(Perm.DEVICES_VIEW)]
 
     @extend_schema(
-        responses={200: AdminDeviceSerializer(many=True), 403: ERROR, 404: ERROR},
+        parameters=[
+            OpenApiParameter("limit", int, description=f"1-{DEVICES_PAGE} (the default)"),
+            OpenApiParameter("after", int, description="the last device_id of the previous page"),
+        ],
+        responses={200: AdminDeviceSerializer(many=True), 400: ERROR, 403: ERROR, 404: ERROR},
         tags=["users"],
-        description="Every device of the user, revoked ones included, with where each was "
-        "last seen from. Revoke one with DELETE .../devices/{device_id}.",
+        description="Every device of the user by id, revoked ones included, with where each "
+        "was last seen from, a page at a time. Revoke one with DELETE .../devices/{device_id}.",
     )
     def get(self, request, user_id):
+        params = request.query_params
+        limit = page_limit(params, default=DEVICES_PAGE, hi=DEVICES_PAGE)
+        after = parse_int(params.get("after") or "0", name="after")
         user = users.access_user(user_id)
-        return Response(AdminDeviceSerializer(directory.all_user_devices(user), many=True).data)
+        rows = directory.all_user_devices(user).filter(device_id__gt=after)[:limit]
+        return Response(AdminDeviceSerializer(rows, many=True).data)
 
 
 class UserDeviceDetailView(APIView):
@@ -103,7 +124,7 @@ class UserDeviceDetailView(APIView):
 
 class DomainSerializer(serializers.Serializer):
     domain = serializers.CharField()
-    status = serializers.ChoiceField(choices=["verified", "pending"])
+    status = serializers.CharField(help_text='"verified" (routed) or "pending" (awaits DNS)')
     primary = serializers.BooleanField()
     txt_name = serializers.CharField(required=False, help_text="pending: the record to publish")
     txt_value = serializers.CharField(required=False, help_text="pending: its value")
@@ -119,10 +140,17 @@ class DomainClaimSerializer(serializers.Serializer):
 class DomainsView(APIView):
     permission_classes = [require(Perm.ORG_MANAGE)]
 
-    @extend_schema(responses={200: DomainSerializer(many=True), 403: ERROR}, tags=["org"])
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int, description=f"1-{DOMAINS_PAGE} (the default)")],
+        responses={200: DomainSerializer(many=True), 400: ERROR, 403: ERROR},
+        tags=["org"],
+        description="The org's names: routed ones (the primary first), then those pending "
+        "(at most 20); at most `limit` in all.",
+    )
     def get(self, request):
+        limit = page_limit(request.query_params, default=DOMAINS_PAGE, hi=DOMAINS_PAGE)
         found = domains.list_domains(request.tenant)
-        rows = [*found.routed, *found.pending]
+        rows = [*found.routed, *found.pending][:limit]
         return Response([domains.domain_payload(row) for row in rows])
 
     @extend_schema(

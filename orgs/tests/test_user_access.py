@@ -112,6 +112,11 @@ async def test_a_device_shows_where_it_was_last_seen_and_an_admin_revokes_it(
         await ws.close()
     (device,) = admin.get(f"/api/v1/users/{person.user.pk}/devices").json()
     assert device["revoked_at"]
+    # Pages: `after` a device id, `limit` bounded; nonsense is a 400
+    devices_path = f"/api/v1/users/{person.user.pk}/devices"
+    assert admin.get(devices_path, params={"after": person.device_id}).json() == []
+    for bad in ({"limit": 0}, {"limit": 501}, {"after": "x"}, {"after": "-1"}):
+        assert admin.get(devices_path, params=bad).status_code == 400, bad
     path = f"/api/v1/users/{person.user.pk}/devices/{person.device_id}"
     assert admin.delete(path).status_code == 404
     assert admin.delete(f"/api/v1/users/{person.user.pk}/devices/99999999999").status_code == 404
