@@ -100,3 +100,32 @@ def test_members_without_portal_access_are_refused(server, new_session):
     response = member.api.get("/api/v1/org/activity")
     assert response.status_code == 403
     assert response.json()["permission"] == "portal.access"
+
+
+def test_with_redis_gone_the_counts_say_unknown_instead_of_failing(tmp_path, org_a):
+    from admin_portal.tests.conftest import Portal
+    from tests.fixtures import Api, RedisProcess, host_of, register_device, server_with_env
+
+    redis_process = RedisProcess(tmp_path)
+    redis_process.start()
+    try:
+        with server_with_env(
+            tmp_path / "server.log",
+            REDIS_URL=redis_process.url,
+            CELERY_BROKER_URL=redis_process.url,
+        ) as live:
+            admin = make_user(org_a, role="admin")
+            api = Api(live, host_of(org_a))
+            _, token, _ = register_device(api, admin.username)
+            browser = Portal(live, org_a)
+            assert browser.login(admin.username).status_code == 302
+            redis_process.stop()
+            body = api.as_device(token).get("/api/v1/org/activity")
+            assert body.status_code == 200, body.text
+            assert body.json()["open_sockets"] is None
+            assert body.json()["connected_users"] is None
+            page = browser.get("/portal/")
+            assert page.status_code == 200, page.text[:300]
+            assert 'data-testid="open-sockets">—<' in page.text
+    finally:
+        redis_process.stop()
