@@ -13,6 +13,7 @@ from PIL import Image
 from admin_portal.tests.conftest import Portal
 from messaging.models import LegalHold
 from messaging.tests.helpers import send_body, start_conversation
+from messaging.tests.test_activity import sockets_counted
 from orgs.accounts.models import AuditEntry, OrgPolicy, User
 from siphera.tenancy import in_tenant
 from tests.fixtures import PASSWORD, create_org, make_user, unique
@@ -287,6 +288,7 @@ async def test_the_dashboard_shows_users_seen_sockets_open_and_messages_per_day(
     admin = _signed_in(server, org, make_user(org, role="admin"))
     ws = await authed_socket(server, alice)
     try:
+        await sockets_counted(org, 1)
         page = admin.get("/portal/")
         assert 'data-testid="open-sockets">1<' in page.text
         assert 'data-testid="connected-users">1<' in page.text

@@ -14,6 +14,7 @@ from admin_portal.tests.conftest import CHROMIUM_ARGS
 from admin_portal.tests.test_portal_admin_browser import browser_page, sign_in
 from messaging.models import LegalHold
 from messaging.tests.helpers import send_body, start_conversation
+from messaging.tests.test_activity import sockets_counted
 from orgs.accounts.models import AuditEntry, User
 from siphera.tenancy import in_tenant
 from tests.fixtures import PASSWORD, create_org, host_of, make_user, unique
@@ -150,6 +151,7 @@ async def test_the_dashboard_shows_activity(server, org_y, chromium, screenshots
     admin = make_user(org_y, role="admin")
     ws = await authed_socket(server, bob)
     try:
+        await sockets_counted(org_y, 1)
         async with browser_page(chromium, org_y, server) as page:
             await sign_in(page, admin.username)
             await expect(page.get_by_test_id("open-sockets")).to_have_text("1")

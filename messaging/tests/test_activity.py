@@ -16,6 +16,20 @@ from tests.fixtures import create_org, make_user, unique
 from tests.ws import authed_socket, wait_closed
 
 
+async def sockets_counted(org, sockets: int, *, within: float = 20.0) -> tuple[int, int]:
+    """Wait until the presence store counts `sockets` open sockets of `org` (a socket
+    registers there in the background just after its `ready` frame)."""
+    from orgs.services import presence
+
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = await asyncio.to_thread(in_tenant, org, presence.connected_now)
+        if found and found[0] == sockets:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, found
+        await asyncio.sleep(0.1)
+
+
 def activity(session) -> dict:
     response = session.api.get("/api/v1/org/activity")
     assert response.status_code == 200, response.text
@@ -70,7 +84,9 @@ async def test_open_sockets_are_counted_across_two_web_processes(
     other_org = create_org(unique("act"))
     stranger = new_session(other_org)
     three = await authed_socket(server, stranger)  # another org's: not counted
+    await sockets_counted(other_org, 1)
     try:
+        await sockets_counted(org, 2)
         body = await asyncio.to_thread(activity, admin)
         assert (body["open_sockets"], body["connected_users"]) == (2, 1)
         # The same answer through the other process
@@ -80,16 +96,9 @@ async def test_open_sockets_are_counted_across_two_web_processes(
     finally:
         await two.close()
     await wait_closed(two, timeout=5)
-
-    async def settled():
-        for _ in range(100):
-            body = await asyncio.to_thread(activity, admin)
-            if body["open_sockets"] == 1:
-                return body
-            await asyncio.sleep(0.1)
-        raise AssertionError(body)
-
-    assert (await settled())["connected_users"] == 1
+    await sockets_counted(org, 1)
+    body = await asyncio.to_thread(activity, admin)
+    assert (body["open_sockets"], body["connected_users"]) == (1, 1)
     await one.close()
     await three.close()
 

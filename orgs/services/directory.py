@@ -7,7 +7,7 @@ queries orgs' tables directly.
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from orgs import hooks
 from orgs.accounts.models import Device, User
@@ -32,15 +32,17 @@ def count_recently_seen_users(days: int = 7) -> int:
 
     from django.utils import timezone
 
+    from orgs.accounts.models import PortalSession
+
     since = timezone.now() - timedelta(days=days)
+    # EXISTS rather than joins: a user with many devices and sessions is still one row
     return (
         User.objects.filter(is_active=True)
         .filter(
             Q(last_login__gte=since)
-            | Q(devices__last_seen_at__gte=since)
-            | Q(portal_sessions__last_seen_at__gte=since)
+            | Exists(Device.objects.filter(user=OuterRef("pk"), last_seen_at__gte=since))
+            | Exists(PortalSession.objects.filter(user=OuterRef("pk"), last_seen_at__gte=since))
         )
-        .distinct()
         .count()
     )
 
