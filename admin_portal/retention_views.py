@@ -45,9 +45,9 @@ def _history() -> list[dict]:
 
 def _page(request: HttpRequest, *, status: int = 200, **forms) -> HttpResponse:
     policy = retention.get_policy()
-    holds = retention.list_holds()
-    active = [h for h in holds if h.released_at is None]
-    released = [h for h in holds if h.released_at is not None][-RELEASED_SHOWN:][::-1]
+    active = retention.list_holds(active_only=True)
+    released = retention.recently_released_holds(RELEASED_SHOWN)
+    holds = [*active, *released]
     names = _names(
         [h.user_id for h in holds]
         + [h.placed_by_id for h in holds]

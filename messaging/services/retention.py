@@ -323,6 +323,13 @@ def list_holds(*, active_only: bool = False, limit: int = MAX_HOLD_PAGE, after=N
     return list(rows[:limit])
 
 
+def recently_released_holds(limit: int = 50) -> list[LegalHold]:
+    """The `limit` holds released last, newest release first."""
+    return list(
+        LegalHold.objects.filter(released_at__isnull=False).order_by("-released_at", "-pk")[:limit]
+    )
+
+
 def access_hold(hold_id) -> LegalHold:
     """The hold with this id in the current org, or a 404 (also for malformed ids)."""
     try:
