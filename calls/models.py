@@ -1,8 +1,12 @@
 """Call records (tenant schema): one row per call, one per person in it.
 
 A record holds metadata only: who called whom, from and on which devices, the media, when
-it rang, was answered and ended, and how it ended. SDP, ICE candidates and media never
-touch the database (they are relayed untouched, and media is end to end).
+it rang, was answered and ended, and how it ended. SDP and ICE candidates are relayed
+untouched and media is end to end; none of it is kept, with one exception: the callee's
+answer to a call the org records is held, encrypted with the key ring, on its Recording
+row until both recorder legs connect (then it is sent and cleared; it is cleared too when
+the call ends). Compliance recordings (Recording) are the audio the parties' devices sent
+the org's recorder, encrypted at rest.
 
 The same rows are the live state of a 1:1 call while it rings and runs: `state` moves
 ringing -> active -> ended under a row lock (calls.services.signaling), so every web

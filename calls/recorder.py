@@ -220,12 +220,19 @@ class Recorder:
                 message = receive.result()
                 receive = asyncio.ensure_future(layer.receive(self.channel))
                 kind = message.get("type")
-                log.info("recorder message", extra={"call_id": self.call_id, "kind": kind})
+                # The kind only: an offer carries SDP, which no log line holds.
+                log.debug("recorder message", extra={"call_id": self.call_id, "kind": kind})
                 if kind == "recorder.offer":
                     try:
                         await self.offer(message)
-                    except Exception:
-                        log.exception("recorder leg refused", extra={"call_id": self.call_id})
+                    except Exception as exc:
+                        # aiortc's errors may quote the offer's SDP: the type only at
+                        # warning, the traceback at debug.
+                        log.warning(
+                            "recorder leg refused",
+                            extra={"call_id": self.call_id, "error": type(exc).__name__},
+                        )
+                        log.debug("recorder leg refused", exc_info=True)
                 elif kind == "recorder.start":
                     await self.start(message)
                 elif kind == "recorder.stop":

@@ -26,6 +26,11 @@ os.environ.setdefault(
     "KEY_RING_FILE", os.path.join(tempfile.gettempdir(), f"siphera-{_RUN}-key-ring.json")
 )
 os.environ.setdefault("KEY_RING_RELOAD_SECONDS", "0")
+# Blobs (attachments, avatars, recordings): one directory per run, never a developer's
+# var/media, set here (before settings are read) so the test process and the servers and
+# workers it starts, which inherit it, read and write the same files. Always this run's
+# own (tests/fixtures.py's media_root removes it at the end).
+os.environ["MEDIA_ROOT"] = os.path.join(tempfile.gettempdir(), f"siphera-{_RUN}-media")
 # Every consumer DB call checks with PostgreSQL that it runs in its socket's org schema
 # (siphera.tenancy.verify_schema): a cross-org mix-up fails loudly instead of passing.
 os.environ.setdefault("TENANT_DB_VERIFY_SCHEMA", "true")

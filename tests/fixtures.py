@@ -102,12 +102,16 @@ def _database(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def media_root(tmp_path_factory) -> Path:
-    """This run's MEDIA_ROOT (attachment blobs). Set before any server or worker starts,
-    so they inherit it: tests can inspect what was stored, and runs never share files."""
-    path = tmp_path_factory.mktemp("media")
-    os.environ["MEDIA_ROOT"] = str(path)
-    return path
+def media_root() -> Iterator[Path]:
+    """This run's MEDIA_ROOT (blobs), named by siphera/settings_test.py before settings
+    were read: the test process, servers and workers share it, tests can inspect what was
+    stored, and runs never share files. Removed at the end."""
+    from django.conf import settings
+
+    path = Path(settings.MEDIA_ROOT)
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
