@@ -82,6 +82,7 @@ def test_the_personal_data_export_holds_everything_about_the_user_and_no_secret(
     assert [c["call_id"] for c in doc["calls"]] == [people["call"]]
     assert any(e["event"] == "device.registered" for e in doc["audit_entries"])
     assert any(s["kind"] == "login_grant" for s in doc["sign_ins"])
+    assert {"last_seen_ip", "user_agent"} <= set(doc["devices"][0])
     assert {"title", "time_zone", "has_avatar"} <= set(doc["user"])
     text = response.text
     assert bob.token not in text and "marker" not in text
@@ -149,7 +150,11 @@ def test_erasure_revokes_everything_redacts_messages_and_records_why(people, ser
             user,
             bodies,
             Member.objects.filter(user=user).count(),
-            list(Device.objects.filter(user=user).values_list("name", "token_hash", "revoked_at")),
+            list(
+                Device.objects.filter(user=user).values_list(
+                    "name", "token_hash", "revoked_at", "last_seen_ip", "user_agent"
+                )
+            ),
             Message.objects.filter(sender=alice.user, kind="message").exclude(body=None).count(),
         )
 
@@ -161,8 +166,10 @@ def test_erasure_revokes_everything_redacts_messages_and_records_why(people, ser
     assert not (media_root / avatar).exists()  # the blob went after commit
     assert not user.has_usable_password()
     assert bodies == [(None,)] * 3 and memberships == 0
-    assert [(name, token) for name, token, _ in devices] == [("", None)]
-    assert all(revoked for _, _, revoked in devices)
+    assert [(name, token, ip, agent) for name, token, _, ip, agent in devices] == [
+        ("", None, None, "")
+    ]  # where the device was seen from went too
+    assert all(revoked for _, _, revoked, _, _ in devices)
     assert alices == 1  # other people's messages are untouched
     entry = _entries(people["org"], "member.erased")[-1]
     assert entry.actor_id == officer.user.pk and entry.target_id == str(bob.user.pk)

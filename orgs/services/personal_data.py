@@ -38,6 +38,7 @@ from orgs.accounts.models import (
     Invitation,
     LoginGrant,
     PasswordReset,
+    PortalSession,
     PresenceStatus,
     RecoveryCode,
     TotpFactor,
@@ -96,6 +97,8 @@ def _devices(user: User) -> Iterator[dict]:
             "signing_key": _b64(d.signing_key),
             "created_at": iso(d.created_at),
             "last_seen_at": iso(d.last_seen_at),
+            "last_seen_ip": d.last_seen_ip,
+            "user_agent": d.user_agent,
             "revoked_at": iso(d.revoked_at),
         }
 
@@ -116,6 +119,14 @@ def _sign_ins(user: User) -> Iterator[dict]:
             "created_at": iso(r.created_at),
             "expires_at": iso(r.expires_at),
             "used_at": iso(r.used_at),
+        }
+    for p in PortalSession.objects.filter(user=user).order_by("created_at"):
+        yield {
+            "kind": "portal_session",
+            "created_at": iso(p.created_at),
+            "last_seen_at": iso(p.last_seen_at),
+            "ip": p.ip,
+            "user_agent": p.user_agent,
         }
     for i in Invitation.objects.filter(user=user).order_by("created_at"):
         yield {
@@ -290,11 +301,14 @@ def _erase_identity(user: User, report: ErasureReport, *, actor: audit.Actor) ->
     report.remove("invitations", Invitation.objects.filter(user=user).delete()[0])
     report.remove("password_resets", PasswordReset.objects.filter(user=user).delete()[0])
     report.remove("presence_status", PresenceStatus.objects.filter(user=user).delete()[0])
-    # Revoked already; their names ("Alice's phone") and public keys go, the rows stay so
-    # a device id in message metadata is never reused.
+    report.remove("portal_sessions", PortalSession.objects.filter(user=user).delete()[0])
+    # Revoked already; their names ("Alice's phone"), public keys and where they were
+    # seen from go, the rows stay so a device id in message metadata is never reused.
     report.remove(
         "device_details",
-        Device.objects.filter(user=user).update(name="", identity_key=b"", signing_key=b""),
+        Device.objects.filter(user=user).update(
+            name="", identity_key=b"", signing_key=b"", last_seen_ip=None, user_agent=""
+        ),
     )
     report.keep(
         "audit_entries",

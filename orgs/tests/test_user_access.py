@@ -143,3 +143,18 @@ def test_roles_without_the_codes_are_refused_and_other_orgs_see_nothing(server, 
         assert other.request(method, path).status_code == 404, (method, path)
     own = device_api(server, org_s, make_user(org_s, role="admin"))
     assert len(own.get(f"/api/v1/users/{person.pk}/sessions").json()) == 1
+
+
+def test_portal_sessions_are_in_the_personal_data_export_and_go_with_an_erasure(server, org_s):
+    from orgs.accounts.models import PortalSession
+
+    officer = device_api(server, org_s, make_user(org_s, role="owner"))
+    person = make_user(org_s, role="compliance_officer")  # has portal access
+    signed_in(server, org_s, person, "Exported/9.9")
+    doc = officer.get(f"/api/v1/users/{person.pk}/personal-data").json()
+    (session,) = [s for s in doc["sign_ins"] if s["kind"] == "portal_session"]
+    assert session["user_agent"] == "Exported/9.9" and session["ip"] == "127.0.0.1"
+    erased = officer.post(f"/api/v1/users/{person.pk}/erase", json={"reason": "request 3"})
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["portal_sessions"] == 1
+    assert in_tenant(org_s, PortalSession.objects.filter(user_id=person.pk).count) == 0
