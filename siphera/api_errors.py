@@ -114,8 +114,10 @@ def handler500(request):
     (down, restarting, out of connections): the client should retry, and nothing was
     half-written (each request's writes are one transaction).
     Likewise a 503 `redis_unavailable` for the few requests that cannot do without Redis
-    (siphera.redis_outage; most do without it)."""
+    (siphera.redis_outage; most do without it), and a 503 `key_ring_unavailable` while
+    the process has no usable key ring (siphera.keyring)."""
     from siphera import redis_outage
+    from siphera.keyring import KeyRingError
 
     exc = sys.exc_info()[1]
     if isinstance(exc, DataError):
@@ -130,6 +132,15 @@ def handler500(request):
         logging.getLogger("siphera.db").warning("database unavailable: %s", exc)
         response = json_error(
             503, "database_unavailable", "The database is unavailable; retry shortly."
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
+    if isinstance(exc, KeyRingError):
+        # The process has no usable key ring (siphera.keyring logged why, and /ready
+        # says so): nothing can be encrypted or audited until the file is fixed.
+        logging.getLogger("siphera.keyring").error("key ring unusable: %s", exc)
+        response = json_error(
+            503, "key_ring_unavailable", "The server cannot use its keys; retry shortly."
         )
         response["Retry-After"] = str(DATABASE_RETRY_AFTER)
         return response

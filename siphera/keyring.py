@@ -21,10 +21,18 @@ when it is still in `SECRET_KEYS`.
 
 Every process re-reads the file when it changed, checking at most every
 `KEY_RING_RELOAD_SECONDS`, and before any use of the ring after that interval, so within
-that time of a change every process that encrypts has seen it. Each process also notes in
-Redis which keys it holds (`seen_by()`), so a promotion can refuse while a live process
-does not know the new key (a process reading another file, or started with other
-`SECRET_KEYS`).
+that time of a change every process that encrypts has seen it.
+
+A file that cannot be used (unreadable, not JSON, not a key-ring file, a key without
+material, no active key left, or open to other users: readable or writable by others, or
+writable by its group) is refused with a KeyRingError naming the file and the fault. A
+process that already holds a ring keeps it and logs the fault once per version of the
+file (a hand edit gone wrong must not stop every process within seconds); a process that
+has none yet cannot use the ring (`/ready` reports it, requests that need it get a 503).
+
+Each process also notes in Redis which keys it holds (`seen_by()`), so a promotion can
+refuse while a live process does not know the new key (a process reading another file,
+or started with other `SECRET_KEYS`).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import logging
 import os
 import secrets
 import socket
+import stat as stat_module
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,6 +67,7 @@ __all__ = [
     "add_pending_key",
     "find",
     "materials",
+    "problem",
     "promote",
     "retire_in_file",
     "ring",
@@ -111,6 +121,8 @@ class _Loaded:
     signature: tuple | None = None
     body: dict = field(default_factory=dict)
     checked: float = float("-inf")
+    refused: tuple | None = None  # the file's version last refused (the body is older)
+    problem: str = ""  # why
 
 
 _lock = threading.Lock()
@@ -130,18 +142,86 @@ def _empty() -> dict:
 _NO_FILE = _empty()  # never changed: stands for "no file" so the ring can be memoised
 
 
+# Permission bits that refuse the file: others may read or write it, or its group may
+# write it (a group-readable 0640 file, say root:siphera, is accepted).
+_UNSAFE_MODE = stat_module.S_IRWXO | stat_module.S_IWGRP
+
+
+def _signature(stat: os.stat_result) -> tuple:
+    """What changes when the file is replaced, edited or has its mode changed."""
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size, stat.st_mode)
+
+
 def _read(path: Path) -> tuple[tuple | None, dict]:
+    """The file's (signature, body), or (None, empty) when it does not exist; KeyRingError
+    when it exists and cannot be used."""
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None, _empty()
-    signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    body = json.loads(path.read_text())
+    except OSError as exc:
+        raise KeyRingError(f"cannot read the key-ring file {path}: {exc.strerror}") from None
+    signature = _signature(stat)
+    mode = stat_module.S_IMODE(stat.st_mode)
+    if not stat_module.S_ISREG(stat.st_mode):
+        raise KeyRingError(f"the key-ring file {path} is not a regular file")
+    if mode & _UNSAFE_MODE:
+        raise KeyRingError(
+            f"the key-ring file {path} is open to other users (mode {mode:04o}): it holds "
+            f"every key, so it must be 0600 (or 0640): chmod 600 {path}"
+        )
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise KeyRingError(f"cannot read the key-ring file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise KeyRingError(f"the key-ring file {path} is not UTF-8 text") from None
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise KeyRingError(f"the key-ring file {path} is not valid JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("v") != _FILE_VERSION:
         raise KeyRingError(f"{path} is not a version {_FILE_VERSION} key-ring file")
     body.setdefault("keys", [])
     body.setdefault("retired", [])
+    _check_entries(path, body)
     return signature, body
+
+
+def _check_entries(path: Path, body: dict) -> None:
+    """KeyRingError unless every key has material and a known state, and every retired
+    entry an id."""
+    keys, retired = body["keys"], body["retired"]
+    if not isinstance(keys, list) or not isinstance(retired, list):
+        raise KeyRingError(f"{path}: `keys` and `retired` must be lists")
+    for index, entry in enumerate(keys):
+        material = entry.get("material") if isinstance(entry, dict) else None
+        if not isinstance(material, str) or not material.strip():
+            raise KeyRingError(f"{path}: key {index} has no `material`")
+        if entry.get("state", OLD) not in (PENDING, ACTIVE, OLD):
+            raise KeyRingError(
+                f"{path}: key {index} has state {entry.get('state')!r} "
+                f"(one of {PENDING}, {ACTIVE}, {OLD})"
+            )
+        for stamp in ("added_at", "promoted_at"):
+            if not _is_stamp(entry.get(stamp, "")):
+                raise KeyRingError(
+                    f"{path}: key {index} has a bad `{stamp}` (ISO 8601 with a time zone)"
+                )
+    for index, entry in enumerate(retired):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise KeyRingError(f"{path}: retired entry {index} has no `id`")
+
+
+def _is_stamp(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    if not value:
+        return True
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _file_body() -> dict:
@@ -157,18 +237,48 @@ def _file_body() -> dict:
         if fresh and now - _loaded.checked < settings.KEY_RING_RELOAD_SECONDS:
             return _loaded.body
         try:
-            stat = path.stat()
-            signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            signature = _signature(path.stat())
         except FileNotFoundError:
             signature = None
-        if not fresh or signature != _loaded.signature:
+        except OSError:
+            signature = ()  # _read says why
+        unchanged = signature == _loaded.signature
+        if fresh and (unchanged or (_loaded.refused is not None and signature == _loaded.refused)):
+            _loaded.checked = now  # unchanged (or the same unusable version as before)
+            return _loaded.body
+        try:
             signature, body = _read(path)
-            if fresh and _loaded.signature is not None:
-                log.info("key ring file changed: reloaded", extra={"path": str(path)})
-            _loaded = _Loaded(str(path), signature, body, now)
-        else:
+        except KeyRingError as exc:
+            if not fresh:
+                raise  # no ring to fall back on: nothing may be encrypted or verified
+            _refuse(signature, exc)
             _loaded.checked = now
+            return _loaded.body
+        if fresh and _loaded.signature is not None:
+            log.info("key ring file changed: reloaded", extra={"path": str(path)})
+        _loaded = _Loaded(str(path), signature, body, now)
         return _loaded.body
+
+
+def _refuse(signature, exc: KeyRingError) -> None:
+    """Keep the ring read before and say why, once per version of the file."""
+    _loaded.refused = signature
+    _loaded.problem = str(exc)
+    log.error(
+        "key ring file unusable: keeping the keys read before",
+        extra={"path": _loaded.path, "error": str(exc)},
+    )
+
+
+def problem() -> str | None:
+    """Why the key ring cannot be used as configured now (the file this process refused,
+    or no ring at all), or None. For readiness probes and `rotate_keys --status`."""
+    try:
+        ring()
+    except KeyRingError as exc:
+        return str(exc)
+    with _lock:
+        return _loaded.problem if _loaded.refused is not None else None
 
 
 def _write(path: Path, body: dict) -> None:
@@ -255,7 +365,15 @@ def ring() -> tuple[Key, ...]:
     if memo[0] is body and memo[1] == env:
         keys = memo[2]
     else:
-        keys = _assemble(body, env)
+        try:
+            keys = _assemble(body, env)
+        except KeyRingError as exc:
+            if not memo[2] or memo[1] != env:
+                raise
+            with _lock:  # a file that leaves no active key: as any unusable file
+                if _loaded.body is body:
+                    _refuse(_loaded.signature, exc)
+            keys = memo[2]
         _assembled = (body, env, keys)
     _note_seen(keys)
     return keys

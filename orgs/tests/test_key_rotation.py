@@ -326,6 +326,7 @@ def test_promotion_waits_for_every_running_process_to_hold_the_key(ring, tmp_pat
     # A worker that reads another key-ring file (misconfigured) and uses the ring
     other = tmp_path / "elsewhere.json"
     other.write_text(keyring.file_path().read_text())
+    other.chmod(0o600)  # a key-ring file open to others is refused
     with worker_with_env(
         tmp_path / "worker.log",
         KEY_RING_FILE=str(other),

@@ -15,12 +15,12 @@ def test_health_answers_on_a_bare_ip_and_any_host(server):
         assert response.json() == {"status": "ok"}
 
 
-def test_ready_checks_database_redis_and_migrations(server):
+def test_ready_checks_database_redis_migrations_and_the_key_ring(server):
     response = httpx.get(f"{server.url}/ready", headers={"Host": "10.0.0.7"})
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "checks": {"database": "ok", "redis": "ok", "migrations": "ok"},
+        "checks": {"database": "ok", "redis": "ok", "migrations": "ok", "key_ring": "ok"},
     }
 
 
