@@ -82,13 +82,33 @@ def _taken(domain: str) -> bool:
         return Domain.objects.filter(domain=domain).exists()
 
 
-def check_claim_domain(org: Org, domain: str, *, actor: audit.Actor) -> PendingDomain:
-    """Claim a host name for `org`: 400 `invalid_domain`, 409 `domain_taken` (routed to
-    this or another org), 409 `too_many_pending`. Claiming a name already pending here
-    returns that claim unchanged. Audited `org.domain_claimed`."""
+def validate_claimable_name(domain: str) -> str:
+    """`domain` normalised (orgs.services.orgs.validate_host_name), if an org may claim it
+    for itself: a public DNS name of at least two labels whose top-level label starts with
+    a letter, so never an IP address (`10.0.0.5`, `0x7f.1`), a bare label (`intranet`)
+    or `localhost` / `*.localhost` (RFC 6761: always the machine itself). Such names reach
+    the server without any org's DNS (a probe, an operator by address), so no org may take
+    them; an operator still can (`manage.py add_domain`). Else 400 `invalid_domain`."""
     domain = validate_host_name(domain)
+    labels = domain.split(".")
+    if len(labels) < 2 or not labels[-1][0].isalpha() or labels[-1] == "localhost":
+        raise ApiError(
+            400,
+            "invalid_domain",
+            f"{domain!r} cannot be claimed: give a DNS name of your own, such as "
+            "chat.example.com (not an IP address, a single label or localhost).",
+        )
     if len(f"{TXT_LABEL}.{domain}") > 253:  # the record's name must be a DNS name too
         raise ApiError(400, "invalid_domain", "This name is too long to verify by DNS.")
+    return domain
+
+
+def check_claim_domain(org: Org, domain: str, *, actor: audit.Actor) -> PendingDomain:
+    """Claim a host name for `org`: 400 `invalid_domain` (validate_claimable_name), 409
+    `domain_taken` (routed to this or another org), 409 `too_many_pending`. Claiming a
+    name already pending here returns that claim unchanged (also when two claims of it
+    race). Audited `org.domain_claimed`."""
+    domain = validate_claimable_name(domain)
     if _taken(domain):
         raise ApiError(409, "domain_taken", f"Domain already in use: {domain}.")
     existing = PendingDomain.objects.filter(domain=domain).first()
@@ -100,19 +120,25 @@ def check_claim_domain(org: Org, domain: str, *, actor: audit.Actor) -> PendingD
             "too_many_pending",
             f"At most {MAX_PENDING} names wait for verification: remove one first.",
         )
-    with transaction.atomic():
-        pending = PendingDomain.objects.create(
-            domain=domain,
-            token=secrets.token_urlsafe(24),
-            created_by=actor.user.pk if actor.user is not None else None,
-        )
-        audit.record(
-            AuditEvent.ORG_DOMAIN_CLAIMED,
-            actor=actor,
-            target_type="domain",
-            target_id=domain,
-            data={"domain": domain, "txt_name": record_name(pending)},
-        )
+    try:
+        with transaction.atomic():
+            pending = PendingDomain.objects.create(
+                domain=domain,
+                token=secrets.token_urlsafe(24),
+                created_by=actor.user.pk if actor.user is not None else None,
+            )
+            audit.record(
+                AuditEvent.ORG_DOMAIN_CLAIMED,
+                actor=actor,
+                target_type="domain",
+                target_id=domain,
+                data={"domain": domain, "txt_name": record_name(pending)},
+            )
+    except IntegrityError:  # the same claim a moment ago (a double submit)
+        existing = PendingDomain.objects.filter(domain=domain).first()
+        if existing is None:
+            raise
+        return existing
     return pending
 
 
@@ -162,7 +188,7 @@ def check_verify_domain(org: Org, pending: PendingDomain, *, actor: audit.Actor)
     from now on (`org.domain_added`, the claim is dropped). Otherwise 409
     `domain_not_verified` (or 503 `dns_unavailable`), noted on the claim and audited
     `org.domain_verification_failed`; 409 `domain_taken` when another org verified it
-    first."""
+    first. Two verifications of the claim at once both answer with the routed name."""
     expected = record_value(pending)
     try:
         found = lookup_txt(record_name(pending))
@@ -178,18 +204,32 @@ def check_verify_domain(org: Org, pending: PendingDomain, *, actor: audit.Actor)
     except ApiError as exc:
         error = exc
     if error is None and _taken(pending.domain):
+        routed = _routed_here(org, pending.domain)
+        if routed is not None:  # a concurrent verification of this claim won
+            return routed
         error = ApiError(409, "domain_taken", f"Domain already in use: {pending.domain}.")
     if error is not None:
         _note_failure(pending, error, actor=actor)
         raise error
     try:
         with transaction.atomic():
-            PendingDomain.objects.filter(pk=pending.pk).delete()
+            if not PendingDomain.objects.filter(pk=pending.pk).delete()[0]:
+                raise IntegrityError  # a concurrent verification of this claim won
             return do_add_domain(org, pending.domain, actor=actor)
-    except IntegrityError:  # another org verified it a moment ago
+    except IntegrityError:  # another org (or this one, twice at once) verified it
+        routed = _routed_here(org, pending.domain)
+        if routed is not None:
+            return routed
+        if not PendingDomain.objects.filter(pk=pending.pk).exists():
+            raise not_found("No such domain.") from None  # removed meanwhile
         error = ApiError(409, "domain_taken", f"Domain already in use: {pending.domain}.")
         _note_failure(pending, error, actor=actor)
         raise error from None
+
+
+def _routed_here(org: Org, domain: str) -> Domain | None:
+    with public_schema():
+        return Domain.objects.filter(tenant=org, domain=domain).first()
 
 
 def _note_failure(pending: PendingDomain, error: ApiError, *, actor: audit.Actor) -> None:

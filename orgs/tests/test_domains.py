@@ -145,3 +145,69 @@ def test_the_first_org_to_verify_a_name_gets_it(dns, dns_web):
     assert late.status_code == 409 and late.json()["error"]["code"] == "domain_taken"
     page = httpx.get(f"{dns_web.url}/portal/login", headers={"Host": name})
     assert one.name in page.text
+
+
+def test_an_ip_address_a_bare_label_or_localhost_cannot_be_claimed(dns, dns_web):
+    # Names that reach the server without any org's DNS (a probe by address, an operator
+    # on the machine) are no org's to take, whatever a resolver answers for them.
+    org = create_org(unique("dm"))
+    api = owner_api(dns_web, org)
+    for name in (
+        "127.0.0.1",
+        "10.0.0.5.",
+        "0x7f.1",
+        "1.2.3.4e",
+        "intranet",
+        "localhost",
+        "LOCALHOST.",
+        "app.localhost",
+        5,
+    ):
+        dns.set_txt(f"_siphera-verify.{str(name).lower().rstrip('.')}", "anything")
+        refused = api.post("/api/v1/org/domains", json={"domain": name})
+        assert refused.status_code == 400, (name, refused.text)
+        assert refused.json()["error"]["code"] == "invalid_domain"
+    assert [d["domain"] for d in api.get("/api/v1/org/domains").json()] == [host_of(org)]
+    assert events(org, "org.domain_claimed") == []
+    # A punycode name or a single-letter top-level label is fine.
+    for name in ("xn--bcher-kva.example", "chat.example.x"):
+        assert api.post("/api/v1/org/domains", json={"domain": name}).status_code == 201
+
+
+def test_claims_and_verifications_of_one_name_at_once_answer_alike(dns, dns_web):
+    # A double submit from the portal or a retrying client: every claim answers the one
+    # claim, every verification the routed name; never a 500.
+    import threading
+
+    org = create_org(unique("dm"))
+    api = owner_api(dns_web, org)
+    name = f"{unique('twice')}.example.test"
+    answers: list = []
+    barrier = threading.Barrier(6)
+
+    def call(method, path, **kwargs):
+        barrier.wait()
+        answers.append(api.request(method, path, **kwargs))
+
+    def together(method, path, **kwargs):
+        answers.clear()
+        threads = [
+            threading.Thread(target=call, args=(method, path), kwargs=kwargs) for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return list(answers)
+
+    claims = together("POST", "/api/v1/org/domains", json={"domain": name})
+    assert [r.status_code for r in claims] == [201] * 6, [r.text for r in claims]
+    assert len({r.json()["txt_value"] for r in claims}) == 1
+    assert len(events(org, "org.domain_claimed")) == 1
+
+    dns.set_txt(claims[0].json()["txt_name"], claims[0].json()["txt_value"])
+    verified = together("POST", f"/api/v1/org/domains/{name}/verify")
+    assert [r.status_code for r in verified] == [200] * 6, [r.text for r in verified]
+    assert {r.json()["status"] for r in verified} == {"verified"}
+    assert [e.data["domain"] for e in events(org, "org.domain_added")] == [name]
+    assert events(org, "org.domain_verification_failed") == []
