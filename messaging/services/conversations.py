@@ -9,6 +9,8 @@ never reads a member set that a change is rewriting.
 
 from __future__ import annotations
 
+import uuid
+
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -39,6 +41,16 @@ def access_conversation(user: User, conversation_id, *, for_update: bool = False
     if conversation is None:
         raise not_found("No such conversation.")
     return conversation
+
+
+def user_id_text(raw) -> str:
+    """A user id as the database spells it (a UUID in any of its written forms: upper
+    case, no hyphens, braces), so that ids compare as the users they name; anything else
+    as given (it then names no one)."""
+    try:
+        return str(uuid.UUID(str(raw)))
+    except ValueError:
+        return str(raw)
 
 
 def _active_users(user_ids) -> dict[str, User]:
@@ -91,7 +103,7 @@ def check_create_conversation(
     created). A member the creator may not look up in the directory -> 403 `not_allowed`
     (checked first, so a guest learns nothing of ids it cannot see); unknown or inactive
     member ids -> 400 `invalid_members`."""
-    users = _users_to_add(creator, {str(m) for m in member_ids} - {str(creator.pk)})
+    users = _users_to_add(creator, {user_id_text(m) for m in member_ids} - {str(creator.pk)})
     if kind == Conversation.DIRECT:
         if len(users) != 1:
             raise ApiError(
@@ -171,7 +183,7 @@ def check_add_members(
     everything before their arrival read (their unread count starts at zero)."""
     from messaging.services.delivery import do_append_event
 
-    wanted = {str(m) for m in member_ids}
+    wanted = {user_id_text(m) for m in member_ids}
     with transaction.atomic():
         locked = _lock(conversation)
         _require_group_admin(locked, acting_user)
@@ -217,7 +229,7 @@ def check_remove_member(
         raise ApiError(
             400, MessagingError.NOT_ALLOWED, "Direct conversations have no members to remove."
         )
-    leaving = str(user_id) == str(acting_user.pk)
+    leaving = user_id_text(user_id) == str(acting_user.pk)
     with transaction.atomic():
         locked = _lock(conversation)
         if not leaving:

@@ -384,3 +384,41 @@ def test_adds_racing_past_the_limit_let_exactly_one_in(org_g, new_session):
         assert len(owner.api.get(f"/api/v1/conversations/{cid}").json()["members"]) == 3
     finally:
         owner.api.patch("/api/v1/org/policy", json={"group_max_members": 1000})
+
+
+def test_a_user_id_in_any_written_form_names_the_same_user(org_a, new_session):
+    # Upper case, no hyphens: the same UUID. Adding with one is no "unknown user", and the
+    # only admin "removing" themselves by such a spelling is leaving (409 last_admin), not
+    # an admin's removal that skipped the rule (it handed the group on by itself).
+    admin, bob = new_session(org_a), new_session(org_a)
+    carol, dave = make_user(org_a), make_user(org_a)
+    created = admin.api.post(
+        "/api/v1/conversations",
+        json={
+            "kind": "group",
+            "members": [str(bob.user.pk).upper(), str(admin.user.pk).upper()],
+        },
+    )
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    assert _roles(admin, cid) == {str(admin.user.pk): "admin", str(bob.user.pk): "member"}
+    added = admin.api.post(
+        f"/api/v1/conversations/{cid}/members",
+        json={"user_ids": [str(carol.pk).upper(), carol.pk.hex, dave.pk.hex]},
+    )
+    assert added.status_code == 200, added.text
+    assert set(_roles(admin, cid)) == {
+        str(u) for u in (admin.user.pk, bob.user.pk, carol.pk, dave.pk)
+    }
+    assert _events(admin, cid)[-1]["user_ids"] in (
+        [str(carol.pk), str(dave.pk)],
+        [str(dave.pk), str(carol.pk)],
+    )
+
+    refused = admin.api.delete(f"/api/v1/conversations/{cid}/members/{admin.user.pk.hex.upper()}")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "last_admin"
+    assert _roles(admin, cid)[str(admin.user.pk)] == "admin"
+    # A member leaves by any spelling of their own id (no admin rights needed).
+    left = bob.api.delete(f"/api/v1/conversations/{cid}/members/{str(bob.user.pk).upper()}")
+    assert left.status_code == 204, left.text
+    assert _events(admin, cid)[-1]["action"] == "member.left"
