@@ -25,15 +25,15 @@ USERS_PER_PAGE = 50
 @require_GET
 @portal_perm()
 def dashboard(request: HttpRequest) -> HttpResponse:
-    activity = stats.org_activity()
+    activity = stats.dashboard()
     days = activity["messages_per_day"]
     return render(
         request,
         "portal/dashboard.html",
         {
             "nav": "dashboard",
-            "accounts": directory.count_active_users(),
-            "active_devices": directory.count_active_devices(),
+            "accounts": activity["accounts"],
+            "active_devices": activity["active_devices"],
             "activity": activity,
             "days": days,
             "peak": max([d["count"] for d in days] + [1]),

@@ -387,6 +387,12 @@ WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 PRESENCE_TTL_SECONDS = env_int("PRESENCE_TTL_SECONDS", 60)
 if not 3 <= PRESENCE_TTL_SECONDS <= 3600:
     raise ImproperlyConfigured("PRESENCE_TTL_SECONDS must be between 3 and 3600.")
+# The portal dashboard's database counts (users seen, messages per day, accounts, devices)
+# are kept this long in each web process (messaging.services.stats); 0 counts on every
+# view. Open sockets are always live.
+DASHBOARD_CACHE_SECONDS = env_int("DASHBOARD_CACHE_SECONDS", 30)
+if not 0 <= DASHBOARD_CACHE_SECONDS <= 3600:
+    raise ImproperlyConfigured("DASHBOARD_CACHE_SECONDS must be between 0 and 3600.")
 
 # --- Key directory ------------------------------------------------------------------------
 # One-time and PQ prekeys held per device and kind (PITFALLS 16: a looping client must not

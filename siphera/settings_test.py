@@ -64,6 +64,9 @@ os.environ.setdefault("TURN_SECRETS", f"turn-secret-{_RUN}")
 # (siphera.generations). The tests of the one-second window start servers of their own
 # with the default (orgs/tests/test_auth_cache.py, admin_portal/tests/test_portal_session_cache.py).
 os.environ.setdefault("GENERATION_CHECK_SECONDS", "0")
+# Likewise the dashboard's counts: tests send messages and read the figures at once (the
+# cache itself is tested with a server of its own: messaging/tests/test_activity.py).
+os.environ.setdefault("DASHBOARD_CACHE_SECONDS", "0")
 # The OpenID provider the OIDC tests run (orgs/tests/oidc_provider.py) speaks plain http
 # on 127.0.0.1.
 os.environ.setdefault("OIDC_ALLOW_HTTP", "true")

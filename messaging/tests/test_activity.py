@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
+import uuid
+from types import SimpleNamespace
 
 from django.utils import timezone
 
@@ -138,3 +141,48 @@ def test_with_redis_gone_the_counts_say_unknown_instead_of_failing(tmp_path, org
             assert 'data-testid="open-sockets">—<' in page.text
     finally:
         redis_process.stop()
+
+
+def test_the_counts_are_kept_for_a_while_and_the_socket_count_stays_live(tmp_path):
+    """With DASHBOARD_CACHE_SECONDS the database's counts come from the process's copy
+    until it expires (the front page of the portal must not count 14 days of messages on
+    every view); the open sockets are counted at each request."""
+    from tests.fixtures import Api, host_of, register_device, server_with_env
+
+    org = create_org(unique("act"))
+    alice, bob = make_user(org, role="admin"), make_user(org)
+    with server_with_env(tmp_path / "server.log", DASHBOARD_CACHE_SECONDS="3") as live:
+        api = Api(live, host_of(org))
+        device_id, token, _ = register_device(api, alice.username)
+        admin = api.as_device(token)
+        first = admin.get("/api/v1/org/activity").json()
+        conversation = admin.post(
+            "/api/v1/conversations", json={"kind": "direct", "members": [str(bob.pk)]}
+        ).json()["id"]
+        sent = admin.post(
+            f"/api/v1/conversations/{conversation}/messages",
+            json={"client_id": str(uuid.uuid4()), "body": "AAAA"},
+        )
+        assert sent.status_code == 201, sent.text
+
+        def total(body):
+            return sum(day["count"] for day in body["messages_per_day"])
+
+        # Within the window: the same counts (the message is not in them yet)
+        assert total(admin.get("/api/v1/org/activity").json()) == total(first) == 0
+
+        async def with_a_socket_open():
+            device = SimpleNamespace(org=org, token=token, device_id=device_id)
+            ws = await authed_socket(live, device)
+            try:
+                await sockets_counted(org, 1)
+                return await asyncio.to_thread(lambda: admin.get("/api/v1/org/activity").json())
+            finally:
+                await ws.close()
+
+        assert asyncio.run(with_a_socket_open())["open_sockets"] == 1  # live, not cached
+        # After it: counted again
+        deadline = time.monotonic() + 30
+        while total(admin.get("/api/v1/org/activity").json()) != 1:
+            assert time.monotonic() < deadline, "the counts were never refreshed"
+            time.sleep(0.5)
