@@ -9,15 +9,21 @@ the call (`on_device_connected`). A socket replaced by a newer one of the same d
 
 from __future__ import annotations
 
+import asyncio
+
 from channels.layers import get_channel_layer
 
 from calls.services import recording, signaling
 from orgs.roles import Perm
-from siphera import sockets
+from siphera import redis_outage, sockets
 from siphera.api_errors import ApiError
 from siphera.redis_outage import REDIS_ERRORS
 from siphera.tenancy import tenant_db
 from siphera.ws import FrameError
+
+# How long a leg's offer may take to reach the recorder's channel (Redis) before the
+# device is told `recorder_unavailable` (with `retry_after`).
+RECORDER_SEND_SECONDS = 5
 
 
 class CallsSocket(sockets.Extension):
@@ -113,9 +119,25 @@ class CallsSocket(sockets.Extension):
         `call.recording.answer`."""
         offer = await self._run(recording.check_recording_offer, frame, sdp=frame.get("sdp"))
         try:
-            await get_channel_layer().send(offer.channel, offer.message)
-        except REDIS_ERRORS:
-            raise FrameError("recorder_unavailable", "The recorder cannot be reached.") from None
+            # Bounded: a stalled Redis would otherwise hold this socket's frames forever.
+            await asyncio.wait_for(
+                get_channel_layer().send(offer.channel, offer.message), RECORDER_SEND_SECONDS
+            )
+        except (*REDIS_ERRORS, TimeoutError) as exc:
+            # The recorder's channel is in Redis: the offer can be sent again shortly.
+            redis_outage.failed(exc, where="recording_offer")
+            await self.send_frame(
+                self._reply(
+                    {
+                        "type": "error",
+                        "code": recording.UNAVAILABLE,
+                        "message": "The recorder cannot be reached; offer the leg again "
+                        f"in {redis_outage.RETRY_AFTER} s.",
+                        "retry_after": redis_outage.RETRY_AFTER,
+                    },
+                    frame,
+                )
+            )
 
     # --- channel-layer events --------------------------------------------------------
     @sockets.event("call.frame")

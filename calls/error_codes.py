@@ -15,3 +15,7 @@ class CallError(StrEnum):
     ALREADY_ANSWERED = "already_answered"  # 409: another device accepted first
     CALL_ENDED = "call_ended"  # 410: the call is over
     NOT_RINGING = "not_ringing"  # 409: accept/reject of a call no longer ringing
+    # The recorder cannot be reached (its channel, in Redis): offer the leg again after
+    # `retry_after`; also the `call.ended` reason of a recorded call whose recorder never
+    # came up.
+    RECORDER_UNAVAILABLE = "recorder_unavailable"

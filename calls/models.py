@@ -190,6 +190,10 @@ class Recording(models.Model):
     # The callee's answer, held (key-ring token) until every leg is connected: the caller
     # hears `call.accept` only then, so no media flows unrecorded. Cleared when released.
     held_accept_encrypted = models.TextField(blank=True)
+    # The recorder process reported itself up (it reached its channel-layer channel and
+    # the database): a leg missing at its deadline is then the client's refusal
+    # (`recording_refused`), before it the recorder's fault (`recorder_unavailable`).
+    recorder_ready_at = models.DateTimeField(null=True)
     started_at = models.DateTimeField(null=True)  # media recorded from here
     ended_at = models.DateTimeField(null=True)
     duration_ms = models.PositiveBigIntegerField(null=True)

@@ -1,6 +1,11 @@
 """The org's call recorder: `python -m calls.recorder <schema> <call_id>`, started by the
 worker (calls.tasks.start_recorder) for a call the org's policy records.
 
+Once up it sends itself `recorder.hello` through its channel; the first message it reads
+back proves the channel layer works, and it reports itself ready in the database
+(calls.services.recording.do_recorder_ready): a leg missing at its deadline is then the
+client's refusal, not the recorder's fault. It exits if the call is already over.
+
 It is a visible participant: each party's device connects a leg of its own to it
 (`call.recording.offer` -> `call.recording.answer`), over the same TURN relay as the
 call (relay-only when TURN is configured). It reads its channel-layer channel
@@ -196,10 +201,15 @@ class Recorder:
         from django.conf import settings
 
         from calls.models import Call
+        from calls.services import recording
 
         layer = get_channel_layer()
         limit = time.monotonic() + settings.CALL_RING_TIMEOUT_SECONDS
         limit += settings.CALL_RECORDING_MAX_SECONDS
+        # A round trip through its own channel: what is read back (this, or an offer
+        # queued before it) shows the recorder can be reached.
+        await layer.send(self.channel, {"type": "recorder.hello"})
+        ready = False
         receive = asyncio.ensure_future(layer.receive(self.channel))
         try:
             while True:
@@ -219,6 +229,14 @@ class Recorder:
                     continue
                 message = receive.result()
                 receive = asyncio.ensure_future(layer.receive(self.channel))
+                if not ready:
+                    ready = True
+                    if not await self.db(recording.do_recorder_ready, self.call_id):
+                        log.info(
+                            "recorder exits: the call is over", extra={"call_id": self.call_id}
+                        )
+                        return
+                    log.info("recorder ready", extra={"call_id": self.call_id})
                 kind = message.get("type")
                 # The kind only: an offer carries SDP, which no log line holds.
                 log.debug("recorder message", extra={"call_id": self.call_id, "kind": kind})

@@ -6,7 +6,7 @@ timer left it, so a redelivered or late task changes nothing."""
 import logging
 
 from celery import shared_task
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 
 from calls.services import records, signaling
 from orgs.services import audit
@@ -67,7 +67,8 @@ _recorders: list = []  # recorder processes this worker started (reaped as they 
 def start_recorder(call_id: str) -> int:
     """Start the call's recorder (`python -m calls.recorder`, aiortc) beside the worker:
     it lives as long as the call, independent of this task. Its log lines go to the
-    worker's log. Returns its process id."""
+    worker's log. Returns its process id. Not retried: a recorder started late would miss
+    the call's connect window, whose deadline ends the call `recorder_unavailable`."""
     import subprocess
     import sys
 
@@ -81,19 +82,43 @@ def start_recorder(call_id: str) -> int:
     return proc.pid
 
 
-@shared_task(name="calls.tasks.recording_deadline")
-def recording_deadline(call_id: str, stage: str) -> bool:
+# PostgreSQL unreachable (down, restarting, out of connections): the job is tried again
+# later rather than lost. Both jobs are idempotent.
+_DATABASE_GONE = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    name="calls.tasks.recording_deadline",
+    autoretry_for=_DATABASE_GONE,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=10,
+)
+def recording_deadline(call_id: str, stage: str) -> str:
+    """A recorder leg's connect deadline (calls.services.recording.do_recording_deadline);
+    with the database gone it is retried (2 s doubling, at most a minute apart), and
+    beat's sweep ends what a lost one leaves."""
     from calls.services import recording
 
-    ended = recording.do_recording_deadline(call_id, stage)
-    if ended:
-        log.info("call.failed", extra={"call_id": call_id, "reason": recording.REFUSED})
-    return ended
+    reason = recording.do_recording_deadline(call_id, stage)
+    if reason:
+        log.info("call.failed", extra={"call_id": call_id, "reason": reason})
+    return reason
 
 
-@shared_task(name="calls.tasks.transcribe_recording")
+@shared_task(
+    name="calls.tasks.transcribe_recording",
+    autoretry_for=_DATABASE_GONE,
+    retry_backoff=5,
+    retry_backoff_max=600,
+    retry_jitter=False,
+    max_retries=10,
+)
 def transcribe_recording(recording_id: str) -> str:
-    """Transcribe a stored recording with the configured engine; progress in the log."""
+    """Transcribe a stored recording with the configured engine; progress in the log.
+    With the database gone it is retried (5 s doubling, at most 10 min apart, 10 tries;
+    about an hour in all); a recording that cannot be transcribed is marked failed."""
     from calls.services import transcription
 
     def progress(done: float, total: float) -> None:

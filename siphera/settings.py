@@ -562,7 +562,8 @@ CELERY_BEAT_SCHEDULE["purge-call-records"] = {
 # --- Compliance recording and transcription (calls/services/recording.py; docs/admin-guide.md)
 # A party of a call the org's policy records must connect its leg to the recorder within
 # this long (the caller from its invite, the callee from its accept), else the call ends
-# with `call.ended` reason `recording_refused`.
+# with `call.ended` reason `recording_refused` (`recorder_unavailable` if the recorder
+# itself never came up).
 CALL_RECORDING_CONNECT_SECONDS = env_int("CALL_RECORDING_CONNECT_SECONDS", 20)
 # The recorder stops a recording (and stores what it has) after this long.
 CALL_RECORDING_MAX_SECONDS = env_int("CALL_RECORDING_MAX_SECONDS", 4 * 3600)

@@ -19,7 +19,10 @@ Order of events (docs/protocol.md, "Compliance recording"):
    answer no media flows between the parties, so nothing is said unrecorded.
 4. A party that does not connect its leg within `CALL_RECORDING_CONNECT_SECONDS` (the
    caller's from the invite, the callee's from the accept) ends the call: `call.ended`
-   reason `recording_refused` (outcome `failed`).
+   reason `recording_refused` (outcome `failed`), or `recorder_unavailable` when the
+   recorder itself never came up (it reports itself ready once it reads its channel and
+   the database: `do_recorder_ready`). A lost deadline timer is made up by beat's sweep
+   (`sweep`).
 5. When the call ends the recorder stops, stores the audio encrypted
    (calls.services.recording_store) and the transcription job is queued.
 """
@@ -30,6 +33,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -49,7 +53,11 @@ from siphera.tenancy import group_name
 
 log = logging.getLogger("siphera.recordings")
 
-REFUSED = "recording_refused"
+REFUSED = "recording_refused"  # a party's leg did not connect to a recorder that was up
+UNAVAILABLE = CallError.RECORDER_UNAVAILABLE.value  # the recorder never came up
+# A recording whose call ended this long ago and that the recorder has not stored: the
+# recorder died with it (the sweep marks it failed rather than leave it "recording").
+STORE_WITHIN_SECONDS = 30 * 60
 RECORDER = {"id": "recorder", "name": "Compliance recorder"}
 
 
@@ -263,19 +271,30 @@ def do_leg_connected(call_id, user_id, device_id: int) -> bool:
     return True
 
 
-def do_recording_deadline(call_id, stage: str) -> bool:
+def do_recorder_ready(call_id) -> bool:
+    """The call's recorder is up (it read its own channel and reached the database).
+    Returns whether the call is still live (the recorder exits otherwise)."""
+    Recording.objects.filter(call_id=call_id, recorder_ready_at__isnull=True).update(
+        recorder_ready_at=timezone.now()
+    )
+    return Call.objects.filter(pk=call_id).exclude(state=Call.ENDED).exists()
+
+
+def do_recording_deadline(call_id, stage: str) -> str:
     """The connect deadline of a party's leg (`caller`: from the invite; `answer`: from the
-    accept). Ends the call `recording_refused` if that leg is still missing; True if so."""
+    accept). Ends the call if that leg is still missing: `recording_refused` when the
+    recorder was up (the client did not connect), `recorder_unavailable` when it never
+    came up. Returns the reason it ended with, or "" when it did not."""
     from calls.services.signaling import _finish, _lock_call
 
     with transaction.atomic():
         try:
             call, parts = _lock_call(call_id)
         except ApiError:
-            return False
+            return ""
         rec = Recording.objects.select_for_update().filter(call=call).first()
         if rec is None or call.state == Call.ENDED:
-            return False
+            return ""
         if stage == "caller":
             missing = not RecordingLeg.objects.filter(
                 recording=rec,
@@ -286,9 +305,35 @@ def do_recording_deadline(call_id, stage: str) -> bool:
         else:
             missing = bool(rec.held_accept_encrypted)
         if not missing:
-            return False
-        _finish(call, Call.FAILED, REFUSED, parts=parts)
-        return True
+            return ""
+        reason = REFUSED if rec.recorder_ready_at is not None else UNAVAILABLE
+        _finish(call, Call.FAILED, reason, parts=parts)
+        log.info("recording deadline", extra={"call_id": str(call.pk), "reason": reason})
+        return reason
+
+
+def sweep(now) -> int:
+    """What lost timers left (beat's call sweep, calls.services.signaling.do_sweep): live
+    recorded calls past a leg's connect deadline end as `do_recording_deadline` would have
+    ended them; recordings whose call ended STORE_WITHIN_SECONDS ago and that were never
+    stored are marked failed. Returns how many calls ended."""
+    late = now - timedelta(seconds=settings.CALL_RECORDING_CONNECT_SECONDS + 5)
+    live = Recording.objects.filter(call__kind=Call.DIRECT).exclude(call__state=Call.ENDED)
+    ended = 0
+    # Not recording yet: a leg may be missing (once recording, both legs were connected).
+    waiting = live.filter(state=Recording.PENDING, call__created_at__lt=late)
+    for call_id in waiting.values_list("call_id", flat=True):
+        ended += bool(do_recording_deadline(call_id, "caller"))
+    held = live.exclude(held_accept_encrypted="").filter(call__answered_at__lt=late)
+    for call_id in held.values_list("call_id", flat=True):
+        ended += bool(do_recording_deadline(call_id, "answer"))
+    lost = Recording.objects.filter(
+        state=Recording.RECORDING,
+        ended_at__lt=now - timedelta(seconds=STORE_WITHIN_SECONDS),
+    ).update(state=Recording.FAILED)
+    if lost:
+        log.warning("recordings never stored", extra={"count": lost})
+    return ended
 
 
 # --- the stored audio -------------------------------------------------------------------

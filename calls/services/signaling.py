@@ -552,8 +552,9 @@ def on_device_revoked(device) -> None:
 
 
 def do_sweep() -> int:
-    """End what lost timers left: calls ringing past the ring timeout, and calls with a
-    party away past the reconnect grace. Returns how many calls ended."""
+    """End what lost timers left: calls ringing past the ring timeout, calls with a party
+    away past the reconnect grace, and recorded calls past a leg's connect deadline
+    (calls.services.recording.sweep). Returns how many calls ended."""
     now = timezone.now()
     ended = 0
     ring_deadline = now - timedelta(seconds=settings.CALL_RING_TIMEOUT_SECONDS + 5)
@@ -568,7 +569,7 @@ def do_sweep() -> int:
         ended += do_reconnect_grace_expired(
             leg.call_id, leg.user_id, leg.disconnected_at.isoformat()
         )
-    return ended
+    return ended + recording.sweep(now)
 
 
 # --- timers and presence ----------------------------------------------------------------

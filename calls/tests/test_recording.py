@@ -5,8 +5,8 @@ else of the call, each connects a leg of its own to the org's recorder (aiortc i
 process the worker starts), over the same coturn; Bob's answer reaches Alice only once
 both legs are connected. After the hang-up the stored blob holds no plaintext WAV, and
 decrypts to a stereo WAV of the call's length with Alice's 440 Hz on the left and Bob's
-880 Hz on the right. A callee that never connects its leg is not connected: the call
-ends `recording_refused`.
+880 Hz on the right; the worker then transcribes it. A callee that never connects its
+leg (the recorder is up) is not connected: the call ends `recording_refused`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from calls.models import Call, Recording, RecordingLeg
-from calls.services import recording_policy, recording_store
+from calls.services import recording_policy, recording_store, transcription
 from calls.tests.recording_support import CONNECT_SECONDS, eventually_value
 from calls.tests.test_aiortc_call import CALLEE_HZ, CALLER_HZ, WAIT, Side, hear
 from orgs.services import audit
@@ -150,6 +150,9 @@ async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_store
         rec, legs = _recording(org, call_id)
         assert rec.started_at is not None and all(leg.connected_at for leg in legs)
         assert max(leg.connected_at for leg in legs) <= rec.started_at
+        # The recorder reported itself up before it answered a leg
+        assert rec.recorder_ready_at is not None
+        assert rec.recorder_ready_at <= min(leg.connected_at for leg in legs)
 
         await bob.trickle(call_id)
         await alice.pc.setRemoteDescription(RTCSessionDescription(accepted["sdp"], "answer"))
@@ -195,6 +198,19 @@ async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_store
     assert abs(dominant_hz(left, 16000) - CALLER_HZ) < CALLER_HZ * 0.15
     assert abs(dominant_hz(right, 16000) - CALLEE_HZ) < CALLEE_HZ * 0.15
 
+    # The worker transcribes the stored call (tones: the text may be anything), encrypted
+    done = await asyncio.to_thread(
+        eventually_value,
+        lambda: in_tenant(
+            org, Recording.objects.filter(pk=rec.pk, transcript_state=Recording.T_DONE).first
+        ),
+        within=120,
+    )
+    assert done.transcript_engine == "pocketsphinx" and done.transcribed_at is not None
+    transcript = transcription.transcript_of(done)
+    assert set(transcript) == {"engine", "segments", "text"}
+    assert {s["speaker"] for s in transcript["segments"]} <= {"caller", "callee"}
+
 
 def _recording(org, call_id):
     def read():
@@ -233,6 +249,7 @@ async def test_a_callee_that_never_connects_its_leg_is_not_connected(
         assert ended["reason"] == "recording_refused"
         assert (await bob.expect("call.ended"))["reason"] == "recording_refused"
         assert "call.accept" not in alice.arrivals  # never connected to Bob
+        assert _recording(org, call_id)[0].recorder_ready_at is not None  # not its fault
         call = in_tenant(org, Call.objects.get, pk=call_id)
         assert (call.outcome, call.end_reason) == ("failed", "recording_refused")
         rec = await asyncio.to_thread(

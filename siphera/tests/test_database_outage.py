@@ -64,6 +64,29 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
 
+    def restore(self) -> None:
+        """The database is back (if it was cut): listen on the same port again."""
+        if self._listener is None:
+            self.start()
+
+    def database_url(self) -> str:
+        """This run's DATABASE_URL, through this proxy."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        real = urlsplit(fixtures.test_database_url())
+        auth = real.netloc.rsplit("@", 1)[0] + "@" if "@" in real.netloc else ""
+        return urlunsplit(real._replace(netloc=f"{auth}127.0.0.1:{self.port}"))
+
+    @classmethod
+    def to_database(cls) -> TcpProxy:
+        """A started proxy to this run's PostgreSQL."""
+        from urllib.parse import urlsplit
+
+        real = urlsplit(fixtures.test_database_url())
+        proxy = cls((real.hostname or "127.0.0.1", real.port or 5432))
+        proxy.start()
+        return proxy
+
     def cut(self) -> None:
         """The database goes away: no new connection, every open one dropped."""
         if self._listener is not None:
@@ -81,22 +104,12 @@ class TcpProxy:
 
 @pytest.fixture
 def proxied_server(tmp_path):
-    from urllib.parse import urlsplit, urlunsplit
-
-    real = urlsplit(fixtures.test_database_url())
-    proxy = TcpProxy((real.hostname or "127.0.0.1", real.port or 5432))
-    proxy.start()
-    netloc = real.netloc.rsplit("@", 1)
-    via_proxy = urlunsplit(
-        real._replace(
-            netloc=f"{netloc[0]}@127.0.0.1:{proxy.port}"
-            if len(netloc) == 2
-            else f"127.0.0.1:{proxy.port}"
-        )
-    )
+    proxy = TcpProxy.to_database()
     # A request waits DATABASE_POOL_TIMEOUT_SECONDS for a connection before its 503.
     with server_with_env(
-        tmp_path / "server.log", DATABASE_URL=via_proxy, DATABASE_POOL_TIMEOUT_SECONDS="1"
+        tmp_path / "server.log",
+        DATABASE_URL=proxy.database_url(),
+        DATABASE_POOL_TIMEOUT_SECONDS="1",
     ) as server:
         yield server, proxy
     proxy.cut()
