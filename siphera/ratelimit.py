@@ -450,12 +450,12 @@ class ApiUserRateLimit:
 def scope_client_ip(scope) -> str | None:
     """The client address of an ASGI scope (a WebSocket), honouring TRUSTED_PROXY_COUNT
     exactly like siphera.net.client_ip does for HTTP."""
-    hops = settings.TRUSTED_PROXY_COUNT
-    if hops > 0:
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-for":
-                forwarded = [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
-                if len(forwarded) >= hops:
-                    return forwarded[-hops]
+    from siphera.net import forwarded_client
+
+    forwarded = ",".join(
+        value.decode("latin-1")
+        for name, value in scope.get("headers", [])
+        if name == b"x-forwarded-for"
+    )
     client = scope.get("client")
-    return client[0] if client else None
+    return forwarded_client(forwarded, client[0] if client else None)
