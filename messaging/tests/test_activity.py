@@ -104,6 +104,13 @@ async def test_open_sockets_are_counted_across_two_web_processes(
     assert (body["open_sockets"], body["connected_users"]) == (1, 1)
     await one.close()
     await three.close()
+    # Counting reads only the org's connected users, and forgets those who left
+    await sockets_counted(org, 0)
+    await sockets_counted(other_org, 0)
+    from orgs.services import presence_store
+
+    for each in (org, other_org):
+        assert presence_store._client().scard(presence_store._key("c", each.schema_name)) == 0
 
 
 def test_members_without_portal_access_are_refused(server, new_session):

@@ -5,6 +5,9 @@ Keys, under `<CACHE_KEY_PREFIX>:pr:`:
 
 - `s:<schema>:<user>` hash, socket -> "a" (active) | "i" (idle). A socket is named
   `<process>:<n>`, `process` being the id of the web process (event loop) holding it.
+- `c:<schema>` set of the `s:` keys of the org's users with a socket (or who had one
+  since the org's sockets were last counted: `open_sockets` drops the empty ones), so
+  counting an org's sockets reads its connected users, not the whole keyspace.
 - `alive:<process>`, set with a TTL of PRESENCE_TTL_SECONDS and renewed by that process
   every tick. A socket counts only while its process's key lives, so the sockets of a
   process that crashed stop counting when the key expires, before anything cleans up.
@@ -73,6 +76,7 @@ def set_socket(process: str, schema: str, user_id, socket: str, state: str | Non
     else:
         pipe.hset(_user_key(schema, user_id), socket, state)
         pipe.sadd(_key("u", process), _member(schema, user_id))
+        pipe.sadd(_key("c", schema), _user_key(schema, user_id))
     pipe.execute()
 
 
@@ -89,6 +93,7 @@ def rewrite(process: str, sockets: list[tuple[str, str, uuid.UUID, str]]) -> Non
     for socket, schema, user_id, state in sockets:
         pipe.hset(_user_key(schema, user_id), socket, state)
         pipe.sadd(_key("u", process), _member(schema, user_id))
+        pipe.sadd(_key("c", schema), _user_key(schema, user_id))
     pipe.execute()
 
 
@@ -111,26 +116,38 @@ def connection_states(schema: str, user_ids: list) -> dict:
     return states
 
 
+# KEYS[1]: the org's `c:` set; ARGV[1]: the `alive:` key prefix. Counts the live sockets
+# and the users holding one, and drops the users left with no socket, in one atomic step
+# (a socket added meanwhile is either seen or re-adds its user after).
+_COUNT_OPEN = """
+local sockets, users, alive = 0, 0, {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local names = redis.call('HKEYS', key)
+  if #names == 0 then
+    redis.call('SREM', KEYS[1], key)
+  else
+    local live = 0
+    for _, name in ipairs(names) do
+      local process = string.match(name, '^[^:]*')
+      if alive[process] == nil then
+        alive[process] = redis.call('EXISTS', ARGV[1] .. process) == 1
+      end
+      if alive[process] then live = live + 1 end
+    end
+    sockets = sockets + live
+    if live > 0 then users = users + 1 end
+  end
+end
+return {sockets, users}
+"""
+
+
 def open_sockets(schema: str) -> tuple[int, int]:
     """(sockets, users) of the org connected now, through any live web process: every
-    process writes its sockets here, so two processes' sockets are all counted. One SCAN
-    over the org's connected users, then one round trip."""
-    client = _client()
-    keys = list(client.scan_iter(match=_key("s", schema, "*"), count=1000))
-    if not keys:
-        return 0, 0
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.hkeys(key)
-    found = pipe.execute()
-    processes = sorted({name.split(":", 1)[0] for names in found for name in names})
-    alive = dict(zip(processes, _alive(client, processes), strict=True))
-    sockets = users = 0
-    for names in found:
-        live = sum(1 for name in names if alive[name.split(":", 1)[0]])
-        sockets += live
-        users += 1 if live else 0
-    return sockets, users
+    process writes its sockets here, so two processes' sockets are all counted. One round
+    trip, reading only the org's connected users."""
+    sockets, users = _client().eval(_COUNT_OPEN, 1, _key("c", schema), _key("alive", ""))
+    return int(sockets), int(users)
 
 
 def _alive(client: redis.Redis, processes: list[str]) -> list[bool]:
