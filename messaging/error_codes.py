@@ -30,3 +30,4 @@ class MessagingError(StrEnum):
     INVALID_RETENTION = "invalid_retention"  # 400: days out of range
     RETENTION_EXCEEDS_POLICY = "retention_exceeds_policy"  # 403: longer than the org allows
     INVALID_HOLD = "invalid_hold"  # 400: not exactly one of user / conversation
+    REASON_REQUIRED = "reason_required"  # 400: a legal hold is placed with why (a case)

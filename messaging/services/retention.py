@@ -338,16 +338,37 @@ def access_hold(hold_id) -> LegalHold:
         raise not_found("No such legal hold.") from None
 
 
+HOLD_REASON_MAX = 500
+
+
+def _check_reason_length(reason: str) -> None:
+    if len(reason) > HOLD_REASON_MAX:
+        raise ApiError(
+            400,
+            MessagingError.INVALID_HOLD,
+            f"The reason is at most {HOLD_REASON_MAX} characters.",
+        )
+
+
 def check_place_hold(
-    *, user_id=None, conversation_id=None, reason: str = "", actor: audit.Actor
+    *, user_id=None, conversation_id=None, reason: str, actor: audit.Actor
 ) -> LegalHold:
     """Place a legal hold on exactly one user or conversation of this org (404 for an
-    unknown id). Audited `legal_hold.placed`; from its commit on, purges keep what it
-    covers."""
+    unknown id), saying why: 400 `reason_required` without a reason (blank counts as
+    none), as the hold's who/why is what a later review reads. Audited
+    `legal_hold.placed`; from its commit on, purges keep what it covers."""
     if (user_id is None) == (conversation_id is None):
         raise ApiError(
             400, MessagingError.INVALID_HOLD, "Name exactly one user_id or conversation_id."
         )
+    reason = (reason or "").strip()
+    if not reason:
+        raise ApiError(
+            400,
+            MessagingError.REASON_REQUIRED,
+            "Say why the hold is placed (a case or matter number, say).",
+        )
+    _check_reason_length(reason)
     user = conversation = None
     if user_id is not None:
         user = User.objects.filter(pk=user_id).first()
@@ -385,8 +406,7 @@ def check_release_hold(hold: LegalHold, *, actor: audit.Actor, reason: str = "")
     """Release an active hold (idempotent: releasing a released hold changes nothing).
     Audited `legal_hold.released` (with `reason`, why it was released); what no other
     hold covers is purged by the next run."""
-    if len(reason) > 500:
-        raise ApiError(400, MessagingError.INVALID_HOLD, "The reason is at most 500 characters.")
+    _check_reason_length(reason)
     with transaction.atomic():
         _lock_holds()
         hold = LegalHold.objects.select_for_update().get(pk=hold.pk)

@@ -51,7 +51,9 @@ def org_a_world(org_a, new_session):
     assert attachment.status_code == 201, attachment.text
     sent = send_body(alice, cid, attachments=[attachment.json()["id"]])
     assert sent.status_code == 201, sent.text
-    hold = officer.api.post("/api/v1/compliance/holds", json={"conversation_id": cid})
+    hold = officer.api.post(
+        "/api/v1/compliance/holds", json={"conversation_id": cid, "reason": "matter 1"}
+    )
     assert hold.status_code == 201, hold.text
     return {
         "alice": alice,
@@ -123,13 +125,13 @@ def _aimed_at_org_a(world, outsider) -> list[tuple[str, str, str, dict]]:
             "compliance-holds",
             "POST",
             "/api/v1/compliance/holds",
-            {"json": {"conversation_id": cid}},
+            {"json": {"conversation_id": cid, "reason": "matter 2"}},
         ),
         (
             "compliance-holds",
             "POST",
             "/api/v1/compliance/holds",
-            {"json": {"user_id": str(alice.user.pk)}},
+            {"json": {"user_id": str(alice.user.pk), "reason": "matter 2"}},
         ),
         ("compliance-hold", "GET", f"/api/v1/compliance/holds/{hid}", {}),
         ("compliance-hold", "DELETE", f"/api/v1/compliance/holds/{hid}", {}),

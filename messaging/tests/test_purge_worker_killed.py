@@ -73,7 +73,9 @@ def test_a_worker_killed_mid_purge_is_replaced_and_the_purge_completes_exactly(
     alice, bob = new_session(org_a), new_session(org_a)
     purged = start_conversation(alice, bob, kind="group")["id"]
     held = start_conversation(alice, bob, kind="group")["id"]
-    hold = officer.api.post("/api/v1/compliance/holds", json={"conversation_id": held})
+    hold = officer.api.post(
+        "/api/v1/compliance/holds", json={"conversation_id": held, "reason": "matter 8"}
+    )
     assert hold.status_code == 201, hold.text
     old = _bulk(org_a, purged, OLD, age_days=60, sender=alice)
     recent = _bulk(org_a, purged, 30, age_days=1, sender=alice)

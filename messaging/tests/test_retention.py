@@ -196,7 +196,8 @@ def test_legal_holds_keep_what_they_cover_until_released(celery_worker, org_a, n
         "/api/v1/compliance/holds", json={"user_id": str(dave.user.pk), "reason": "matter 42"}
     )
     on_conversation = officer.api.post(
-        "/api/v1/compliance/holds", json={"conversation_id": held_conversation}
+        "/api/v1/compliance/holds",
+        json={"conversation_id": held_conversation, "reason": "matter 43"},
     )
     assert on_user.status_code == on_conversation.status_code == 201
     assert on_user.json()["kind"] == "user" and on_user.json()["active"] is True
@@ -249,7 +250,9 @@ def test_a_hold_on_a_former_member_keeps_what_was_sent_while_they_were_there(
         ),
     )
     after_leaving = _send(alice, cid, age_days=70)
-    officer.api.post("/api/v1/compliance/holds", json={"user_id": str(erin.user.pk)})
+    officer.api.post(
+        "/api/v1/compliance/holds", json={"user_id": str(erin.user.pk), "reason": "matter 44"}
+    )
 
     _purge(org_a)
 
@@ -269,11 +272,20 @@ def test_holds_are_for_compliance_and_name_exactly_one_target_of_this_org(
     assert officer.api.post(url, json={}).json()["error"]["code"] == "invalid_hold"
     both = officer.api.post(url, json={"user_id": str(member.user.pk), "conversation_id": cid})
     assert both.status_code == 400
-    assert officer.api.post(url, json={"user_id": str(stranger.user.pk)}).status_code == 404
-    other_org = stranger.api.post(url, json={"conversation_id": cid})
+    # Who placed a hold is recorded; why is required too (the portal asks the same).
+    for body in ({}, {"reason": ""}, {"reason": "   "}):
+        unexplained = officer.api.post(url, json={"conversation_id": cid, **body})
+        assert unexplained.status_code == 400
+        assert unexplained.json()["error"]["code"] == "reason_required"
+    assert _audit(org_a, "legal_hold.placed", actor_id=officer.user.pk) == []
+    held_stranger = officer.api.post(url, json={"user_id": str(stranger.user.pk), "reason": "x"})
+    assert held_stranger.status_code == 404
+    other_org = stranger.api.post(url, json={"conversation_id": cid, "reason": "x"})
     assert other_org.status_code == 403  # a member of org B: no permission there either
     org_b_officer = new_session(org_b, role="compliance_officer")
-    assert org_b_officer.api.post(url, json={"conversation_id": cid}).status_code == 404
+    assert (
+        org_b_officer.api.post(url, json={"conversation_id": cid, "reason": "x"}).status_code == 404
+    )
     assert officer.api.delete(f"{url}/not-a-uuid").status_code == 404
 
 
@@ -401,7 +413,9 @@ def test_revoking_a_device_keeps_its_queued_envelopes_a_hold_covers_until_releas
     free_cid = start_conversation(alice, bob)["id"]
     held = _send_envelopes(alice, held_cid, bob, bob_tablet)
     free = _send_envelopes(alice, free_cid, bob, bob_tablet)
-    hold = officer.api.post("/api/v1/compliance/holds", json={"conversation_id": held_cid})
+    hold = officer.api.post(
+        "/api/v1/compliance/holds", json={"conversation_id": held_cid, "reason": "matter 45"}
+    )
     assert hold.status_code == 201
 
     assert bob.api.delete(f"/api/v1/devices/{bob_tablet.device_id}").status_code == 204
@@ -430,13 +444,15 @@ def test_revoking_a_held_users_device_keeps_its_whole_queue(org_a, org_b, new_se
     sent = {_send_envelopes(alice, cid, carol, carol_phone) for _ in range(2)}
     assert (
         officer.api.post(
-            "/api/v1/compliance/holds", json={"user_id": str(carol.user.pk)}
+            "/api/v1/compliance/holds", json={"user_id": str(carol.user.pk), "reason": "m 46"}
         ).status_code
         == 201
     )
     # A hold in another org covers nothing here.
     b_officer, b_user = new_session(org_b, role="compliance_officer"), new_session(org_b)
-    b_officer.api.post("/api/v1/compliance/holds", json={"user_id": str(b_user.user.pk)})
+    b_officer.api.post(
+        "/api/v1/compliance/holds", json={"user_id": str(b_user.user.pk), "reason": "matter 47"}
+    )
 
     assert carol.api.delete(f"/api/v1/devices/{carol_phone.device_id}").status_code == 204
     in_tenant(org_a, retention.do_purge, actor=audit.Actor.system("tests"))

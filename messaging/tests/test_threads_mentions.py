@@ -141,6 +141,57 @@ def test_unread_counts_stop_at_the_cap(org_a, new_session):
     assert _mark_read(bob, cid, 10).json()["unread_count"] == UNREAD_COUNT_CAP - 7
 
 
+def test_an_unread_count_reads_a_bounded_window_after_the_marker(org_a, new_session):
+    # Given a member who sent 30,000 messages without marking the conversation read (a
+    # bot, an API client), then three from someone else: when they list it, the count
+    # walks at most UNREAD_SCAN_MAX messages after their marker, not all 30,000 of theirs.
+    from django.db import connection, transaction
+
+    from messaging.services.unread import UNREAD_SCAN_MAX, read_states
+    from orgs.accounts.models import User
+
+    bot, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(bot, bob)["id"]
+    own = 3 * UNREAD_SCAN_MAX
+
+    def fill_and_count():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO messaging_message (id, conversation_id, seq, kind, sender_id,"
+                " sender_device_id, client_id, body, mentions, attachments, created_at)"
+                " SELECT gen_random_uuid(), %s, g, 'message', %s, 1, gen_random_uuid(),"
+                " '\\x00', '[]', '[]', now() FROM generate_series(1, %s) g",
+                [cid, bot.user.pk, own],
+            )
+            cursor.execute(
+                "UPDATE messaging_conversation SET last_seq = %s WHERE id = %s", [own, cid]
+            )
+        with transaction.atomic():
+            before = _message_rows_read()
+            state = read_states(User.objects.get(pk=bot.user.pk), [cid])[cid]
+            return state, _message_rows_read() - before
+
+    state, rows = in_tenant(org_a, fill_and_count)
+    assert (state.read_seq, state.last_seq, state.unread_count) == (0, own, 0)
+    assert rows <= UNREAD_SCAN_MAX + 10, rows
+    # Sends and counts work as before on top of it: the window follows the marker.
+    for _ in range(3):
+        _send(bob, cid)
+    assert _mark_read(bot, cid, own).json()["unread_count"] == 3
+    assert _state(bob, cid)["unread_count"] == 100  # the bot's 30,000: "100 or more"
+
+
+def _message_rows_read() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+            " FROM pg_stat_xact_user_tables WHERE relid = 'messaging_message'::regclass"
+        )
+        return cursor.fetchone()[0]
+
+
 # --- mentions -----------------------------------------------------------------------------
 
 

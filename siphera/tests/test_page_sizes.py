@@ -134,7 +134,9 @@ def test_users_come_a_page_at_a_time(org_a, owner):
 def test_legal_holds_come_a_page_at_a_time(org_a, owner):
     users = [make_user(org_a) for _ in range(3)]
     placed = [
-        owner.api.post("/api/v1/compliance/holds", json={"user_id": str(u.pk)}).json()["id"]
+        owner.api.post(
+            "/api/v1/compliance/holds", json={"user_id": str(u.pk), "reason": "case 1"}
+        ).json()["id"]
         for u in users
     ]
     first = owner.api.get("/api/v1/compliance/holds", params={"limit": 1}).json()
