@@ -248,6 +248,17 @@ def test_only_an_old_key_unused_by_any_secret_can_retire(ring):
     assert keyring.find(old.id) is not None
 
 
+def test_an_empty_key_id_is_refused_not_taken_for_a_re_encryption(ring):
+    # `rotate_keys --promote "$KEY"` with KEY unset: no such key, and no job run.
+    with public_schema():
+        runs = KeyRotationRun.objects.count()
+    for option, says in (("--promote", "is not a pending key"), ("--retire", "not in the ring")):
+        with pytest.raises(CommandError, match=says):
+            command(option, "")
+    with public_schema():
+        assert KeyRotationRun.objects.count() == runs
+
+
 def test_a_job_killed_half_way_resumes_without_double_work_or_loss(ring):
     # Given 2 x 60 seeds under the old key and a rotation run one row per batch
     acme, globex = ring(), ring()

@@ -70,14 +70,16 @@ class Command(BaseCommand):
                     f"`manage.py rotate_keys --promote {key.id}`."
                 )
                 return
-            if opts["promote"]:
+            # `is not None`: an empty KEY (an unset shell variable) is refused as no such
+            # key, never taken for the default (a re-encryption of every org).
+            if opts["promote"] is not None:
                 key = key_rotation.do_promote(opts["promote"])
                 self.stdout.write(
                     f"key {key.id} is now active: new secrets are encrypted with it. Run "
                     "`manage.py rotate_keys` to re-encrypt the stored ones."
                 )
                 return
-            if opts["retire"]:
+            if opts["retire"] is not None:
                 return self._retire(opts["retire"])
             if opts["enqueue"]:
                 from orgs.tasks import reencrypt_secrets
