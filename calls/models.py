@@ -221,6 +221,9 @@ class RecordingLeg(models.Model):
     device_id = models.PositiveIntegerField()
     offered_at = models.DateTimeField()
     connected_at = models.DateTimeField(null=True)
+    # The recorder lost the leg's media mid-call (cleared when it connects again): the
+    # call ends `recording_lost` unless it does within CALL_RECORDING_LOST_GRACE_SECONDS.
+    lost_at = models.DateTimeField(null=True)
 
     class Meta:
         constraints = [

@@ -43,6 +43,7 @@ class Leg:
     handle: object = None
     written: int = 0  # samples
     tasks: list = field(default_factory=list)
+    closing: bool = False  # closed by the recorder itself (not lost)
 
 
 class Recorder:
@@ -92,10 +93,12 @@ class Recorder:
 
         key = (message["user_id"], int(message["device_id"]))
         old = self.legs.pop(key, None)
-        if old is not None:
-            await self._close_leg(old)
         pc = self._peer_connection()
         leg = Leg(key, pc, self.dir / f"{key[0]}-{key[1]}.pcm")
+        if old is not None:
+            await self._close_leg(old)
+            # A new leg of the same device (after a lost one) goes on where it stopped.
+            leg.handle, leg.written = old.handle, old.written
         self.legs[key] = leg
 
         @pc.on("track")
@@ -104,11 +107,15 @@ class Recorder:
 
         @pc.on("connectionstatechange")
         async def on_state():
-            if pc.connectionState == "connected":
-                from calls.services import recording
+            from calls.services import recording
 
+            if pc.connectionState == "connected":
                 await self.db(recording.do_leg_connected, self.call_id, key[0], key[1])
                 log.info("recorder leg connected", extra={"call_id": self.call_id})
+            elif pc.connectionState in ("failed", "closed") and not leg.closing:
+                # The device closed it, or its consent checks expired (RFC 7675, ~30 s).
+                if self.started is not None and key in self.order:
+                    await self.db(recording.do_leg_lost, self.call_id, key[0], key[1])
 
         await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -145,14 +152,17 @@ class Recorder:
 
         if leg.handle is None:
             leg.handle = open(leg.path, "wb")  # noqa: SIM115 (closed in stop)
-            # The leg's audio starts where it was first heard, not at zero.
-            gap = int((time.monotonic() - self.started) * RATE)
-            leg.handle.write(bytes(gap * 2))
-            leg.written = gap
+        # The leg's audio is where it was heard: from the start of the recording, and after
+        # a hole (a lost leg, connected again) of over half a second, silence fills in.
+        due = int((time.monotonic() - self.started) * RATE) - len(data) // 2
+        if due - leg.written > (RATE // 2 if leg.written else 0):
+            leg.handle.write(bytes((due - leg.written) * 2))
+            leg.written = due
         leg.handle.write(data)
         leg.written += len(data) // 2
 
     async def _close_leg(self, leg: Leg) -> None:
+        leg.closing = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(leg.pc.close(), 10)
         for task in leg.tasks:

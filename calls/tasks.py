@@ -108,6 +108,24 @@ def recording_deadline(call_id: str, stage: str) -> str:
 
 
 @shared_task(
+    name="calls.tasks.recording_lost",
+    autoretry_for=_DATABASE_GONE,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=10,
+)
+def recording_lost(call_id: str, user_id: str, device_id: int, since: str) -> bool:
+    """A lost recorder leg's grace is over (calls.services.recording.do_recording_lost)."""
+    from calls.services import recording
+
+    ended = recording.do_recording_lost(call_id, user_id, device_id, since)
+    if ended:
+        log.info("call.failed", extra={"call_id": call_id, "reason": recording.LOST})
+    return ended
+
+
+@shared_task(
     name="calls.tasks.transcribe_recording",
     autoretry_for=_DATABASE_GONE,
     retry_backoff=5,

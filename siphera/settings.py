@@ -567,6 +567,9 @@ CELERY_BEAT_SCHEDULE["purge-call-records"] = {
 CALL_RECORDING_CONNECT_SECONDS = env_int("CALL_RECORDING_CONNECT_SECONDS", 20)
 # The recorder stops a recording (and stores what it has) after this long.
 CALL_RECORDING_MAX_SECONDS = env_int("CALL_RECORDING_MAX_SECONDS", 4 * 3600)
+# A recorded leg whose media the recorder loses mid-call must connect again (the device
+# offers a new leg) within this long, else the call ends with reason `recording_lost`.
+CALL_RECORDING_LOST_GRACE_SECONDS = env_int("CALL_RECORDING_LOST_GRACE_SECONDS", 15)
 # The transcription engine: `pocketsphinx` (default; its wheel ships an English model), or
 # `faster-whisper` (install the package; needs TRANSCRIPTION_WHISPER_MODEL, a local model
 # directory: nothing is ever downloaded), or `none` (no transcripts).
@@ -578,7 +581,11 @@ if TRANSCRIPTION_ENGINE == "faster-whisper" and not TRANSCRIPTION_WHISPER_MODEL:
     raise ImproperlyConfigured(
         "TRANSCRIPTION_ENGINE=faster-whisper needs TRANSCRIPTION_WHISPER_MODEL."
     )
-for _name in ("CALL_RECORDING_CONNECT_SECONDS", "CALL_RECORDING_MAX_SECONDS"):
+for _name in (
+    "CALL_RECORDING_CONNECT_SECONDS",
+    "CALL_RECORDING_MAX_SECONDS",
+    "CALL_RECORDING_LOST_GRACE_SECONDS",
+):
     if not 1 <= globals()[_name] <= 7 * 24 * 3600:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
 

@@ -23,7 +23,12 @@ Order of events (docs/protocol.md, "Compliance recording"):
    recorder itself never came up (it reports itself ready once it reads its channel and
    the database: `do_recorder_ready`). A lost deadline timer is made up by beat's sweep
    (`sweep`).
-5. When the call ends the recorder stops, stores the audio encrypted
+5. A recorded leg the recorder loses mid-call (`do_leg_lost`): its device hears
+   `call.recording.lost` and offers a new leg; unless that connects within
+   `CALL_RECORDING_LOST_GRACE_SECONDS` the call ends `recording_lost` (outcome `failed`):
+   a call the policy records does not go on unrecorded. The audio keeps its place (the
+   gap is silence).
+6. When the call ends the recorder stops, stores the audio encrypted
    (calls.services.recording_store) and the transcription job is queued.
 """
 
@@ -55,6 +60,7 @@ log = logging.getLogger("siphera.recordings")
 
 REFUSED = "recording_refused"  # a party's leg did not connect to a recorder that was up
 UNAVAILABLE = CallError.RECORDER_UNAVAILABLE.value  # the recorder never came up
+LOST = "recording_lost"  # a recorded leg dropped mid-call and did not come back in time
 # A recording whose call ended this long ago and that the recorder has not stored: the
 # recorder died with it (the sweep marks it failed rather than leave it "recording").
 STORE_WITHIN_SECONDS = 30 * 60
@@ -258,7 +264,7 @@ def do_leg_connected(call_id, user_id, device_id: int) -> bool:
             return False
         updated = RecordingLeg.objects.filter(
             recording=rec, user_id=user_id, device_id=device_id
-        ).update(connected_at=timezone.now())
+        ).update(connected_at=timezone.now(), lost_at=None)
         if not updated:
             return False
         notify_on_commit(
@@ -278,6 +284,71 @@ def do_recorder_ready(call_id) -> bool:
         recorder_ready_at=timezone.now()
     )
     return Call.objects.filter(pk=call_id).exclude(state=Call.ENDED).exists()
+
+
+def do_leg_lost(call_id, user_id, device_id: int) -> bool:
+    """The recorder lost a recorded leg's media while the call is recorded: the device
+    hears `call.recording.lost` (offer a new leg) and the call ends `recording_lost`
+    unless the leg connects again within CALL_RECORDING_LOST_GRACE_SECONDS. True if the
+    leg was counted as lost (the call is live and the leg was connected)."""
+    from calls.services.signaling import _lock_call
+
+    with transaction.atomic():
+        try:
+            call, _ = _lock_call(call_id)
+        except ApiError:
+            return False
+        rec = Recording.objects.select_for_update().filter(call=call).first()
+        if rec is None or call.state != Call.ACTIVE or rec.state != Recording.RECORDING:
+            return False
+        now = timezone.now()
+        lost = RecordingLeg.objects.filter(
+            recording=rec, user_id=user_id, device_id=device_id, connected_at__isnull=False
+        ).update(connected_at=None, lost_at=now)
+        if not lost:
+            return False
+        grace = settings.CALL_RECORDING_LOST_GRACE_SECONDS
+        notify_on_commit(
+            _device_group(user_id, device_id),
+            _frame_event(
+                {
+                    "type": "call.recording.lost",
+                    "call_id": str(call.pk),
+                    "recorder": RECORDER,
+                    "reconnect_within": grace,
+                }
+            ),
+        )
+        since = now.isoformat()
+        _schedule("recording_lost", str(call.pk), str(user_id), device_id, since, countdown=grace)
+    log.info("recorder leg lost", extra={"call_id": str(call_id)})
+    return True
+
+
+def do_recording_lost(call_id, user_id, device_id: int, since: str) -> bool:
+    """The grace of a leg lost at `since` (ISO 8601) is over: the call ends
+    `recording_lost` if that leg has not connected again since. True if so."""
+    from calls.services.signaling import _finish, _lock_call
+
+    with transaction.atomic():
+        try:
+            call, parts = _lock_call(call_id)
+        except ApiError:
+            return False
+        if call.state == Call.ENDED:
+            return False
+        leg = RecordingLeg.objects.filter(
+            recording__call=call, user_id=user_id, device_id=device_id
+        ).first()
+        if (
+            leg is None
+            or leg.connected_at is not None
+            or leg.lost_at is None
+            or leg.lost_at.isoformat() != since
+        ):
+            return False
+        _finish(call, Call.FAILED, LOST, parts=parts)
+        return True
 
 
 def do_recording_deadline(call_id, stage: str) -> str:
@@ -314,9 +385,10 @@ def do_recording_deadline(call_id, stage: str) -> str:
 
 def sweep(now) -> int:
     """What lost timers left (beat's call sweep, calls.services.signaling.do_sweep): live
-    recorded calls past a leg's connect deadline end as `do_recording_deadline` would have
-    ended them; recordings whose call ended STORE_WITHIN_SECONDS ago and that were never
-    stored are marked failed. Returns how many calls ended."""
+    recorded calls past a leg's connect deadline or a lost leg's grace end as
+    `do_recording_deadline` / `do_recording_lost` would have ended them; recordings whose
+    call ended STORE_WITHIN_SECONDS ago and that were never stored are marked failed.
+    Returns how many calls ended."""
     late = now - timedelta(seconds=settings.CALL_RECORDING_CONNECT_SECONDS + 5)
     live = Recording.objects.filter(call__kind=Call.DIRECT).exclude(call__state=Call.ENDED)
     ended = 0
@@ -327,6 +399,13 @@ def sweep(now) -> int:
     held = live.exclude(held_accept_encrypted="").filter(call__answered_at__lt=late)
     for call_id in held.values_list("call_id", flat=True):
         ended += bool(do_recording_deadline(call_id, "answer"))
+    gone = now - timedelta(seconds=settings.CALL_RECORDING_LOST_GRACE_SECONDS + 5)
+    for leg in RecordingLeg.objects.filter(
+        lost_at__lt=gone, connected_at__isnull=True, recording__call__state=Call.ACTIVE
+    ).select_related("recording"):
+        ended += do_recording_lost(
+            leg.recording.call_id, leg.user_id, leg.device_id, leg.lost_at.isoformat()
+        )
     lost = Recording.objects.filter(
         state=Recording.RECORDING,
         ended_at__lt=now - timedelta(seconds=STORE_WITHIN_SECONDS),

@@ -21,6 +21,7 @@ from calls.tests.coturn import Coturn, coturn
 from tests.fixtures import LiveServer, _start_worker, create_org, server_with_env, stop_process
 
 CONNECT_SECONDS = 15
+LOST_GRACE_SECONDS = 6
 
 
 @dataclass
@@ -38,7 +39,11 @@ def recording_deployment(_database, tmp_path_factory) -> Iterator[RecordingDeplo
     base = tmp_path_factory.mktemp("recording")
     secret = "recording-deployment-" + "r" * 24
     queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-rec-{uuid.uuid4().hex[:6]}"
-    env = {"CALL_RECORDING_CONNECT_SECONDS": str(CONNECT_SECONDS), "CELERY_QUEUE": queue}
+    env = {
+        "CALL_RECORDING_CONNECT_SECONDS": str(CONNECT_SECONDS),
+        "CALL_RECORDING_LOST_GRACE_SECONDS": str(LOST_GRACE_SECONDS),
+        "CELERY_QUEUE": queue,
+    }
     org = create_org(f"rec{uuid.uuid4().hex[:6]}", f"rec{uuid.uuid4().hex[:6]}.test")
     with coturn(base / "coturn", secret) as turn:
         env.update(TURN_URLS=turn.urls(), TURN_SECRETS=secret)

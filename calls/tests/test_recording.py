@@ -6,7 +6,8 @@ process the worker starts), over the same coturn; Bob's answer reaches Alice onl
 both legs are connected. After the hang-up the stored blob holds no plaintext WAV, and
 decrypts to a stereo WAV of the call's length with Alice's 440 Hz on the left and Bob's
 880 Hz on the right; the worker then transcribes it. A callee that never connects its
-leg (the recorder is up) is not connected: the call ends `recording_refused`.
+leg (the recorder is up) is not connected: the call ends `recording_refused`. A recorded
+leg lost mid-call must come back within the grace, or the call ends `recording_lost`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from array import array
 from pathlib import Path
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from django.conf import settings
 
 from calls.models import Call, Recording, RecordingLeg
 from calls.services import recording_policy, recording_store, transcription
-from calls.tests.recording_support import CONNECT_SECONDS, eventually_value
+from calls.tests.recording_support import CONNECT_SECONDS, LOST_GRACE_SECONDS, eventually_value
 from calls.tests.test_aiortc_call import CALLEE_HZ, CALLER_HZ, WAIT, Side, hear
 from orgs.services import audit
 from siphera.tenancy import in_tenant
@@ -260,3 +262,65 @@ async def test_a_callee_that_never_connects_its_leg_is_not_connected(
         assert rec.size is None and not rec.held_accept_encrypted
     finally:
         await asyncio.gather(alice.close(), bob.close())
+
+
+async def test_a_recorder_leg_lost_mid_call_must_come_back_or_the_call_ends_recording_lost(
+    recording_deployment, loopback_only
+):
+    deployment = recording_deployment
+    org, live = deployment.org, deployment.server
+    alice_user, bob_user = make_user(org), make_user(org)
+    record_alice(org, alice_user)
+    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
+    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    try:
+        # Given a recorded call with both legs connected
+        call_id = str(uuid.uuid4())
+        await invite(alice, bob, call_id)
+        await alice.expect("call.recording")
+        await alice.connect_recorder_leg(call_id, CALLER_HZ)
+        await alice.expect("call.recording.connected")
+        incoming = await bob.expect("call.incoming")
+        await bob.pc.setRemoteDescription(RTCSessionDescription(incoming["sdp"], "offer"))
+        bob.pc.addTrack(Tone(CALLEE_HZ))
+        await bob.pc.setLocalDescription(await bob.pc.createAnswer())
+        await send(bob.ws, {"type": "call.accept", "call_id": call_id, "sdp": bob.local_sdp()})
+        await bob.connect_recorder_leg(call_id, CALLEE_HZ)
+        await bob.expect("call.recording.connected")
+        await alice.expect("call.accept")
+        await asyncio.sleep(1)
+
+        # When Bob's leg drops, he hears so, and a new leg within the grace keeps the call
+        await bob.rec_pc.close()
+        lost = await bob.expect("call.recording.lost")
+        assert lost["reconnect_within"] == LOST_GRACE_SECONDS
+        bob.rec_pc = RTCPeerConnection(configuration(bob.turn, relay_only=True))
+        await bob.connect_recorder_leg(call_id, CALLEE_HZ)
+        await bob.expect("call.recording.connected")
+        await asyncio.sleep(LOST_GRACE_SECONDS + 2)
+        assert alice.frames["call.ended"].empty() and bob.frames["call.ended"].empty()
+
+        # When it drops again and does not come back, the call ends `recording_lost`
+        await bob.rec_pc.close()
+        await bob.expect("call.recording.lost")
+        ended = await asyncio.wait_for(alice.frames["call.ended"].get(), LOST_GRACE_SECONDS + WAIT)
+        assert ended["reason"] == "recording_lost"
+        assert (await bob.expect("call.ended"))["reason"] == "recording_lost"
+        call = in_tenant(org, Call.objects.get, pk=call_id)
+        assert (call.outcome, call.end_reason) == ("failed", "recording_lost")
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+
+    # What was recorded until then is stored, the call's length, Bob's tone on the right
+    # before and after his leg came back
+    rec = await asyncio.to_thread(eventually_value, lambda: _stored(org, call_id), within=90)
+    with open(Path(settings.MEDIA_ROOT) / rec.storage_name, "rb") as blob:
+        plain = b"".join(recording_store.decrypt_stream(rec.pk, rec.data_key_encrypted, blob))
+    with wave.open(io.BytesIO(plain)) as wav:
+        seconds = wav.getnframes() / wav.getframerate()
+        samples = array("h", wav.readframes(wav.getnframes()))
+    assert abs(seconds - (call.ended_at - rec.started_at).total_seconds()) < 1.5
+    right = samples[1::2]
+    second = 16000
+    assert max(map(abs, right[: 2 * second])) > 2000  # before the drop
+    assert max(map(abs, right[-(LOST_GRACE_SECONDS + 4) * second :])) > 2000  # after it

@@ -12,7 +12,8 @@
   noticed first), never an internal error.
 - The worker cannot reach PostgreSQL when a transcription job runs: the job is retried,
   and finishes once the database is back.
-- A connect deadline whose timer was lost is made up by beat's sweep.
+- A connect deadline or a lost leg's grace whose timer was lost is made up by beat's
+  sweep, which also marks failed a recording its recorder never stored.
 
 PostgreSQL "goes away" through a TCP proxy that is cut (siphera/tests/test_database_outage);
 Redis is a redis-server of the test's own that is stopped.
@@ -375,17 +376,41 @@ def test_the_sweep_ends_a_recorded_call_whose_deadline_timer_was_lost():
                     recording=rec, user=alice, device_id=1, offered_at=late, connected_at=late
                 )
             made.append(call.pk)
+        # A recording call whose callee's leg was lost past the grace, its timer lost too
+        call = Call.objects.create(
+            media="audio", state=Call.ACTIVE, caller=alice, caller_device_id=1, answered_at=late
+        )
+        CallParticipant.objects.create(call=call, user=alice, role="caller", device_id=1)
+        CallParticipant.objects.create(call=call, user=bob, role="callee", device_id=1)
+        rec = Recording.objects.create(call=call, state=Recording.RECORDING, started_at=late)
+        away = timezone.now() - timedelta(seconds=settings.CALL_RECORDING_LOST_GRACE_SECONDS + 10)
+        RecordingLeg.objects.create(
+            recording=rec, user=bob, device_id=1, offered_at=late, lost_at=away
+        )
+        made.append(call.pk)
+        # A call that ended long ago whose recorder never stored its recording
+        gone = Call.objects.create(media="audio", state=Call.ENDED, caller=alice, ended_at=late)
+        made.append(
+            Recording.objects.create(
+                call=gone,
+                state=Recording.RECORDING,
+                ended_at=timezone.now() - timedelta(seconds=recording.STORE_WITHIN_SECONDS + 60),
+            ).pk
+        )
         return made
 
-    never_up, held = in_tenant(org, calls)
+    never_up, held, lost, unstored = in_tenant(org, calls)
 
     # When beat's sweep runs
     ended = in_tenant(org, signaling.do_sweep)
 
-    # Then both end, each with its reason, and nothing is left held
-    assert ended == 2
+    # Then the three end, each with its reason, and nothing is left held; the recording
+    # never stored is marked failed
+    assert ended == 3
     rows = in_tenant(org, lambda: {c.pk: c for c in Call.objects.all()})
     assert (rows[never_up].outcome, rows[never_up].end_reason) == ("failed", "recorder_unavailable")
     assert (rows[held].outcome, rows[held].end_reason) == ("failed", "recording_refused")
+    assert (rows[lost].outcome, rows[lost].end_reason) == ("failed", "recording_lost")
+    assert in_tenant(org, Recording.objects.get, pk=unstored).state == Recording.FAILED
     assert not in_tenant(org, Recording.objects.exclude(held_accept_encrypted="").exists)
     assert in_tenant(org, signaling.do_sweep) == 0  # a second run changes nothing
