@@ -20,16 +20,29 @@ class RecordingsView(APIView):
     permission_classes = [IsAuthenticated, require(Perm.RECORDINGS_READ)]
 
     @extend_schema(
-        parameters=[OpenApiParameter("q", str, description="words the transcript holds")],
-        responses={200: OpenApiResponse(description='{"recordings": [...]}'), 403: ERROR},
+        parameters=[
+            OpenApiParameter("q", str, description="words the transcript holds"),
+            OpenApiParameter("limit", int, description=f"1-{recording_access.PAGE} (the default)"),
+            OpenApiParameter("before", str, description="the previous page's `next_before`"),
+        ],
+        responses={
+            200: OpenApiResponse(description='{"recordings": [...], "next_before"}'),
+            400: ERROR,
+            403: ERROR,
+        },
         tags=["recordings"],
-        description="Compliance recordings, newest first; `q` searches transcripts. Audited.",
+        description="Compliance recordings, newest first, a page at a time; `q` searches "
+        "transcripts. Audited.",
     )
     def get(self, request):
-        found = recording_access.check_search(
-            query=request.query_params.get("q", ""), actor=audit.Actor.from_request(request)
+        before, limit = recording_access.parse_page(request.query_params)
+        page = recording_access.check_search(
+            query=request.query_params.get("q", ""),
+            before=before,
+            limit=limit,
+            actor=audit.Actor.from_request(request),
         )
-        return Response({"recordings": found})
+        return Response({"recordings": page.recordings, "next_before": page.next_before})
 
 
 class RecordingAudioView(APIView):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import transaction
 
-from calls.models import Recording
-from calls.services import recording_store, transcription
+from calls.models import CallParticipant, Recording
+from calls.services import recording_store, records, transcription
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
 from siphera.api_errors import ApiError, not_found
@@ -26,10 +28,23 @@ PAGE = 100
 QUERY_MAX = 200
 
 
-def recording_payload(rec: Recording) -> dict:
+@dataclass
+class Page:
+    recordings: list[dict]
+    # Where the next (older) page starts: the `before` to ask with, None at the end.
+    next_before: str | None
+
+
+def recording_payload(rec: Recording, parties: list[CallParticipant] = ()) -> dict:
+    """What a reader sees of a recording (never its storage name or keys); `parties` are
+    the call's caller and callee, caller first."""
     return {
         "id": str(rec.pk),
         "call_id": str(rec.call_id),
+        "parties": [
+            {"user_id": str(p.user_id), "role": p.role}
+            for p in sorted(parties, key=lambda p: (p.role != CallParticipant.CALLER, p.pk))
+        ],
         "state": rec.state,
         "created_at": rec.created_at.isoformat(),
         "started_at": rec.started_at.isoformat() if rec.started_at else None,
@@ -40,6 +55,15 @@ def recording_payload(rec: Recording) -> dict:
     }
 
 
+def parties_of(recordings) -> dict[uuid.UUID, list[CallParticipant]]:
+    """The participants of each recording's call (call id -> rows), in one query."""
+    out: dict[uuid.UUID, list[CallParticipant]] = {}
+    calls = [rec.call_id for rec in recordings]
+    for part in CallParticipant.objects.filter(call_id__in=calls):
+        out.setdefault(part.call_id, []).append(part)
+    return out
+
+
 def access_recording(recording_id) -> Recording:
     try:
         return Recording.objects.get(pk=uuid.UUID(str(recording_id)))
@@ -47,28 +71,63 @@ def access_recording(recording_id) -> Recording:
         raise not_found("No such recording.") from None
 
 
-def check_search(*, query: str = "", actor: audit.Actor) -> list[dict]:
-    """Recordings newest first; with `query`, those whose transcript holds every word of
-    it (case-insensitive), each with its matching lines. Audited."""
+def parse_page(params) -> tuple[datetime | None, int]:
+    """`before` and `limit` (1-PAGE, default PAGE) of a recordings page; 400
+    `invalid_query` when malformed."""
+    return records.parse_page(params, default=PAGE, hi=PAGE, code="invalid_query")
+
+
+def check_search(
+    *,
+    query: str = "",
+    actor: audit.Actor,
+    before: datetime | None = None,
+    limit: int = PAGE,
+) -> Page:
+    """Recordings newest first, created before `before`, at most `limit`; with `query`,
+    those whose transcript holds every word of it (case-insensitive), each with its
+    matching lines. A search reads at most SEARCH_MAX transcripts per page: when it
+    stops there, `next_before` says where to go on. Audited."""
     query = (query or "").strip()
     if len(query) > QUERY_MAX:
         raise ApiError(400, "invalid_query", f"A search is at most {QUERY_MAX} characters.")
+    limit = max(1, min(limit, PAGE))
     words = query.lower().split()
     rows = Recording.objects.order_by("-created_at")
-    out = []
+    if before is not None:
+        rows = rows.filter(created_at__lt=before)
+    found: list[tuple[Recording, list]] = []
+    next_before = None
     if words:
-        for rec in rows.exclude(transcript_encrypted="")[:SEARCH_MAX]:
+        scanned = list(rows.exclude(transcript_encrypted="")[:SEARCH_MAX])
+        for index, rec in enumerate(scanned):
             transcript = transcription.transcript_of(rec)
             text = transcript["text"].lower()
             if all(w in text for w in words):
                 lines = [
                     s for s in transcript["segments"] if any(w in s["text"].lower() for w in words)
                 ]
-                out.append({**recording_payload(rec), "matches": lines[:20]})
-            if len(out) >= PAGE:
+                found.append((rec, lines[:20]))
+            if len(found) >= limit:
+                more = index + 1 < len(scanned) or len(scanned) == SEARCH_MAX
+                next_before = rec.created_at.isoformat() if more else None
                 break
+        else:
+            if len(scanned) == SEARCH_MAX:
+                next_before = scanned[-1].created_at.isoformat()
     else:
-        out = [recording_payload(rec) for rec in rows[:PAGE]]
+        page = list(rows[: limit + 1])
+        if len(page) > limit:
+            page = page[:limit]
+            next_before = page[-1].created_at.isoformat()
+        found = [(rec, None) for rec in page]
+    parties = parties_of([rec for rec, _ in found])
+    out = []
+    for rec, lines in found:
+        payload = recording_payload(rec, parties.get(rec.call_id, []))
+        if lines is not None:
+            payload["matches"] = lines
+        out.append(payload)
     with transaction.atomic():
         audit.record(
             AuditEvent.CALL_RECORDINGS_SEARCHED,
@@ -77,7 +136,7 @@ def check_search(*, query: str = "", actor: audit.Actor) -> list[dict]:
             target_id="",
             data={"query": bool(words), "count": len(out)},
         )
-    return out
+    return Page(out, next_before)
 
 
 def _audit_access(rec: Recording, what: str, actor: audit.Actor) -> None:

@@ -39,8 +39,15 @@ class Page:
     next_before: str | None
 
 
-def parse_page(params) -> tuple[datetime | None, int]:
-    """`before` and `limit` from query parameters; 400 `invalid_call` when malformed."""
+def parse_page(
+    params,
+    *,
+    default: int = DEFAULT_PAGE,
+    hi: int = MAX_PAGE,
+    code: str = CallError.INVALID_CALL,
+) -> tuple[datetime | None, int]:
+    """`before` and `limit` (1-`hi`, `default` when absent) from query parameters; 400
+    `code` when malformed."""
     before = params.get("before")
     parsed = None
     if before:
@@ -49,11 +56,8 @@ def parse_page(params) -> tuple[datetime | None, int]:
         except ValueError:
             parsed = None
         if parsed is None or parsed.tzinfo is None:
-            raise ApiError(
-                400, CallError.INVALID_CALL, "`before` is an ISO 8601 time with its offset."
-            )
-    limit = page_limit(params, default=DEFAULT_PAGE, hi=MAX_PAGE, code=CallError.INVALID_CALL)
-    return parsed, limit
+            raise ApiError(400, code, "`before` is an ISO 8601 time with its offset.")
+    return parsed, page_limit(params, default=default, hi=hi, code=code)
 
 
 def _iso(value: datetime | None) -> str | None:
