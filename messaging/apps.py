@@ -10,7 +10,7 @@ class MessagingConfig(AppConfig):
     def ready(self) -> None:
         from messaging.consumers import MessagingSocket
         from messaging.services import compliance
-        from messaging.services.conversations import share_a_conversation
+        from messaging.services.conversations import on_user_deactivated, share_a_conversation
         from messaging.services.devices import on_device_revoked
         from orgs import hooks
         from siphera import sockets
@@ -18,4 +18,5 @@ class MessagingConfig(AppConfig):
         sockets.register(MessagingSocket)
         hooks.device_revoked.register(on_device_revoked)
         hooks.are_contacts.register(share_a_conversation)
+        hooks.user_deactivated.register(on_user_deactivated)
         compliance.register()

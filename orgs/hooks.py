@@ -25,6 +25,13 @@ in_call = Hook(
     "orgs.services.presence.notify_changed(user_id) when a call starts or ends.",
 )
 
+user_deactivated = Hook(
+    "user_deactivated",
+    "fn(user, actor): a user was deactivated (orgs.services.users), inside the deactivating "
+    "transaction, after their devices were revoked. Messaging hands each group they leave "
+    "without an active admin to its longest-standing active member.",
+)
+
 user_erasing = Hook(
     "user_erasing",
     "fn(user, report): a user's personal data is being erased (orgs.services."

@@ -267,8 +267,17 @@ def do_remove_member(
         event["reason"] = reason
     do_append_event(conversation, event, actor=actor, actor_device_id=actor_device_id)
     member.delete()
-    if conversation.kind != Conversation.GROUP:
-        return
+    if conversation.kind == Conversation.GROUP:
+        _ensure_an_active_admin(conversation, actor=actor, actor_device_id=actor_device_id)
+
+
+def _ensure_an_active_admin(
+    conversation: Conversation, *, actor: User, actor_device_id: int | None = None
+) -> None:
+    """If the group (locked by the caller) has active members but no active admin, make
+    its longest-standing active member admin, with a `member.role_changed` event."""
+    from messaging.services.delivery import do_append_event
+
     active = Member.objects.filter(conversation=conversation, user__is_active=True)
     if active.filter(role=Member.ADMIN).exists():
         return
@@ -285,6 +294,22 @@ def do_remove_member(
             actor=actor,
             actor_device_id=actor_device_id,
         )
+
+
+def on_user_deactivated(user: User, *, actor) -> None:
+    """orgs.hooks.user_deactivated: every group `user` was an admin of and that has no
+    other active admin now gets one (_ensure_an_active_admin), so a deactivated only
+    admin (an account deprovisioned by the IdP, say) leaves no group that nobody can
+    manage. They stay a member and an admin: reactivated, they manage it again. Groups
+    are locked in id order (a send or a change locks one at a time)."""
+    groups = (
+        Member.objects.filter(user=user, role=Member.ADMIN, conversation__kind=Conversation.GROUP)
+        .order_by("conversation_id")
+        .values_list("conversation_id", flat=True)
+    )
+    for conversation_id in list(groups):
+        locked = Conversation.objects.select_for_update().get(pk=conversation_id)
+        _ensure_an_active_admin(locked, actor=user)
 
 
 def _require_another_admin(conversation: Conversation, member: Member, *, alone_ok: bool) -> None:

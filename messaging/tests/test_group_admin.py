@@ -188,12 +188,67 @@ def test_an_erased_only_admin_hands_the_group_to_the_longest_standing_member(org
     owner = new_session(org_a, role="owner")
     admin, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
     cid = start_conversation(admin, bob, carol, kind="group")["id"]
+    # Members are listed in join order (bob and carol joined in one request, in any order).
+    members = bob.api.get(f"/api/v1/conversations/{cid}").json()["members"]
+    first, second = [m["user_id"] for m in members if m["user_id"] != str(admin.user.pk)]
     erased = owner.api.post(f"/api/v1/users/{admin.user.pk}/erase", json={"reason": "GDPR art. 17"})
     assert erased.status_code == 200, erased.text
-    assert _roles(bob, cid) == {str(bob.user.pk): "admin", str(carol.user.pk): "member"}
+    assert _roles(bob, cid) == {first: "admin", second: "member"}
+    # The hand-over comes with the deactivation that starts an erasure, then the removal.
     events = _events(carol, cid)
-    assert [e["action"] for e in events] == ["member.removed", "member.role_changed"]
-    assert events[1]["user_ids"] == [str(bob.user.pk)] and events[1]["role"] == "admin"
+    assert [e["action"] for e in events] == ["member.role_changed", "member.removed"]
+    assert events[0]["user_ids"] == [first] and events[0]["role"] == "admin"
+
+
+def test_a_deactivated_only_admin_hands_the_group_to_the_longest_standing_active_member(
+    org_a, new_session
+):
+    # Deprovisioned (the portal, or the IdP over SCIM): a group whose only active admin
+    # they were would have had no one left to add, remove, promote or rename.
+    owner = new_session(org_a, role="owner")
+    admin, bob, carol = new_session(org_a), new_session(org_a), new_session(org_a)
+    only = start_conversation(admin, bob, kind="group")["id"]
+    admin.api.post(f"/api/v1/conversations/{only}/members", json={"user_ids": [str(carol.user.pk)]})
+    shared = start_conversation(admin, bob, kind="group")["id"]
+    assert _set_role(admin, shared, bob, "admin").status_code == 200
+    plain = start_conversation(carol, admin, kind="group")["id"]
+    direct = start_conversation(admin, bob)["id"]
+
+    deactivated = owner.api.post(f"/api/v1/users/{admin.user.pk}/deactivate")
+    assert deactivated.status_code == 200, deactivated.text
+
+    # The group they alone ran: bob (the longest-standing active member) is admin now.
+    assert _roles(bob, only) == {
+        str(admin.user.pk): "admin",  # still a member and admin: reactivated, they run it again
+        str(bob.user.pk): "admin",
+        str(carol.user.pk): "member",
+    }
+    handed = _events(carol, only)
+    assert handed[0]["action"] == "member.added"
+    assert handed[1:] == [
+        {
+            "action": "member.role_changed",
+            "user_ids": [str(bob.user.pk)],
+            "role": "admin",
+            "by": str(admin.user.pk),
+        }
+    ]
+    # bob can do what admins do.
+    assert _set_role(bob, only, carol, "admin").status_code == 200
+    # Groups with another active admin, groups they were a member of, and direct
+    # conversations are left as they were.
+    assert len(_events(bob, shared)) == 1  # bob's promotion, before
+    assert _roles(carol, plain) == {str(carol.user.pk): "admin", str(admin.user.pk): "member"}
+    assert _events(carol, plain) == []
+    assert [
+        m["role"] for m in bob.api.get(f"/api/v1/conversations/{direct}").json()["members"]
+    ] == [
+        "member",
+        "member",
+    ]
+    # Deactivating again changes nothing more.
+    assert owner.api.post(f"/api/v1/users/{admin.user.pk}/deactivate").status_code == 200
+    assert len(_events(carol, only)) == 3  # carol added, the hand-over, her promotion
 
 
 # --- remove -------------------------------------------------------------------------------

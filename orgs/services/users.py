@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from orgs import hooks
 from orgs.accounts.models import Invitation, LoginGrant, User
 from orgs.audit_events import AuditEvent
 from orgs.roles import OWNER, codes_for, role_codes
@@ -287,7 +288,9 @@ def do_deactivate_user(user: User, *, actor: audit.Actor) -> User:
     """In one transaction: the user can no longer log in, every device is revoked (tokens
     dead, keys deleted), unused login grants and invitations are dropped, and every portal
     session ends (`session_epoch`). After commit every live socket of the user gets a
-    `user.deactivated` frame and is closed with 4403. Audited `member.deactivated`."""
+    `user.deactivated` frame and is closed with 4403. The apps above are told
+    (orgs.hooks.user_deactivated: a group they were the only active admin of gets
+    another). Audited `member.deactivated`."""
     from orgs.services.devices import do_revoke_user_devices
 
     with transaction.atomic():
@@ -303,6 +306,7 @@ def do_deactivate_user(user: User, *, actor: audit.Actor) -> User:
         )
         grants, _ = LoginGrant.objects.filter(user=locked, used_at__isnull=True).delete()
         Invitation.objects.filter(user=locked, used_at__isnull=True).delete()
+        hooks.user_deactivated(locked, actor=actor)
         audit.record(
             AuditEvent.MEMBER_DEACTIVATED,
             actor=actor,
