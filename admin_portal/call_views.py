@@ -10,6 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from admin_portal.decorators import portal_perm
+from admin_portal.listing import older_query, usernames
 from calls.services import records
 from orgs.accounts.models import User
 from orgs.roles import Perm
@@ -56,23 +57,13 @@ def call_log(request: HttpRequest) -> HttpResponse:
             )
         except ApiError as exc:
             error = exc.message
-    names = {}
     if page:
-        ids = {p["user_id"] for call in page.calls for p in call["participants"]}
-        names = {
-            str(pk): name
-            for pk, name in User.objects.filter(pk__in=ids).values_list("pk", "username")
-        }
+        names = usernames(p["user_id"] for call in page.calls for p in call["participants"])
         for call in page.calls:
             call["people"] = [
                 {**p, "username": names.get(p["user_id"], "(deleted)")}
                 for p in call["participants"]
             ]
-    older = None
-    if page and page.next_before:
-        query = request.GET.copy()
-        query["before"] = page.next_before
-        older = query.urlencode()
     return render(
         request,
         "portal/calls.html",
@@ -81,7 +72,7 @@ def call_log(request: HttpRequest) -> HttpResponse:
             "page": page,
             "error": error,
             "user_filter": username,
-            "older": older,
+            "older": older_query(request, page.next_before if page else None),
             "media": media_status(),
         },
         status=400 if error else 200,

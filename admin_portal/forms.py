@@ -2,6 +2,7 @@
 
 from django import forms
 
+from admin_portal.units import UNITS, human_bytes, split_bytes, to_bytes
 from orgs.accounts.models import OrgPolicy
 from orgs.accounts.passwords import MIN_LENGTH_CEILING, MIN_LENGTH_FLOOR
 from orgs.roles import PERM_LABELS, Perm
@@ -386,3 +387,142 @@ class HoldReleaseForm(forms.Form):
 
 class DomainForm(forms.Form):
     domain = forms.CharField(max_length=253, label="Host name", help_text="e.g. chat.example.com")
+
+
+class QuotaForm(forms.Form):
+    """The org's attachment size limit and quotas (messaging.services.retention's policy):
+    byte sizes typed as an amount and a binary unit, the queue cap as a count. Empty: the
+    platform default. `limits` (the policy payload's) bound each field here, so an error
+    is said in the units typed; the service checks again."""
+
+    BYTE_FIELDS = {
+        "attachment_max_bytes": "Largest attachment",
+        "attachment_storage_quota_bytes": "Attachment storage for the org",
+        "unsent_upload_quota_bytes": "Uploads not yet sent, per user",
+    }
+    device_queue_max = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Messages queued per device",
+        help_text="A device offline longer than that gets no more until it catches up: "
+        "senders are told (409 queue_full), nothing already queued is dropped.",
+    )
+
+    def __init__(self, *args, limits: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.fields["device_queue_max"].max_value = limits["device_queue_max"][1]
+        self.fields["device_queue_max"].widget.attrs["max"] = limits["device_queue_max"][1]
+        for name, label in self.BYTE_FIELDS.items():
+            self.fields[f"{name}_amount"] = forms.DecimalField(
+                required=False,
+                min_value=0,
+                max_digits=20,
+                decimal_places=3,
+                label=label,
+                widget=forms.NumberInput(attrs={"step": "any", "min": "0"}),
+            )
+            self.fields[f"{name}_unit"] = forms.ChoiceField(
+                choices=[(unit, unit) for unit, _ in UNITS],
+                initial="GiB",
+                label=f"{label}: unit",
+            )
+
+    @classmethod
+    def initial_from(cls, payload: dict) -> dict:
+        """What the form shows for the policy as set (empty where the default applies)."""
+        initial: dict = {"device_queue_max": payload["device_queue_max"]}
+        for name in cls.BYTE_FIELDS:
+            if payload[name] is None:
+                initial[f"{name}_unit"] = split_bytes(payload["defaults"][name])[1]
+            else:
+                amount, unit = split_bytes(payload[name])
+                initial[f"{name}_amount"], initial[f"{name}_unit"] = amount, unit
+        return initial
+
+    def byte_field_rows(self, payload: dict) -> list[dict]:
+        """Per byte size, its two fields and what the policy payload says of it."""
+        return [
+            {
+                "name": name,
+                "amount": self[f"{name}_amount"],
+                "unit": self[f"{name}_unit"],
+                "set": payload[name] is not None,
+                "effective": payload["effective"][name],
+                "default": payload["defaults"][name],
+                "high": self.limits[name][1],
+            }
+            for name in self.BYTE_FIELDS
+        ]
+
+    def clean(self):
+        data = super().clean()
+        for name in self.BYTE_FIELDS:
+            amount, unit = data.get(f"{name}_amount"), data.get(f"{name}_unit")
+            if amount is None or unit is None:
+                continue
+            size = to_bytes(amount, unit)
+            low, high = self.limits[name]
+            if not low <= size <= high:
+                self.add_error(
+                    f"{name}_amount",
+                    f"Between {human_bytes(low)} and {human_bytes(high)}; "
+                    f"{amount.normalize():f} {unit} is {human_bytes(size)}.",
+                )
+        return data
+
+    def policy_changes(self) -> dict:
+        """The fields of check_set_policy this form stands for (None: the default)."""
+        data = self.cleaned_data
+        changes = {"device_queue_max": data.get("device_queue_max")}
+        for name in self.BYTE_FIELDS:
+            amount = data.get(f"{name}_amount")
+            changes[name] = None if amount is None else to_bytes(amount, data[f"{name}_unit"])
+        return changes
+
+
+class RecordingPolicyForm(forms.Form):
+    """Who the compliance recorder records (calls.services.recording_policy). Usernames
+    are turned into user ids by the view; the service checks roles and users."""
+
+    OFF, EVERYONE, CHOSEN = "off", "everyone", "chosen"
+    USERNAMES_MAX = 1000
+
+    mode = forms.ChoiceField(
+        choices=[
+            (OFF, "Off: no call is recorded"),
+            (EVERYONE, "Every 1:1 call in the org"),
+            (CHOSEN, "1:1 calls of the roles and people chosen below"),
+        ],
+        widget=forms.RadioSelect,
+        label="Record",
+    )
+    roles = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Roles"
+    )
+    usernames = forms.CharField(
+        required=False,
+        max_length=200_000,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="People (usernames)",
+        help_text="One per line, or separated by commas or spaces.",
+    )
+
+    def __init__(self, *args, roles=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["roles"].choices = role_choices(roles)
+
+    def clean_usernames(self) -> list[str]:
+        raw = self.cleaned_data.get("usernames") or ""
+        names = list(dict.fromkeys(n.lower() for n in raw.replace(",", " ").split()))
+        if len(names) > self.USERNAMES_MAX:
+            raise forms.ValidationError(f"At most {self.USERNAMES_MAX} people.")
+        return names
+
+    def clean(self):
+        data = super().clean()
+        if data.get("mode") == self.CHOSEN and not data.get("roles") and not data.get("usernames"):
+            raise forms.ValidationError(
+                "Choose at least one role or person, or turn recording off."
+            )
+        return data

@@ -1,7 +1,7 @@
-"""The portal's Retention page (`compliance.manage`): the org's retention, per-conversation
-overrides, and legal holds placed and released with a reason, with who did what from the
-audit log. The rules, checks and audit entries are messaging.services.retention's, the
-same the API (/api/v1/compliance/...) calls."""
+"""The portal's Retention page (`compliance.manage`): the org's retention, its attachment
+size limit and quotas, per-conversation overrides, and legal holds placed and released
+with a reason, with who did what from the audit log. The rules, checks and audit entries
+are messaging.services.retention's, the same the API (/api/v1/compliance/...) calls."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from admin_portal.forms import (
     ConversationRetentionForm,
     HoldForm,
     HoldReleaseForm,
+    QuotaForm,
     RetentionPolicyForm,
 )
+from admin_portal.listing import usernames
 from messaging.services import retention
 from orgs.accounts.models import User
 from orgs.roles import Perm, has_perm
@@ -27,12 +29,6 @@ from siphera.api_errors import ApiError
 
 HISTORY = 25
 RELEASED_SHOWN = 50
-
-
-def _names(ids) -> dict[str, str]:
-    wanted = {str(i) for i in ids if i}
-    rows = User.objects.filter(pk__in=wanted).values_list("pk", "username")
-    return {str(pk): username for pk, username in rows}
 
 
 def _history() -> list[dict]:
@@ -48,7 +44,7 @@ def _page(request: HttpRequest, *, status: int = 200, **forms) -> HttpResponse:
     active = retention.list_holds(active_only=True)
     released = retention.recently_released_holds(RELEASED_SHOWN)
     holds = [*active, *released]
-    names = _names(
+    names = usernames(
         [h.user_id for h in holds]
         + [h.placed_by_id for h in holds]
         + [h.released_by_id for h in holds]
@@ -57,9 +53,15 @@ def _page(request: HttpRequest, *, status: int = 200, **forms) -> HttpResponse:
         hold.user_name = names.get(str(hold.user_id), "") if hold.user_id else ""
         hold.placed_by_name = names.get(str(hold.placed_by_id), "—")
         hold.released_by_name = names.get(str(hold.released_by_id), "—")
+    payload = retention.policy_payload(policy)
+    quota_form = forms.get("quota_form") or QuotaForm(
+        initial=QuotaForm.initial_from(payload), limits=payload["limits"]
+    )
     context = {
         "nav": "retention",
-        "payload": retention.policy_payload(policy),
+        "payload": payload,
+        "quota_form": quota_form,
+        "quota_rows": quota_form.byte_field_rows(payload),
         "policy_form": forms.get("policy_form")
         or RetentionPolicyForm(initial={"retention_days": policy.retention_days}),
         "override_form": forms.get("override_form") or ConversationRetentionForm(),
@@ -86,23 +88,45 @@ def _refused(exc: ApiError) -> None:
         raise exc
 
 
-@require_POST
-@portal_perm(Perm.COMPLIANCE_MANAGE)
-def retention_policy(request: HttpRequest) -> HttpResponse:
-    form = RetentionPolicyForm(request.POST)
+def _save_policy(request: HttpRequest, form, key: str, changes, saved: str) -> HttpResponse:
+    """Apply a valid policy form through retention.check_set_policy (which audits each
+    changed field); otherwise, or when the service refuses, the page again with the form
+    (`key`) showing why."""
     if form.is_valid():
         try:
-            retention.check_set_policy(
-                {"retention_days": form.cleaned_data["retention_days"]},
-                actor=audit.Actor.from_request(request),
-            )
+            retention.check_set_policy(changes(form), actor=audit.Actor.from_request(request))
         except ApiError as exc:
             _refused(exc)
             form.add_error(None, exc.message)
         else:
-            messages.success(request, "Retention saved.")
+            messages.success(request, saved)
             return redirect("portal:retention")
-    return _page(request, status=400, policy_form=form)
+    return _page(request, status=400, **{key: form})
+
+
+@require_POST
+@portal_perm(Perm.COMPLIANCE_MANAGE)
+def retention_policy(request: HttpRequest) -> HttpResponse:
+    return _save_policy(
+        request,
+        RetentionPolicyForm(request.POST),
+        "policy_form",
+        lambda form: {"retention_days": form.cleaned_data["retention_days"]},
+        "Retention saved.",
+    )
+
+
+@require_POST
+@portal_perm(Perm.COMPLIANCE_MANAGE)
+def retention_quotas(request: HttpRequest) -> HttpResponse:
+    """The attachment size limit, the storage and upload quotas and the queue cap."""
+    return _save_policy(
+        request,
+        QuotaForm(request.POST, limits=retention.policy_payload()["limits"]),
+        "quota_form",
+        QuotaForm.policy_changes,
+        "Quotas saved.",
+    )
 
 
 @require_POST

@@ -11,6 +11,7 @@ from admin_portal import (
     domain_views,
     login_views,
     password_views,
+    recording_views,
     retention_views,
     scim_views,
     sso_views,
@@ -76,6 +77,7 @@ portal = [
     path("compliance/users/<uuid:user_id>/erase", compliance_views.erase_user, name="erase-user"),
     path("retention/", retention_views.retention_page, name="retention"),
     path("retention/policy", retention_views.retention_policy, name="retention-policy"),
+    path("retention/quotas", retention_views.retention_quotas, name="retention-quotas"),
     path("retention/override", retention_views.retention_override, name="retention-override"),
     path("retention/holds", retention_views.hold_place, name="hold-place"),
     path(
@@ -86,6 +88,14 @@ portal = [
     path("domains/<str:domain>/remove", domain_views.domain_remove, name="domain-remove"),
     path("audit/", admin_views.audit_log, name="audit"),
     path("calls/", call_views.call_log, name="calls"),
+    path("recordings/", recording_views.recording_list, name="recordings"),
+    path("recordings/policy", recording_views.recording_policy_page, name="recording-policy"),
+    path("recordings/<uuid:recording_id>/", recording_views.recording_detail, name="recording"),
+    path(
+        "recordings/<uuid:recording_id>/audio.wav",
+        recording_views.recording_audio,
+        name="recording-audio",
+    ),
     path("audit/export", admin_views.audit_export, name="audit-export"),
     path("audit/verify", admin_views.audit_verify, name="audit-verify"),
 ]
