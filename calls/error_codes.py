@@ -19,3 +19,6 @@ class CallError(StrEnum):
     # `retry_after`; also the `call.ended` reason of a recorded call whose recorder never
     # came up.
     RECORDER_UNAVAILABLE = "recorder_unavailable"
+    # Reading a stored recording's audio (GET .../recordings/{id}/audio): 503 either way
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the blob store cannot give it now
+    RECORDING_UNREADABLE = "recording_unreadable"  # it does not decrypt as this recording

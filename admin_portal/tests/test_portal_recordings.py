@@ -360,3 +360,27 @@ def test_quotas_are_typed_in_binary_units_checked_and_audited(server):
     assert too_many.status_code == 400
     assert len(_audit(org, "retention.policy_changed")) == 3
     assert in_tenant(org, MessagingPolicy.objects.get).device_queue_max == 5000
+
+
+def test_audio_that_cannot_be_read_is_a_503_page_not_a_broken_download(server, recorded):
+    from calls.services import recording_store
+
+    org, officer, alice, bob, rec = recorded
+    client = _signed_in(server, org, officer)
+    # The blob store lost the file (a disk or bucket fault): 503 before any byte, with
+    # Retry-After, and no access is recorded for audio nobody got.
+    in_tenant(org, lambda: recording_store.storage().delete(rec.storage_name))
+    gone = client.get(f"/portal/recordings/{rec.pk}/audio.wav")
+    assert gone.status_code == 503 and "Retry-After" in gone.headers
+    assert "cannot be read" in gone.text
+    # A blob that does not decrypt as this recording's (another recording's bytes).
+    other = in_tenant(org, make_stored_recording, alice, bob, audio=AUDIO, transcript=TRANSCRIPT)
+    in_tenant(
+        org,
+        lambda: Recording.objects.filter(pk=rec.pk).update(storage_name=other.storage_name),
+    )
+    corrupt = client.get(f"/portal/recordings/{rec.pk}/audio.wav")
+    assert corrupt.status_code == 503 and "does not decrypt" in corrupt.text
+    api = client.http.get(f"/portal/recordings/{rec.pk}/")
+    assert api.status_code == 200  # the page itself still opens, with its transcript
+    assert _audit(org, "call.recording_accessed", data__what="audio") == []

@@ -10,6 +10,8 @@ index.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +19,17 @@ from datetime import datetime
 
 from django.db import transaction
 
+from calls.error_codes import CallError
 from calls.models import CallParticipant, Recording
 from calls.services import recording_store, records, transcription
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
 from siphera.api_errors import ApiError, not_found
 
+log = logging.getLogger("siphera.recordings")
+
 SEARCH_MAX = 500
+STORAGE_RETRY_AFTER_SECONDS = 30
 PAGE = 100
 QUERY_MAX = 200
 
@@ -150,12 +156,38 @@ def _audit_access(rec: Recording, what: str, actor: audit.Actor) -> None:
 
 
 def check_fetch_audio(rec: Recording, *, actor: audit.Actor) -> Iterator[bytes]:
-    """The recording's WAV, decrypted a chunk at a time. 404 until it is stored."""
+    """The recording's WAV, decrypted a chunk at a time. 404 until it is stored.
+
+    The blob is opened and its first chunk decrypted before anything is audited or
+    answered, so a fault is a clear answer instead of a download cut off after its
+    headers: 503 `storage_unavailable` (Retry-After) when the blob store cannot give the
+    blob (a missing file, a disk or bucket failure), 503 `recording_unreadable` when it
+    does not decrypt as this recording's (its data key's key-ring key is gone, or the
+    blob was replaced or truncated). Either is logged; neither is audited as an access."""
     if rec.state != Recording.STORED:
         raise not_found("This recording has no audio.")
+    pieces = recording_store.read_decrypted(rec.pk, rec.data_key_encrypted, rec.storage_name)
+    try:
+        first = next(pieces)
+    except recording_store.CorruptRecording as exc:
+        log.error("recording does not decrypt", extra={"recording": str(rec.pk), "why": str(exc)})
+        raise ApiError(
+            503,
+            CallError.RECORDING_UNREADABLE,
+            "The recording's audio does not decrypt; the operator has the details in the "
+            "server log.",
+        ) from None
+    except Exception:
+        log.exception("recording storage failed", extra={"recording": str(rec.pk)})
+        raise ApiError(
+            503,
+            CallError.STORAGE_UNAVAILABLE,
+            "The recording's audio cannot be read from storage now. Try again later.",
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+        ) from None
     with transaction.atomic():
         _audit_access(rec, "audio", actor)
-    return recording_store.read_decrypted(rec.pk, rec.data_key_encrypted, rec.storage_name)
+    return itertools.chain([first], pieces)
 
 
 def check_fetch_transcript(rec: Recording, *, actor: audit.Actor) -> dict:

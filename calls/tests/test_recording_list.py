@@ -83,3 +83,17 @@ def test_a_bad_limit_or_cursor_is_a_400(five, new_session):
         response = officer.api.get("/api/v1/org/recordings", params=params)
         assert response.status_code == 400, params
         assert response.json()["error"]["code"] == "invalid_query"
+
+
+def test_audio_the_store_cannot_give_is_a_503_with_retry_after(five, new_session):
+    from calls.services import recording_store
+
+    org, alice, bob, made = five
+    officer = new_session(org, role="compliance_officer")
+    rec = in_tenant(org, Recording.objects.get, pk=made[0])
+    in_tenant(org, lambda: recording_store.storage().delete(rec.storage_name))
+    response = officer.api.get(f"/api/v1/org/recordings/{rec.pk}/audio")
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    # The others still play.
+    assert officer.api.get(f"/api/v1/org/recordings/{made[1]}/audio").content[:4] == b"RIFF"
