@@ -24,11 +24,12 @@ Every process re-reads the file when it changed, checking at most every
 that time of a change every process that encrypts has seen it.
 
 A file that cannot be used (unreadable, not JSON, not a key-ring file, a key without
-material, no active key left, or open to other users: readable or writable by others, or
-writable by its group) is refused with a KeyRingError naming the file and the fault. A
-process that already holds a ring keeps it and logs the fault once per version of the
-file (a hand edit gone wrong must not stop every process within seconds); a process that
-has none yet cannot use the ring (`/ready` reports it, requests that need it get a 503).
+material, no active key left, open to other users: readable or writable by others, or
+writable by its group; or gone, once a process has read it) is refused with a
+KeyRingError naming the file and the fault. A process that already holds a ring keeps it
+and logs the fault once per version of the file (a hand edit gone wrong must not stop
+every process within seconds); a process that has none yet cannot use the ring
+(`/ready` reports it, requests that need it get a 503).
 
 Each process also notes in Redis which keys it holds (`seen_by()`), so a promotion can
 refuse while a live process does not know the new key (a process reading another file,
@@ -122,7 +123,7 @@ class _Loaded:
     body: dict = field(default_factory=dict)
     checked: float = float("-inf")
     refused: tuple | None = None  # the file's version last refused (the body is older)
-    problem: str = ""  # why
+    problem: str = ""  # why ("": nothing refused)
 
 
 _lock = threading.Lock()
@@ -243,10 +244,14 @@ def _file_body() -> dict:
         except OSError:
             signature = ()  # _read says why
         unchanged = signature == _loaded.signature
-        if fresh and (unchanged or (_loaded.refused is not None and signature == _loaded.refused)):
+        if fresh and (unchanged or (_loaded.problem and signature == _loaded.refused)):
             _loaded.checked = now  # unchanged (or the same unusable version as before)
             return _loaded.body
         try:
+            if fresh and signature is None and _loaded.signature is not None:
+                # It was there: a volume not mounted, a file moved away. Its keys may
+                # be what opens the stored secrets, so they are not dropped unread.
+                raise KeyRingError(f"the key-ring file {path} is gone")
             signature, body = _read(path)
         except KeyRingError as exc:
             if not fresh:
@@ -278,7 +283,7 @@ def problem() -> str | None:
     except KeyRingError as exc:
         return str(exc)
     with _lock:
-        return _loaded.problem if _loaded.refused is not None else None
+        return _loaded.problem or None
 
 
 def _write(path: Path, body: dict) -> None:

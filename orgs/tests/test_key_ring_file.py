@@ -86,6 +86,18 @@ def test_a_command_refuses_an_unusable_key_ring_file_naming_the_fault(
     assert os.stat(ring_file).st_mode & 0o777 == mode
 
 
+def test_a_file_that_goes_away_under_a_running_process_leaves_its_keys_in_place(ring_file):
+    material = keyring.new_material()
+    _write(ring_file, {"v": 1, "keys": [{"material": material, "state": "active"}]})
+    assert keyring.active().material == material
+    ring_file.unlink()  # a volume not mounted, say
+    assert keyring.active().material == material
+    assert "is gone" in keyring.problem()
+    # A process starting now has no file to read: SECRET_KEYS alone, as before any key.
+    keyring.forget_cached()
+    assert keyring.active().material != material and keyring.problem() is None
+
+
 def test_a_directory_in_place_of_the_file_is_refused(ring_file):
     ring_file.mkdir(mode=0o700)
     with pytest.raises(keyring.KeyRingError, match="not a regular file"):
