@@ -40,7 +40,11 @@ def parse_send(data) -> dict:
         "envelopes": _envelopes(data.get("envelopes")),
         "thread": _uuid_or_none(data.get("thread"), "thread"),
         "refers_to": _uuid_or_none(data.get("refers_to"), "refers_to"),
-        "mentions": [str(m) for m in _uuids(data.get("mentions", []), "mentions", MAX_MENTIONS)],
+        # Each user once, in the order given (a user named twice is one mention: the
+        # count and the frame are per message), as the database spells the id.
+        "mentions": list(
+            dict.fromkeys(map(str, _uuids(data.get("mentions", []), "mentions", MAX_MENTIONS)))
+        ),
         "attachments": [
             str(a) for a in _uuids(data.get("attachments", []), "attachments", MAX_ATTACHMENTS)
         ],

@@ -216,6 +216,18 @@ def test_mention_counts_follow_sends_and_reads(org_a, new_session):
     assert listed["mention_count"] == 1
 
 
+def test_a_user_mentioned_a_thousand_times_is_one_mention_stored_once(org_a, new_session):
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob, kind="group")["id"]
+    bob_id = str(bob.user.pk)
+    sent = _send(alice, cid, mentions=[bob_id.upper(), *[bob_id] * 998, str(alice.user.pk)])
+    assert _state(bob, cid)["mention_count"] == 1
+    stored = in_tenant(org_a, Message.objects.get, pk=sent["id"]).mentions
+    assert stored == [bob_id, str(alice.user.pk)]
+    history = bob.api.get(f"/api/v1/conversations/{cid}/messages").json()
+    assert history[-1]["mentions"] == [bob_id, str(alice.user.pk)]
+
+
 def test_mentioning_a_non_member_is_refused_and_stores_nothing(org_a, org_b, new_session):
     alice, bob, stranger = new_session(org_a), new_session(org_a), new_session(org_a)
     foreign = new_session(org_b)
