@@ -22,3 +22,6 @@ class CallError(StrEnum):
     # Reading a stored recording's audio (GET .../recordings/{id}/audio): 503 either way
     STORAGE_UNAVAILABLE = "storage_unavailable"  # the blob store cannot give it now
     RECORDING_UNREADABLE = "recording_unreadable"  # it does not decrypt as this recording
+    # 409: the org's policy requires this user's calls to be recorded, and group calls
+    # (LiveKit rooms) cannot be recorded yet: they may take 1:1 calls only.
+    RECORDING_UNSUPPORTED = "recording_unsupported"

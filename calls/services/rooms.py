@@ -27,8 +27,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from livekit import api as lk
 
+from calls.error_codes import CallError
 from calls.models import Call, CallParticipant
-from calls.services import livekit
+from calls.services import livekit, recording_policy
 from messaging.services.conversations import access_conversation
 from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
@@ -202,6 +203,16 @@ def _group_call(call_id) -> Call | None:
 
 def _admit(cfg: livekit.LiveKitConfig, call: Call, user: User, device_id: int, name: str):
     """Record `user` as a participant of `call` and mint their device's token."""
+    if recording_policy.recording_required(user):
+        # No call that policy requires to be recorded goes ahead unrecorded, and the
+        # recorder joins 1:1 calls only (planned for rooms). Raised inside the caller's
+        # transaction: a room this request was opening is not kept.
+        raise ApiError(
+            409,
+            CallError.RECORDING_UNSUPPORTED,
+            "Your organisation records your calls, and group calls cannot be recorded yet: "
+            "call people one to one instead.",
+        )
     CallParticipant.objects.get_or_create(
         call=call, user=user, defaults={"role": CallParticipant.MEMBER, "device_id": device_id}
     )

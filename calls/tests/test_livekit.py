@@ -35,10 +35,12 @@ from tests.fixtures import (
     Api,
     Session,
     _free_port,
+    create_org,
     host_of,
     make_user,
     register_device,
     server_with_env,
+    unique,
 )
 
 KEY = "siphera-test-key"
@@ -724,3 +726,37 @@ def test_without_livekit_every_endpoint_answers_503_and_writes_nothing(new_sessi
     )
     assert calls == []
     assert participants(org_a, call_id) == {}
+
+
+def test_a_user_whose_calls_must_be_recorded_cannot_open_or_join_a_group_call(lk_server):
+    """Group calls cannot be recorded yet: someone the org's recording policy covers is
+    refused (409, nothing written) rather than let into an unrecorded call; the others
+    may still call as a group."""
+    from calls.models import RecordingPolicy
+
+    org = create_org(unique("rec"))
+    covered, member, other = (session_on(lk_server, org) for _ in range(3))
+    conversation = group_of(member, covered, other)
+    in_tenant(
+        org,
+        lambda: RecordingPolicy.objects.update_or_create(
+            pk=1, defaults={"user_ids": [str(covered.user.pk)]}
+        ),
+    )
+
+    refused = open_room(covered, conversation)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "recording_unsupported"
+    assert in_tenant(org, lambda: Call.objects.filter(conversation_id=conversation).count()) == 0
+
+    started = open_room(member, conversation)
+    assert started.status_code == 201, started.text
+    call_id = started.json()["call_id"]
+    assert open_room(other, conversation).status_code == 200
+    for response in (
+        open_room(covered, conversation),
+        covered.api.post(f"/api/v1/calls/rooms/{call_id}/token", json={}),
+    ):
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "recording_unsupported"
+    assert str(covered.user.pk) not in participants(org, call_id)
