@@ -106,6 +106,31 @@ def _aimed_at_org_a(world, outsider) -> list[tuple[str, str, str, dict]]:
             f"/api/v1/conversations/{cid}/members/{bob.user.pk}",
             {},
         ),
+        (
+            "conversation-detail",
+            "PATCH",
+            f"/api/v1/conversations/{cid}",
+            {"json": {"title": b64(b"renamed by org b")}},
+        ),
+        (
+            "conversation-member",
+            "PATCH",
+            f"/api/v1/conversations/{cid}/members/{bob.user.pk}",
+            {"json": {"role": "admin"}},
+        ),
+        ("conversation-read", "GET", f"/api/v1/conversations/{cid}/read", {}),
+        (
+            "conversation-read",
+            "POST",
+            f"/api/v1/conversations/{cid}/read",
+            {"json": {"up_to_seq": 1}},
+        ),
+        (
+            "compliance-conversation-retention",
+            "PUT",
+            f"/api/v1/compliance/conversations/{cid}/retention",
+            {"json": {"days": 1}},
+        ),
         ("conversation-messages", "GET", f"/api/v1/conversations/{cid}/messages", {}),
         (
             "conversation-messages",
@@ -153,6 +178,7 @@ OWN_ORG_ONLY = {
     ("compliance-policy", "GET"),
     ("compliance-policy", "PATCH"),
     ("compliance-holds", "GET"),
+    ("org-activity", "GET"),  # the caller's org's dashboard figures
 }
 
 
@@ -221,6 +247,7 @@ def test_org_as_token_is_no_token_at_org_bs_host_on_every_endpoint(
         ("compliance-policy", "GET", "/api/v1/compliance/policy", {}),
         ("compliance-policy", "PATCH", "/api/v1/compliance/policy", {"json": {}}),
         ("compliance-holds", "GET", "/api/v1/compliance/holds", {}),
+        ("org-activity", "GET", "/api/v1/org/activity", {}),
     ]
     covered = {(name, method) for name, method, _, _ in requests}
     # Registration takes a login grant, not a bearer token: checked on its own below.
