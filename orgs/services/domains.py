@@ -19,6 +19,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -37,6 +39,7 @@ from orgs.services.orgs import do_add_domain, do_remove_domain, validate_host_na
 from siphera.api_errors import ApiError, not_found
 from siphera.tenancy import public_schema
 
+log = logging.getLogger("siphera.domains")
 TXT_LABEL = "_siphera-verify"
 TXT_PREFIX = "siphera-verify="
 MAX_PENDING = 20
@@ -155,15 +158,38 @@ def access_domain(org: Org, domain: str) -> Domain | PendingDomain:
     return routed
 
 
+def nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
+    """One DOMAIN_VERIFY_NAMESERVERS entry: `ip`, `ipv4:port`, `ipv6` or `[ipv6]:port`.
+    ValueError for anything else (a host name: the resolver must not need a resolver)."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:
+        host, port = entry, ""
+    try:
+        address = str(ipaddress.ip_address(host))
+        number = int(port) if port else 53
+        if not (port.isdigit() or not port) or not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"DOMAIN_VERIFY_NAMESERVERS: {entry!r} is not `ip`, `ip:port` or `[ipv6]:port`"
+        ) from None
+    return dns.nameserver.Do53Nameserver(address, number)
+
+
 def _resolver() -> dns.resolver.Resolver:
     configured = settings.DOMAIN_VERIFY_NAMESERVERS
     resolver = dns.resolver.Resolver(configure=not configured)
     if configured:
-        servers = []
-        for entry in configured:
-            host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-            servers.append(dns.nameserver.Do53Nameserver(host, int(port) if port else 53))
-        resolver.nameservers = servers
+        try:
+            resolver.nameservers = [nameserver(entry) for entry in configured]
+        except ValueError as exc:
+            log.error("domain verification: %s", exc)  # the operator's to fix
+            raise
     resolver.lifetime = settings.DOMAIN_VERIFY_TIMEOUT_SECONDS
     resolver.timeout = settings.DOMAIN_VERIFY_TIMEOUT_SECONDS
     return resolver
@@ -173,7 +199,15 @@ def lookup_txt(name: str) -> list[str]:
     """The TXT strings published at `name` (empty when it has none); ApiError 503
     `dns_unavailable` when no resolver answered."""
     try:
-        answer = _resolver().resolve(name, "TXT", raise_on_no_answer=False)
+        resolver = _resolver()
+    except ValueError:  # logged for the operator
+        raise ApiError(
+            503,
+            "dns_unavailable",
+            "This server's DNS settings for verifying names are wrong; tell its operator.",
+        ) from None
+    try:
+        answer = resolver.resolve(name, "TXT", raise_on_no_answer=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except (dns.exception.DNSException, OSError, ValueError) as exc:

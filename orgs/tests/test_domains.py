@@ -5,8 +5,11 @@ another org sees."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from orgs.accounts.models import AuditEntry
+from orgs.services.domains import lookup_txt, nameserver
+from siphera.api_errors import ApiError
 from siphera.tenancy import in_tenant
 from tests.fixtures import (
     Api,
@@ -211,3 +214,29 @@ def test_claims_and_verifications_of_one_name_at_once_answer_alike(dns, dns_web)
     assert {r.json()["status"] for r in verified} == {"verified"}
     assert [e.data["domain"] for e in events(org, "org.domain_added")] == [name]
     assert events(org, "org.domain_verification_failed") == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "address", "port"),
+    [
+        ("192.0.2.53", "192.0.2.53", 53),
+        (" 192.0.2.53:5353 ", "192.0.2.53", 5353),
+        ("2001:db8::53", "2001:db8::53", 53),
+        ("[2001:db8::53]:5353", "2001:db8::53", 5353),
+        ("[2001:DB8::53]", "2001:db8::53", 53),
+    ],
+)
+def test_a_nameserver_is_an_address_with_an_optional_port(entry, address, port):
+    server = nameserver(entry)
+    assert (server.address, server.port) == (address, port)
+
+
+@pytest.mark.parametrize(
+    "entry", ["dns.example.com", "192.0.2.53:0", "192.0.2.53:70000", "[2001:db8::53]:x", "1.2.3"]
+)
+def test_a_nameserver_that_is_no_address_is_refused_as_the_operators_to_fix(settings, entry):
+    assert pytest.raises(ValueError, nameserver, entry)
+    settings.DOMAIN_VERIFY_NAMESERVERS = [entry]
+    with pytest.raises(ApiError) as refused:
+        lookup_txt("_siphera-verify.chat.example.test")
+    assert refused.value.status_code == 503 and "operator" in refused.value.message
