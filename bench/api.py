@@ -395,9 +395,12 @@ def main():
                     continue
                 if name == "delivery":
                     for label, rate in (("delivery", None), ("delivery@250", 250)):
+                        spy = start_profiler(args.profile, f"{label}-{workers}", proc, args.seconds)
                         run[label] = delivery_run(
                             wrk, port, data, proc, seconds=args.seconds, rate=rate
                         )
+                        if spy is not None:
+                            print_profile(spy)
                         print(f"[{workers} worker(s)] {label}: {describe_delivery(run[label])}")
                     continue
                 requests, unique = scenario_requests(name, data, cookie)
