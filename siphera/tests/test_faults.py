@@ -27,7 +27,8 @@ import pytest
 from messaging.models import Message
 from messaging.tests.helpers import start_conversation
 from siphera.tenancy import in_tenant
-from tests.fixtures import PostgresCluster, RedisProcess, server_with_env, test_database_url
+from tests.fixtures import PostgresCluster, RedisProcess, server_with_env
+from tests.fixtures import test_database_url as shared_database_url  # not a test
 from tests.traffic import (
     Servers,
     Traffic,
@@ -167,7 +168,7 @@ def private_database(org_a):
         )
         dump = subprocess.run(
             [str(cluster.bindir / "pg_dump"), "--no-owner", "-n", "public", "-n"]
-            + [org_a.schema_name, "-d", test_database_url()],
+            + [org_a.schema_name, "-d", shared_database_url()],
             check=True,
             capture_output=True,
             timeout=300,

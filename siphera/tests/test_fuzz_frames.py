@@ -92,6 +92,7 @@ TYPE_FIELDS = {
     "call.reject": ["call_id"],
     "call.ice": ["call_id", "candidate"],
     "call.hangup": ["call_id"],
+    "call.recording.offer": ["call_id", "sdp"],
     "presence": ["state"],
     "presence.set": ["status"],
     "presence.subscribe": ["user_ids"],
