@@ -118,18 +118,3 @@ def decrypt_stream(recording_id: uuid.UUID, data_key_token: str, blob) -> Iterat
         if last:
             return
         index += 1
-
-
-def delete_blobs(names: Iterable[str]) -> int:
-    """Delete stored recordings whose rows are gone (after commit). Returns how many could
-    not be deleted (logged; the store may be down)."""
-    failed = 0
-    for name in names:
-        if not name:
-            continue
-        try:
-            storage().delete(name)
-        except Exception:  # one unreachable blob must not stop the purge of the rest
-            failed += 1
-            log.warning("recording blob not deleted", extra={"storage_name": name}, exc_info=True)
-    return failed

@@ -20,8 +20,7 @@ from django.utils.dateparse import parse_datetime
 
 from calls.error_codes import CallError
 from calls.models import Call, CallParticipant, Recording
-from calls.services import recording_store
-from messaging.services import retention
+from messaging.services import attachments, retention
 from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
@@ -174,7 +173,7 @@ def do_purge_call_records(*, actor: audit.Actor, now: datetime | None = None) ->
                 Recording.objects.filter(call_id__in=batch).values_list("storage_name", flat=True)
             )
             Call.objects.filter(pk__in=batch).delete()
-        recording_store.delete_blobs(blobs)
+        attachments.delete_blobs(blobs, kind="recording")
         deleted += len(batch)
     if deleted:
         audit.record(

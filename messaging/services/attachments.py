@@ -453,14 +453,18 @@ def take_stale_unbound(*, now, ttl_seconds: int, limit: int, keep_uploaders=()) 
     return delete_rows(Attachment.objects.filter(pk__in=[pk for pk, _ in rows]))
 
 
-def delete_blobs(names: Iterable[str]) -> int:
-    """Delete stored blobs whose rows are gone (after commit: a rollback must never leave a
-    row without its bytes). Returns how many could not be deleted (logged)."""
+def delete_blobs(names: Iterable[str], *, kind: str = "attachment") -> int:
+    """Delete stored blobs (attachments, or another `kind` kept in the same store, such as
+    recordings) whose rows are gone (after commit: a rollback must never leave a row
+    without its bytes). Empty names are skipped. Returns how many could not be deleted
+    (logged)."""
     failed = 0
     for name in names:
+        if not name:
+            continue
         try:
             storage().delete(name)
         except Exception:  # one unreachable blob must not stop the purge of the rest
             failed += 1
-            log.warning("attachment blob not deleted", extra={"storage_name": name}, exc_info=True)
+            log.warning(f"{kind} blob not deleted", extra={"storage_name": name}, exc_info=True)
     return failed
