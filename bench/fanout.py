@@ -110,23 +110,6 @@ def prepare(members: int, typers: int, pairs: int) -> dict:
     return {"a": in_tenant(org_a, build_a), "b": in_tenant(org_b, build_b)}
 
 
-async def connect(port: int, host: str, token: str):
-    from websockets.asyncio.client import connect as ws_connect
-
-    ws = await ws_connect(
-        f"ws://{host}:{port}/ws/v1",
-        host="127.0.0.1",
-        port=port,
-        max_size=None,
-        open_timeout=60,
-        ping_interval=None,
-    )
-    await ws.send(json.dumps({"type": "auth", "token": token}))
-    while json.loads(await ws.recv())["type"] != "ready":
-        pass
-    return ws
-
-
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"count": 0}
@@ -152,7 +135,7 @@ async def run(port: int, data: dict, args, *, flood: bool) -> dict:
             delivery_latency.append(time.perf_counter() - int.from_bytes(body[8:16], "big") / 1e9)
 
     async def b_sender(pair, rate):
-        ws = await connect(port, HOST_B, pair["sender"])
+        ws = await relay.connect(port, pair["sender"], HOST_B)
         asked: dict[str, float] = {}
 
         async def replies():
@@ -186,7 +169,7 @@ async def run(port: int, data: dict, args, *, flood: bool) -> dict:
 
     async def typer(token, rate):
         nonlocal typing_sent
-        ws = await connect(port, relay.HOST, token)
+        ws = await relay.connect(port, token)
 
         async def drain():
             async for _ in ws:
@@ -206,7 +189,7 @@ async def run(port: int, data: dict, args, *, flood: bool) -> dict:
             await asyncio.sleep(interval)
         await relay.close_reading([ws], [reader])
 
-    receivers = [await connect(port, HOST_B, p["receiver"]) for p in data["b"]]
+    receivers = [await relay.connect(port, p["receiver"], HOST_B) for p in data["b"]]
     recv_tasks = [asyncio.create_task(relay.receiver_loop(ws, on_message)) for ws in receivers]
     tasks = []
     if flood:

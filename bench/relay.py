@@ -466,11 +466,11 @@ class MetricsWatch:
             print(f"/metrics: scrape failed: {exc!r}", file=sys.stderr)
 
 
-async def connect(port: int, token: str):
+async def connect(port: int, token: str, host: str = HOST):
     from websockets.asyncio.client import connect as ws_connect
 
     ws = await ws_connect(
-        f"ws://{HOST}:{port}/ws/v1",
+        f"ws://{host}:{port}/ws/v1",
         host="127.0.0.1",
         port=port,
         max_size=None,
