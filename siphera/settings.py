@@ -111,6 +111,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # Replaces Django's built-in csrf processor: one random read per token.
+                "siphera.csrf.csrf",
             ],
         },
     }
