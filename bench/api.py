@@ -200,12 +200,14 @@ def lua_string(text: str) -> str:
 
 
 def lua_script(
-    requests: list[dict], *, unique_send: bool = False, delay_ms: float | None = None
+    requests: list[dict], *, unique_send: bool = False, rate: float | None = None
 ) -> str:
     """A wrk script cycling through `requests` ({method, path, headers, body}). With
     `unique_send`, each body's CLIENT_ID placeholder becomes a new UUID per request; with
-    `delay_ms`, each connection waits that long before each request (an offered rate of
-    about connections x 1000 / delay_ms requests/s)."""
+    `rate`, requests are paced to that many per second: each request takes the next slot
+    of one schedule shared by the connections (1/rate apart, read from the monotonic clock
+    through LuaJIT's ffi), and waits for it; a slot already past is sent at once, so a
+    server that falls behind is offered the backlog as fast as the connections allow."""
     run = uuid.uuid4().hex[:8]
     rows = []
     for r in requests:
@@ -227,7 +229,30 @@ request = function()
   end
   return wrk.format(r.method, r.path, r.headers, body)
 end
-""" + (f"delay = function() return {int(delay_ms)} end\n" if delay_ms else "")
+""" + (_PACING.replace("INTERVAL_MS", repr(1000 / rate)) if rate else "")
+
+
+_PACING = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *ts);
+]]
+local clock = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local slot = nil
+delay = function()
+  local now = now_ms()
+  if slot == nil then slot = now end
+  local wait = slot - now
+  slot = slot + INTERVAL_MS
+  if wait > 0 then return wait end
+  return 0
+end
+"""
 
 
 def run_wrk(wrk: str, port: int, script: str, *, seconds: float, connections: int) -> dict:
@@ -490,8 +515,6 @@ def delivery_run(wrk: str, port: int, data: dict, proc, *, seconds: float, rate=
         raise SystemExit(f"delivery: receivers failed: {failure[0]!r}")
     time.sleep(2)  # whatever earlier scenarios left queued drains first
     requests, _ = scenario_requests("send", data, "")
-    connections = 25
-    delay_ms = 1000 * connections / rate if rate else None
     watch = relay.MetricsWatch(port, 0)
     before = watch.scrape()
     latencies.clear()
@@ -499,9 +522,9 @@ def delivery_run(wrk: str, port: int, data: dict, proc, *, seconds: float, rate=
     figures = run_wrk(
         wrk,
         port,
-        lua_script(requests, unique_send=True, delay_ms=delay_ms),
+        lua_script(requests, unique_send=True, rate=rate),
         seconds=seconds,
-        connections=connections if rate else 32,
+        connections=32,
     )
     time.sleep(1)  # the last messages' deliveries and acks
     after = watch.scrape()

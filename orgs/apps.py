@@ -27,6 +27,12 @@ class OrgsConfig(AppConfig):
 
         _connect_cache_invalidation()
 
+        from orgs.api.views import MeView
+        from siphera import fast_http
+
+        # GET /me without Django's request machinery (siphera.fast_http).
+        fast_http.route("me", "GET", r"/api/v1/me", view=MeView)(MeView.me)
+
 
 def _connect_cache_invalidation() -> None:
     """Every process caches which org a host is (siphera.tenancy), which device a token is

@@ -51,8 +51,7 @@ class RequestContextMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        incoming = request.headers.get("X-Request-ID", "")
-        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_for(request.headers.get("X-Request-ID", ""))
         request.request_id = request_id
         rid_token = request_id_var.set(request_id)
         org_token = org_var.set(None)
@@ -76,6 +75,11 @@ class RequestContextMiddleware:
         finally:
             request_id_var.reset(rid_token)
             org_var.reset(org_token)
+
+
+def request_id_for(incoming: str) -> str:
+    """The client's X-Request-ID when it is a sane one, else a new id."""
+    return incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
 
 
 def _nul_in_query(request):

@@ -162,6 +162,9 @@ DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # notice within GENERATION_CHECK_SECONDS; no entry lives longer than the max age.
 GENERATION_CHECK_SECONDS = float(env("GENERATION_CHECK_SECONDS", "1"))
 GENERATION_CACHE_MAX_AGE_SECONDS = float(env("GENERATION_CACHE_MAX_AGE_SECONDS", "60"))
+# The hottest API requests (a REST send) served without Django's request machinery, on the
+# sockets' database threads (siphera.fast_http); off: Django serves them like the rest.
+FAST_HTTP = env_bool("FAST_HTTP", True)
 # Issue `SET search_path` once per schema switch instead of before every query (the
 # connection forgets it on rollback; django-tenants resets its marker then).
 TENANT_LIMIT_SET_CALLS = True

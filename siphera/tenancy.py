@@ -114,15 +114,27 @@ async def tenant_db(org, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
 
     def call() -> T:
-        # Worker threads belong to no request: leave the schema set after the call (the
-        # next call sets its own), so a thread serving one org keeps its search_path.
-        if connection.schema_name != org.schema_name:
-            connection.set_tenant(org)
-        if settings.TENANT_DB_VERIFY_SCHEMA:
-            verify_schema(org)
+        enter_tenant(org)
         return fn(*args, **kwargs)
 
     return await _db_pool().run(call)
+
+
+def enter_tenant(org) -> None:
+    """On one of tenant_db's threads: point its connection at `org`'s schema.
+
+    Worker threads belong to no request: the schema stays set after the call (the next
+    call sets its own), so a thread serving one org keeps its search_path."""
+    if connection.schema_name != org.schema_name:
+        connection.set_tenant(org)
+    if settings.TENANT_DB_VERIFY_SCHEMA:
+        verify_schema(org)
+
+
+async def on_db_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)` on tenant_db's threads without choosing a schema first: for a call
+    that finds its org itself (siphera.fast_http: the Host's org, then `enter_tenant`)."""
+    return await _db_pool().run(lambda: fn(*args))
 
 
 async def public_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

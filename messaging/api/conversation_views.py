@@ -212,17 +212,24 @@ class MessagesView(APIView):
         tags=["messages"],
     )
     def post(self, request, conversation_id):
-        try:
-            fields = parse_send(request.data)
-        except SendFormError as exc:
-            raise ValidationError({exc.field: [exc.message]}) from None
-        result = delivery.check_send_message(
-            conversation_id=_uuid_or_404(conversation_id),
-            sender=request.user,
-            sender_device_id=request.auth.device_id,
-            **fields,
-        )
-        return Response(result.payload(), status=status.HTTP_201_CREATED)
+        code, data = send_message(request, conversation_id)
+        return Response(data, status=code)
+
+
+def send_message(request, conversation_id: str) -> tuple[int, dict]:
+    """POST .../messages: for MessagesView and for siphera.fast_http, which serves the
+    common case without Django's request machinery (messaging.apps registers it)."""
+    try:
+        fields = parse_send(request.data)
+    except SendFormError as exc:
+        raise ValidationError({exc.field: [exc.message]}) from None
+    result = delivery.check_send_message(
+        conversation_id=_uuid_or_404(conversation_id),
+        sender=request.user,
+        sender_device_id=request.auth.device_id,
+        **fields,
+    )
+    return status.HTTP_201_CREATED, result.payload()
 
 
 class ReadStateView(APIView):

@@ -46,6 +46,12 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered, by status class (`aborted`: the client left before an answer).",
     ["status"],
 )
+FAST_HTTP_REQUESTS = Counter(
+    "siphera_fast_http_requests",
+    "Requests to a fast-path route (siphera.fast_http), by route and outcome: `served` by "
+    "the fast path, `declined` (handed to Django: a case the route does not expect).",
+    ["route", "outcome"],
+)
 TASK_SECONDS = Histogram(
     "siphera_celery_task_seconds",
     "Celery task run time, by task name and outcome (success, failure, retry).",
