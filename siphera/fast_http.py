@@ -12,8 +12,8 @@ functions the Django path uses, in one call on the database threads the sockets 
 What a served request gets, in Django's order:
 
 1. the org of its Host (`org_for_host`: 404 `unknown_org`), the `http.ip` rate limit;
-2. its bearer token (`authenticate_token`: 401 `invalid_token`), the permission classes of
-   the DRF view the route belongs to (the same objects, so the permission matrix, the
+2. its bearer token and permissions, by the authentication and permission classes of the
+   DRF view the route belongs to (the same objects, so the permission matrix, the
    schema and the route's Django twin stay the one source), the `api.user` rate limit;
 3. the route's handler, which the DRF view calls too;
 4. errors shaped by siphera.api_errors (`exception_handler` for API errors, `handler500`'s
@@ -40,10 +40,9 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from rest_framework.exceptions import APIException, PermissionDenied
+from rest_framework.exceptions import APIException, NotAuthenticated, PermissionDenied
 
 from siphera import api_errors
-from siphera.api_errors import ApiError
 from siphera.logging import org_var, request_id_var
 from siphera.metrics.instruments import FAST_HTTP_REQUESTS
 from siphera.middleware import access_log, request_id_for
@@ -97,10 +96,11 @@ def route(name: str, method: str, pattern: str, *, view: type) -> Callable:
 class FastRequest:
     """What a route's handler and its view's permission classes read of a request."""
 
-    __slots__ = ("method", "path", "user", "auth", "tenant", "data")
+    __slots__ = ("META", "method", "path", "user", "auth", "tenant", "data")
 
-    def __init__(self, method: str, path: str, data: dict) -> None:
+    def __init__(self, method: str, path: str, data: dict, authorization: str) -> None:
         self.method, self.path, self.data = method, path, data
+        self.META = {"HTTP_AUTHORIZATION": authorization}  # read by DRF authenticators
         self.user = self.auth = self.tenant = None
 
 
@@ -212,8 +212,7 @@ async def _serve(scope, send, found, headers, data) -> None:
     rid_token = request_id_var.set(request_id)
     org_token = org_var.set(None)
     try:
-        request = FastRequest(scope["method"], scope["path"], data)
-        token = headers[b"authorization"][len("Bearer ") :].strip()
+        request = FastRequest(scope["method"], scope["path"], data, headers[b"authorization"])
         try:
             status, content, extra = await on_db_thread(
                 _answer,
@@ -221,7 +220,6 @@ async def _serve(scope, send, found, headers, data) -> None:
                 request,
                 parameters,
                 headers.get(b"host", ""),
-                token,
                 scope_client_ip(scope),
             )
         except Exception:  # the database, Redis or the key ring: as Django answers
@@ -255,11 +253,9 @@ async def _serve(scope, send, found, headers, data) -> None:
         org_var.reset(org_token)
 
 
-def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, token, ip):
+def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, ip):
     """On a database thread: the checks and the handler, in the order Django's middleware
     and DRF run them, and the answer encoded."""
-    from orgs.services.auth import authenticate_token
-
     org = org_for_host(host)
     if org is None:
         return _error(404, "unknown_org", "No organisation answers at this host.")
@@ -277,20 +273,18 @@ def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, 
                 headers=[(b"retry-after", str(retry_after).encode())],
             )
     try:
-        device = authenticate_token(token)
-        if device is None:
-            raise ApiError(
-                401,
-                "invalid_token",
-                "Unknown or revoked device token.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        request.user, request.auth = device.user, device
         view = fast_route.view()
+        for authenticator in view.get_authenticators():
+            found = authenticator.authenticate(request)
+            if found is not None:
+                request.user, request.auth = found
+                break
+        else:
+            raise NotAuthenticated()
         for permission in view.get_permissions():
             if not permission.has_permission(request, view):
                 raise PermissionDenied()
-        enforce_named("api.user", device.user.pk)
+        enforce_named("api.user", request.user.pk)
         status, data = fast_route.handler(request, **parameters)
         return status, orjson.dumps(data), [(b"allow", fast_route.allow), *_SECURITY_HEADERS]
     except APIException as exc:
@@ -323,4 +317,4 @@ def _failure():
         for name, value in response.items()
         if name.lower() in ("retry-after",)
     ]
-    return response.status_code, response.content, headers
+    return response.status_code, response.content, [*headers, *_SECURITY_HEADERS]

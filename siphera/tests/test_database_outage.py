@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import uuid
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -125,6 +126,8 @@ async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
     assert api.get("/api/v1/calls").status_code == 200
     ws = await authed_socket(server, session, live=True)
     unauthenticated = await open_socket(server, host_of(org_a))
+    before = start_conversation(session, new_session(org_a))["id"]
+    retried = {"client_id": str(uuid.uuid4()), "body": "eA=="}
 
     proxy.cut()
     # A live socket hears that its frame could not be served, and stays open.
@@ -160,6 +163,11 @@ async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
         assert response.status_code == 503, (path, response.text)
         assert response.json()["error"]["code"] == "database_unavailable"
         assert response.headers["Retry-After"] == "5"
+    # A REST send (served by siphera.fast_http) too, with nothing half-written.
+    response = api.post(f"/api/v1/conversations/{before}/messages", json=retried)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
     ready = api.get("/ready")
     assert ready.status_code == 503
 
@@ -169,6 +177,10 @@ async def test_the_api_answers_503_while_postgresql_is_gone_and_recovers(
 
     proxy.start()  # the same port again
     assert api.get("/api/v1/me").status_code == 200
+    # The client's retry of the refused send is stored once, as the conversation's first.
+    response = api.post(f"/api/v1/conversations/{before}/messages", json=retried)
+    assert response.status_code == 201, response.text
+    assert response.json()["seq"] == 1
     await send(ws, {"type": "devices", "ref": "again"})
     devices = await recv_type(ws, "devices", timeout=15)
     assert devices["ref"] == "again"  # the DB thread replaced its broken connection
