@@ -11,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from admin_portal import fragments
 from admin_portal.decorators import portal_perm
 from admin_portal.forms import RoleChangeForm, UserCreateForm, UserSearchForm
 from messaging.services import stats
@@ -26,7 +27,6 @@ USERS_PER_PAGE = 50
 @portal_perm()
 def dashboard(request: HttpRequest) -> HttpResponse:
     activity = stats.dashboard()
-    days = activity["messages_per_day"]
     return render(
         request,
         "portal/dashboard.html",
@@ -35,9 +35,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "accounts": activity["accounts"],
             "active_devices": activity["active_devices"],
             "activity": activity,
-            "days": days,
-            "peak": max([d["count"] for d in days] + [1]),
-            "total": sum(d["count"] for d in days),
+            "chart": fragments.messages_chart(activity["messages_per_day"]),
         },
     )
 

@@ -24,6 +24,15 @@ def _reversed(name: str, urlconf, prefix: str) -> str:
     return reverse(name, urlconf=urlconf)
 
 
+@register.simple_tag(takes_context=True)
+def portal_nav(context, current: str = "") -> str:
+    """The layout's navigation for the signed-in user, `current` marked (rendered once per
+    process for each page and set of permission codes: admin_portal.fragments)."""
+    from admin_portal import fragments
+
+    return fragments.nav(context["request"].user, current)
+
+
 @register.filter
 def can(user, code: str) -> bool:
     if not getattr(user, "is_authenticated", False):
