@@ -172,13 +172,16 @@ def _headers(scope, reads_body: bool) -> dict[bytes, str] | None:
             wanted[name] = value.decode("latin-1")
     if not wanted.get(b"authorization", "").startswith("Bearer "):
         return None
-    media_type = wanted.get(b"content-type", "").partition(";")[0].strip().lower()
-    if reads_body and media_type != "application/json":
-        return None
-    accept = wanted.get(b"accept")
-    if accept is not None and "application/json" not in accept and "*/*" not in accept:
-        return None
+    content_type = "".join(wanted.get(b"content-type", "").lower().split())
+    if reads_body and content_type not in _JSON_TYPES:
+        return None  # another charset or parameter: DRF's parser decides
+    if wanted.get(b"accept", "*/*") not in _ACCEPTED:
+        return None  # quality values and the like: DRF's negotiation decides
     return wanted
+
+
+_JSON_TYPES = frozenset({"application/json", "application/json;charset=utf-8"})
+_ACCEPTED = frozenset({"*/*", "application/json", "application/json, */*"})
 
 
 async def _read_body(receive) -> tuple[bytes, bool]:

@@ -134,6 +134,9 @@ def test_a_retry_with_the_same_client_id_returns_the_first_message(server, pair)
         "query_string",
         "accept_html",
         "request_id",
+        "charset_latin1",
+        "accept_quality",
+        "utf8_charset",
     ],
 )
 def test_errors_and_declined_requests_match_django(server, django_server, pair, case):
@@ -173,13 +176,20 @@ def test_errors_and_declined_requests_match_django(server, django_server, pair, 
         headers["Accept"] = "text/html"
     elif case == "request_id":
         headers["X-Request-ID"] = "abc-123"
+    elif case in ("charset_latin1", "utf8_charset"):
+        charset = "latin-1" if case == "charset_latin1" else "UTF-8"
+        body, content = None, b'{"client_id": "CLIENT", "body": "eA=="}'
+        content = content.replace(b"CLIENT", str(uuid.uuid4()).encode())
+        headers["Content-Type"] = f"application/json; charset={charset}"
+    elif case == "accept_quality":
+        headers["Accept"] = "application/json;q=0.9, */*;q=0.1"
     kwargs = {"json": body} if body is not None else {"content": content}
     fast, slow = both(
         server, django_server, alice.api.host, "POST", path, headers=headers, **kwargs
     )
     if case == "request_id":
         assert fast.headers["x-request-id"] == slow.headers["x-request-id"] == "abc-123"
-    if case in ("request_id", "query_string"):
+    if case in ("request_id", "query_string", "charset_latin1", "accept_quality", "utf8_charset"):
         assert fast.status_code == 201
     else:
         assert fast.status_code >= 400, fast.text
