@@ -5,6 +5,7 @@ generator (a Python client tops out near 300 requests/s here and would be what i
     python bench/api.py                        # every scenario, 1 web process
     python bench/api.py --workers 1,2          # ... and again with 2 (WEB_WORKERS)
     python bench/api.py --only me --only bare --seconds 4
+    python bench/api.py --django-path          # REST sends and /me through Django too
 
 Each run measures, in the same run and under the same uvicorn, a bare Django async view
 (bench/ceiling/bare_django.py: no middleware, no database) as the ceiling, and prints every
@@ -17,7 +18,8 @@ scenario's rate as a share of it. Scenarios (wrk, 1 thread, `--connections` conn
 - `claim`: `GET /api/v1/keys/{user_id}`, a key claim (each consumes a one-time prekey);
 - `send`: `POST /api/v1/conversations/{id}/messages`, every request a new `client_id`;
 - `delivery`: the same sends while every recipient's device is connected over a WebSocket
-  and acks what it gets, at full speed and at 250 messages/s offered: accepted, delivered
+  and acks what it gets, at full speed and at 250 messages/s offered (paced on one
+  schedule: a request every 4 ms, whatever the answers' latency): accepted, delivered
   and acked per second (the server's /metrics counters) and the delivery latency from the
   message's server timestamp to the recipient's socket;
 - `messages`: `GET /api/v1/messages` (a device's queue);
@@ -85,6 +87,12 @@ def parse_args():
         default="1",
         type=lambda text: [int(x) for x in text.split(",")],
         help="web processes (uvicorn workers), comma-separated: each count is run in turn",
+    )
+    parser.add_argument(
+        "--django-path",
+        action="store_true",
+        help="run the server with FAST_HTTP=false: REST sends and /me through Django's "
+        "request machinery like every other request (siphera.fast_http), for comparison",
     )
     parser.add_argument("--database", default="siphera_bench_api")
     parser.add_argument("--keep-db", action="store_true", help="reuse the bench database")
@@ -383,6 +391,7 @@ def main():
     # The access log stays on (INFO, as in production): one JSON line per request is part
     # of the request path. It goes to var/bench-server.log.
     os.environ["LOG_LEVEL"] = "INFO"
+    os.environ["FAST_HTTP"] = "false" if args.django_path else "true"
     url = relay.setup_django(args.database)
     os.environ["RATE_LIMITS"] = LIFTED_LIMITS
     relay.ensure_database(url, fresh=not args.keep_db)
@@ -395,6 +404,7 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "connections": args.connections,
         "seconds": args.seconds,
+        "fast_http": not args.django_path,
         "runs": {},
     }
     for workers in args.workers:
