@@ -224,6 +224,7 @@ async def _serve(scope, send, found, headers, data) -> None:
                 parameters,
                 headers.get(b"host", ""),
                 scope_client_ip(scope),
+                wait_at_most=settings.DATABASE_POOL_TIMEOUT_SECONDS,
             )
         except Exception:  # the database, Redis or the key ring: as Django answers
             status, content, extra = _failure()

@@ -147,13 +147,15 @@ if _prepare_threshold:
 # than the request itself (PITFALLS 5, 26). At most DATABASE_POOL_SIZE at once per process;
 # a request that finds none free (or the database unreachable) waits up to
 # DATABASE_POOL_TIMEOUT_SECONDS, then gets 503 `database_unavailable`. The WebSocket DB
-# threads keep connections of their own (siphera.tenancy). DATABASE_POOL_SIZE=0: no pool.
+# threads keep connections of their own (siphera.tenancy); a fast-path request
+# (siphera.fast_http) waits as long for one of them. DATABASE_POOL_SIZE=0: no pool.
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8)
+DATABASE_POOL_TIMEOUT_SECONDS = float(env("DATABASE_POOL_TIMEOUT_SECONDS", "5"))
 if DATABASE_POOL_SIZE > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": DATABASE_POOL_SIZE,
-        "timeout": float(env("DATABASE_POOL_TIMEOUT_SECONDS", "5")),
+        "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
         "max_idle": 120,  # seconds: idle connections beyond min_size are closed
     }
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]

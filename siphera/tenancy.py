@@ -131,10 +131,19 @@ def enter_tenant(org) -> None:
         verify_schema(org)
 
 
-async def on_db_thread(fn: Callable[..., T], *args: Any) -> T:
+async def on_db_thread(fn: Callable[..., T], *args: Any, wait_at_most: float | None = None) -> T:
     """Run `fn(*args)` on tenant_db's threads without choosing a schema first: for a call
-    that finds its org itself (siphera.fast_http: the Host's org, then `enter_tenant`)."""
-    return await _db_pool().run(lambda: fn(*args))
+    that finds its org itself (siphera.fast_http: the Host's org, then `enter_tenant`).
+    With `wait_at_most`, a call no thread has started within that many seconds (every
+    thread busy: a slow or locked database) is not run: it raises DatabaseBusy (an
+    OperationalError: a 503 `database_unavailable`), as a Django request does that finds
+    no pooled connection."""
+    return await _db_pool().run(lambda: fn(*args), wait_at_most=wait_at_most)
+
+
+class DatabaseBusy(OperationalError):
+    """Every database thread stayed busy (a slow or locked database) for as long as the
+    caller would wait."""
 
 
 async def public_db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -172,15 +181,23 @@ class _DbPool:
         for i in range(threads):
             threading.Thread(target=self._work, name=f"tenant-db-{i}", daemon=True).start()
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    async def run(self, fn: Callable[[], T], *, wait_at_most: float | None = None) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         events.bind_loop()  # sync code of the call posts its wake-ups to this loop
         sends: list = []  # its channel-layer events, made here once it has returned
-        self._jobs.put((loop, future, contextvars.copy_context(), fn, sends))
+        # With a wait limit, the call is claimed once: by a thread that starts it, or by
+        # the timer that gives up on it (DatabaseBusy), whichever comes first.
+        claim = threading.Lock() if wait_at_most is not None else None
+        timer = None
+        if claim is not None:
+            timer = loop.call_later(wait_at_most, _give_up, future, claim)
+        self._jobs.put((loop, future, contextvars.copy_context(), fn, sends, claim))
         try:
             return await future
         finally:
+            if timer is not None:
+                timer.cancel()
             # Not on cancellation (the call may still be running): `_settle` sends them.
             if sends and not future.cancelled():
                 await events.send_collected(sends)
@@ -189,7 +206,10 @@ class _DbPool:
         _use_unpooled_connection()
         checked = 0  # the connection-loss generation this thread's connection was checked at
         while True:
-            loop, future, context, fn, sends = self._jobs.get()
+            loop, future, context, fn, sends, claim = self._jobs.get()
+            if claim is not None and not claim.acquire(blocking=False):
+                del future, sends  # given up on while it waited: not run
+                continue
             try:
                 checked = _discard_broken_connection(checked)
                 outcome = (context.run(events.collecting, fn, sends), None)
@@ -202,6 +222,13 @@ class _DbPool:
             except RuntimeError:
                 pass  # the loop closed while the call ran: nobody is waiting any more
             del future, outcome, sends  # drop references while the thread waits for work
+
+
+def _give_up(future: asyncio.Future, claim: threading.Lock) -> None:
+    """On the loop, when a call has waited its limit for a thread: unless one has started
+    it, it is never run and its caller gets DatabaseBusy."""
+    if claim.acquire(blocking=False) and not future.done():
+        future.set_exception(DatabaseBusy("every database thread stayed busy"))
 
 
 def _use_unpooled_connection() -> None:

@@ -341,3 +341,103 @@ def test_me_matches_django(server, django_server, new_session, org_a, org_b):
         content=b"{}",
     )
     both(server, django_server, alice.api.host, "GET", "/api/v1/me?x=1", headers=bearer(alice))
+
+
+def test_two_orgs_alternating_on_one_database_thread_never_see_each_other(
+    tmp_path, new_session, org_a, org_b
+):
+    """Every fast-path request of the process runs on the same connection: the org of each
+    request is its own, also right after one that failed inside its transaction."""
+    from messaging.models import Message
+    from siphera.tenancy import in_tenant
+
+    a1, a2 = new_session(org_a), new_session(org_a)
+    b1, b2 = new_session(org_b), new_session(org_b)
+    conv_a = start_conversation(a1, a2)["id"]
+    conv_b = start_conversation(b1, b2)["id"]
+    with server_with_env(tmp_path / "one-thread.log", WS_DB_THREADS="1") as live:
+        apis = {
+            "a": (Api(live, host_of(org_a), a1.token), conv_a, a2, org_a),
+            "b": (Api(live, host_of(org_b), b1.token), conv_b, b2, org_b),
+        }
+        for round_ in range(4):
+            for name, (api, conversation, peer, org) in apis.items():
+                me = api.get("/api/v1/me").json()
+                assert me["org"]["slug"] == org.slug
+                sent = api.post(
+                    send_path(conversation),
+                    json={"client_id": str(uuid.uuid4()), "body": b64(name.encode())},
+                )
+                assert sent.status_code == 201, sent.text
+                assert sent.json()["seq"] == round_ + 1
+                # Fails inside the send's transaction (an unknown device): rolled back.
+                failed = api.post(
+                    send_path(conversation),
+                    json={
+                        "client_id": str(uuid.uuid4()),
+                        "body": b64(b"x"),
+                        "envelopes": [{**envelope(peer), "device_id": 999}],
+                    },
+                )
+                assert failed.status_code in (409, 410), failed.text
+                other = conv_b if name == "a" else conv_a
+                crossed = api.post(
+                    send_path(other), json={"client_id": str(uuid.uuid4()), "body": b64(b"x")}
+                )
+                assert crossed.status_code == 404, crossed.text
+    for org, conversation, body in ((org_a, conv_a, b"a"), (org_b, conv_b, b"b")):
+        bodies = in_tenant(
+            org,
+            lambda c=conversation: list(
+                Message.objects.filter(conversation_id=c).values_list("body", flat=True)
+            ),
+        )
+        assert [bytes(b) for b in bodies] == [body] * 4
+
+
+def test_a_busy_database_is_a_503_after_the_pool_timeout_not_an_endless_wait(
+    tmp_path, new_session, org_a
+):
+    import threading
+
+    import psycopg
+
+    from tests.fixtures import test_database_url
+
+    alice, bob = new_session(org_a), new_session(org_a)
+    conversation = start_conversation(alice, bob)["id"]
+    with server_with_env(
+        tmp_path / "busy.log", WS_DB_THREADS="1", DATABASE_POOL_TIMEOUT_SECONDS="1"
+    ) as live:
+        api = Api(live, alice.api.host, alice.token)
+        assert api.get("/api/v1/me").status_code == 200  # host and token now cached
+        with psycopg.connect(test_database_url()) as locker:
+            locker.execute(
+                f'SELECT 1 FROM "{org_a.schema_name}".messaging_conversation'
+                " WHERE id = %s FOR UPDATE",
+                [conversation],
+            )
+            answers = []
+            held = threading.Thread(
+                target=lambda: answers.append(
+                    api.post(
+                        send_path(conversation),
+                        json={"client_id": str(uuid.uuid4()), "body": b64(b"x")},
+                    )
+                )
+            )
+            held.start()  # takes the only database thread and waits for the row lock
+            try:
+                refused = None
+                for _ in range(50):  # until the send holds the thread
+                    refused = api.get("/api/v1/me")
+                    if refused.status_code == 503:
+                        break
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"]["code"] == "database_unavailable"
+                assert refused.headers["Retry-After"] == "5"
+            finally:
+                locker.rollback()  # the lock goes: the held send goes through
+            held.join(30)
+        assert answers and answers[0].status_code == 201, answers
+        assert api.get("/api/v1/me").status_code == 200
