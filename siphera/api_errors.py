@@ -44,6 +44,14 @@ def json_error(status_code: int, code: str, message: str, **extra: Any) -> JsonR
     return JsonResponse(error_body(code, message, **extra), status=status_code)
 
 
+def error_response(exc: ApiError) -> JsonResponse:
+    """An ApiError answered outside DRF (middleware): its body and headers."""
+    response = json_error(exc.status_code, exc.code, exc.message, **exc.extra)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
 _DRF_CODES = {
     exceptions.ParseError: "malformed_json",
     exceptions.NotAuthenticated: "unauthenticated",

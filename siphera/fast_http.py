@@ -45,8 +45,8 @@ from rest_framework.exceptions import APIException, NotAuthenticated, Permission
 from siphera import api_errors
 from siphera.logging import org_var, request_id_var
 from siphera.metrics.instruments import FAST_HTTP_REQUESTS
-from siphera.middleware import access_log, request_id_for
-from siphera.ratelimit import enforce_named, hit_named, scope_client_ip
+from siphera.middleware import log_access, request_id_for, unknown_org
+from siphera.ratelimit import enforce_named, hit_named, scope_client_ip, too_many
 from siphera.tenancy import enter_tenant, on_db_thread, org_for_host
 
 log = logging.getLogger("siphera.fast_http")
@@ -243,15 +243,7 @@ async def _serve(scope, send, found, headers, data) -> None:
             }
         )
         await send({"type": "http.response.body", "body": content})
-        access_log.info(
-            "request",
-            extra={
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
+        log_access(scope["method"], scope["path"], status, started)
     finally:
         request_id_var.reset(rid_token)
         org_var.reset(org_token)
@@ -262,20 +254,14 @@ def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, 
     and DRF run them, and the answer encoded."""
     org = org_for_host(host)
     if org is None:
-        return _error(404, "unknown_org", "No organisation answers at this host.")
+        return _error(unknown_org())
     enter_tenant(org)
     request.tenant = org
     org_var.set(org.slug)
     if ip:
         retry_after = hit_named("http.ip", ip)
         if retry_after is not None:
-            return _error(
-                429,
-                "rate_limited",
-                f"Too many requests; retry in {retry_after} s.",
-                retry_after=retry_after,
-                headers=[(b"retry-after", str(retry_after).encode())],
-            )
+            return _error(too_many(retry_after))
     try:
         view = fast_route.view()
         for authenticator in view.get_authenticators():
@@ -293,11 +279,7 @@ def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, 
         return status, orjson.dumps(data), [(b"allow", fast_route.allow), *_SECURITY_HEADERS]
     except APIException as exc:
         response = api_errors.exception_handler(exc, {})
-        headers = [
-            (name.lower().encode(), value.encode())
-            for name, value in response.items()
-            if name.lower() != "content-type"
-        ]
+        headers = _headers_of(response, lambda name: name != "content-type")
         return (
             response.status_code,
             orjson.dumps(response.data),
@@ -305,8 +287,20 @@ def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, 
         )
 
 
-def _error(status: int, code: str, message: str, *, headers=(), **extra):
-    return status, orjson.dumps(api_errors.error_body(code, message, **extra)), list(headers)
+def _error(exc: api_errors.ApiError):
+    """An error answered before the security middleware would have run (an unknown host,
+    the `http.ip` limit): Django's answer has none of its headers either."""
+    body = orjson.dumps(api_errors.error_body(exc.code, exc.message, **exc.extra))
+    return exc.status_code, body, _headers_of(exc.headers)
+
+
+def _headers_of(headers, keep=lambda name: True) -> list[tuple[bytes, bytes]]:
+    """ASGI header pairs of a response's or an ApiError's headers (names lower-cased)."""
+    return [
+        (name.lower().encode(), value.encode())
+        for name, value in headers.items()
+        if keep(name.lower())
+    ]
 
 
 def _failure():
@@ -316,9 +310,5 @@ def _failure():
     response = api_errors.handler500(None)
     if response.status_code == 500:
         log.exception("fast_http.unhandled")
-    headers = [
-        (name.lower().encode(), value.encode())
-        for name, value in response.items()
-        if name.lower() in ("retry-after",)
-    ]
+    headers = _headers_of(response, lambda name: name == "retry-after")
     return response.status_code, response.content, [*headers, *_SECURITY_HEADERS]

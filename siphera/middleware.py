@@ -16,7 +16,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django_tenants.middleware.main import TenantMainMiddleware
 
 from siphera import health
-from siphera.api_errors import json_error
+from siphera.api_errors import ApiError, error_response, json_error
 from siphera.logging import org_var, request_id_var
 from siphera.tenancy import normalize_host, org_for_host
 
@@ -62,19 +62,29 @@ class RequestContextMiddleware:
             else:
                 response = self.get_response(request)
             response["X-Request-ID"] = request_id
-            access_log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
+            log_access(request.method, request.path, response.status_code, started)
             return response
         finally:
             request_id_var.reset(rid_token)
             org_var.reset(org_token)
+
+
+def log_access(method: str, path: str, status: int, started: float) -> None:
+    """The request's one JSON access line (`started`: its time.perf_counter())."""
+    access_log.info(
+        "request",
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        },
+    )
+
+
+def unknown_org() -> ApiError:
+    """The answer to a host no (active) org answers."""
+    return ApiError(404, "unknown_org", "No organisation answers at this host.")
 
 
 def request_id_for(incoming: str) -> str:
@@ -101,7 +111,7 @@ class TenantMiddleware(TenantMainMiddleware):
         host = request.META.get("HTTP_HOST", "")
         org = org_for_host(host)
         if org is None:
-            return json_error(404, "unknown_org", "No organisation answers at this host.")
+            return error_response(unknown_org())
         org.domain_url = normalize_host(host)
         request.tenant = org
         connection.set_tenant(org)

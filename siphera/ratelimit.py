@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import connection
 
 from siphera import redis_outage
-from siphera.api_errors import ApiError, json_error
+from siphera.api_errors import ApiError, error_response
 from siphera.channel_layer import loop_client
 from siphera.metrics import instruments as metrics
 from siphera.redis_outage import REDIS_ERRORS
@@ -422,14 +422,7 @@ class RateLimitMiddleware:
         if ip and connection.schema_name != "public" and not exempt:
             retry_after = hit_named("http.ip", ip)
             if retry_after is not None:
-                response = json_error(
-                    429,
-                    "rate_limited",
-                    f"Too many requests; retry in {retry_after} s.",
-                    retry_after=retry_after,
-                )
-                response["Retry-After"] = str(retry_after)
-                return response
+                return error_response(too_many(retry_after))
         return self.get_response(request)
 
 
