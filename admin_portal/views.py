@@ -205,12 +205,16 @@ def revoke_device(request: HttpRequest, user_id, device_id: int) -> HttpResponse
         # The user is in this org; only the device is gone (revoked in another tab, say).
         messages.warning(request, "That device was already revoked.")
     else:
-        devices.do_revoke_device(device, actor=audit.Actor.from_request(request))
-        messages.success(
-            request,
-            f"Revoked “{device.name}” of {user.username}: its token no longer works and its "
-            "live connection was closed.",
-        )
+        try:
+            devices.check_revoke_device(device, actor=audit.Actor.from_request(request))
+        except ApiError as exc:
+            _refused(request, exc)
+        else:
+            messages.success(
+                request,
+                f"Revoked “{device.name}” of {user.username}: its token no longer works and "
+                "its live connection was closed.",
+            )
     return redirect("portal:user", user_id=user.pk)
 
 
@@ -223,8 +227,12 @@ def end_session(request: HttpRequest, user_id, session_id) -> HttpResponse:
     except ApiError:
         messages.warning(request, "That session had ended already.")
     else:
-        portal_sessions.do_end_session(row, actor=audit.Actor.from_request(request))
-        messages.success(request, f"Ended a portal session of {user.username}.")
+        try:
+            portal_sessions.check_end_session(row, actor=audit.Actor.from_request(request))
+        except ApiError as exc:
+            _refused(request, exc)
+        else:
+            messages.success(request, f"Ended a portal session of {user.username}.")
     return redirect("portal:user", user_id=user.pk)
 
 
@@ -233,7 +241,13 @@ def end_session(request: HttpRequest, user_id, session_id) -> HttpResponse:
 def sign_out_everywhere(request: HttpRequest, user_id) -> HttpResponse:
     """End every portal session of the user and revoke every device (sockets closed)."""
     user = users.access_user(user_id)
-    counts = portal_sessions.do_sign_out_everywhere(user, actor=audit.Actor.from_request(request))
+    try:
+        counts = portal_sessions.check_sign_out_everywhere(
+            user, actor=audit.Actor.from_request(request)
+        )
+    except ApiError as exc:
+        _refused(request, exc)
+        return redirect("portal:user", user_id=user.pk)
     messages.success(
         request,
         f"Signed {user.username} out everywhere: {counts['sessions']} portal session(s) "

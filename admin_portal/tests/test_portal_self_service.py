@@ -241,7 +241,7 @@ def test_posts_without_the_csrf_token_are_refused(server, org_p):
 async def test_an_admin_ends_a_session_and_signs_a_user_out_everywhere(server, new_session, org_b):
     org = create_org(unique("ses"))
     admin = _signed_in(server, org, make_user(org, role="security_desk"), "Admin/1.0")
-    victim = new_session(org, role="admin")
+    victim = new_session(org, role="security_desk")  # a peer: no code the admin lacks
     laptop = _signed_in(server, org, victim.user, "Laptop/1.0")
     phone = _signed_in(server, org, victim.user, "Phone/2.0")
     page = admin.get(f"/portal/users/{victim.user.pk}/")
@@ -268,6 +268,27 @@ async def test_an_admin_ends_a_session_and_signs_a_user_out_everywhere(server, n
     assert laptop.get("/portal/").status_code == 302
     (entry,) = _audit(org, "member.signed_out_everywhere", target_id=str(victim.user.pk))
     assert entry.data["sessions"] == 1 and entry.data["devices"] == 1
+    # An owner holds codes the desk lacks: each action is refused, said, and changes nothing
+    owner = new_session(org, role="owner")
+    owner_browser = _signed_in(server, org, owner.user, "Owner/1.0")
+    page = admin.get(f"/portal/users/{owner.user.pk}/").text
+    table = page.split('data-testid="sessions-table"')[1].split("</table>")[0]
+    (owner_session,) = re.findall(r'data-session-id="([^"]+)"', table)
+    for action in (
+        f"sessions/{owner_session}/end",
+        f"devices/{owner.device_id}/revoke",
+        "sign-out-everywhere",
+    ):
+        refused = admin.post(f"/portal/users/{owner.user.pk}/{action}")
+        assert refused.status_code == 302 and refused.headers["location"].endswith(
+            f"/portal/users/{owner.user.pk}/"
+        )
+        shown = admin.get(refused.headers["location"]).text
+        assert "holds permissions you lack" in shown, action
+    assert owner_browser.get("/portal/").status_code == 200
+    assert owner.api.get("/api/v1/me").status_code == 200
+    assert _audit(org, "member.session_ended", target_id=str(owner.user.pk)) == []
+    assert _audit(org, "member.signed_out_everywhere", target_id=str(owner.user.pk)) == []
     # Another org's admin: 404 for this user and session
     other = _signed_in(server, org_b, make_user(org_b, role="security_desk"))
     other.get("/portal/")

@@ -63,11 +63,12 @@ class UserSessionsView(APIView):
         responses={200: SignedOutSerializer, 403: ERROR, 404: ERROR},
         tags=["users"],
         description="Sign the user out everywhere: every portal session ends and every "
-        "device is revoked (their sockets are closed).",
+        "device is revoked (their sockets are closed). 403 `forbidden` for a user holding "
+        "a permission you lack.",
     )
     def delete(self, request, user_id):
         user = users.access_user(user_id)
-        counts = portal_sessions.do_sign_out_everywhere(
+        counts = portal_sessions.check_sign_out_everywhere(
             user, actor=audit.Actor.from_request(request)
         )
         return Response(counts)
@@ -84,7 +85,7 @@ class UserSessionDetailView(APIView):
     def delete(self, request, user_id, session_id):
         user = users.access_user(user_id)
         row = portal_sessions.access_session(user, session_id)
-        portal_sessions.do_end_session(row, actor=audit.Actor.from_request(request))
+        portal_sessions.check_end_session(row, actor=audit.Actor.from_request(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -118,7 +119,7 @@ class UserDeviceDetailView(APIView):
         from orgs.services import devices
 
         device = devices.access_device(users.access_user(user_id), device_id)
-        devices.do_revoke_device(device, actor=audit.Actor.from_request(request))
+        devices.check_revoke_device(device, actor=audit.Actor.from_request(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -67,6 +67,15 @@ def access_device(user: User, device_id) -> Device:
         raise not_found("No such device.") from None
 
 
+def check_revoke_device(device: Device, *, actor: audit.Actor) -> None:
+    """An admin revokes a device of a user: 403 `forbidden` when that user holds a code
+    the admin lacks (a security desk cannot lock an owner out); then do_revoke_device."""
+    from orgs.services.users import check_can_change
+
+    check_can_change(actor.user, device.user)
+    do_revoke_device(device, actor=actor)
+
+
 def do_revoke_device(device: Device, *, actor: audit.Actor) -> None:
     """Revoke a device: its token stops working, the apps drop what they hold for it
     (orgs.hooks.device_revoked: its keys, its message queue, its calls), and its live

@@ -30,7 +30,7 @@ from orgs.accounts.models import Device, Invitation, LoginGrant, PasswordReset, 
 from orgs.audit_events import AuditEvent
 from orgs.services import audit, devices, mail, policy, tokens
 from orgs.services.auth import login_attempt
-from orgs.services.users import _check_can_change, _check_password, normalize_username
+from orgs.services.users import _check_password, check_can_change, normalize_username
 from siphera import ratelimit
 from siphera.api_errors import ApiError
 
@@ -174,7 +174,7 @@ def check_admin_reset(user: User, *, actor: audit.Actor, base_url: str) -> int:
     409 `no_email` without an address, 409 `inactive_user`, 409 `login_method_disabled`
     when the org's policy keeps them from using a password. Returns the link's lifetime
     in seconds. The current password keeps working until the link is used."""
-    _check_can_change(actor.user, user)
+    check_can_change(actor.user, user)
     if not user.is_active:
         raise ApiError(409, "inactive_user", "Reactivate this user first.")
     if not user.email:

@@ -100,6 +100,15 @@ def access_session(user: User, session_id) -> PortalSession:
     raise not_found("No such session.")
 
 
+def check_end_session(row: PortalSession, *, actor: audit.Actor) -> None:
+    """An admin ends a portal session of a user: 403 `forbidden` when that user holds a
+    code the admin lacks; then do_end_session."""
+    from orgs.services.users import check_can_change
+
+    check_can_change(actor.user, row.user)
+    do_end_session(row, actor=actor)
+
+
 def do_end_session(row: PortalSession, *, actor: audit.Actor) -> None:
     """End one portal session (audited `member.session_ended`)."""
     with transaction.atomic():
@@ -112,6 +121,15 @@ def do_end_session(row: PortalSession, *, actor: audit.Actor) -> None:
             target_id=row.user_id,
             data={"session": str(row.pk), "ip": row.ip, "user_agent": row.user_agent},
         )
+
+
+def check_sign_out_everywhere(user: User, *, actor: audit.Actor) -> dict[str, int]:
+    """An admin (or the user) signs `user` out everywhere: 403 `forbidden` when `user`
+    holds a code the acting admin lacks; then do_sign_out_everywhere."""
+    from orgs.services.users import check_can_change
+
+    check_can_change(actor.user, user)
+    return do_sign_out_everywhere(user, actor=actor)
 
 
 def do_sign_out_everywhere(user: User, *, actor: audit.Actor) -> dict[str, int]:

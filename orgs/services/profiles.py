@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from orgs.accounts.models import User
 from orgs.audit_events import AuditEvent
 from orgs.services import audit
-from orgs.services.users import _check_can_change
+from orgs.services.users import check_can_change
 from siphera.api_errors import ApiError, not_found
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def check_update_profile(user: User, changes: dict[str, Any], *, actor: audit.Ac
     `member.profile_changed` with the fields changed, before and after."""
     clean = clean_profile(changes)
     if actor.user is not None and actor.user.pk != user.pk:
-        _check_can_change(actor.user, user)
+        check_can_change(actor.user, user)
     return do_update_profile(user, clean, actor=actor)
 
 
@@ -163,7 +163,7 @@ def check_set_avatar(user: User, data: bytes, *, actor: audit.Actor) -> User:
     changing someone else's needs every code that user holds (403). The old blob is
     deleted after commit. Audited `member.profile_changed` (field `avatar`)."""
     if actor.user is not None and actor.user.pk != user.pk:
-        _check_can_change(actor.user, user)
+        check_can_change(actor.user, user)
     png = render_avatar(data)
     name = f"{connection.schema_name}/avatars/{uuid.uuid4()}.png"
     try:
@@ -183,7 +183,7 @@ def check_set_avatar(user: User, data: bytes, *, actor: audit.Actor) -> User:
 def check_remove_avatar(user: User, *, actor: audit.Actor) -> User:
     """Remove `user`'s avatar (idempotent); same permission rule as `check_set_avatar`."""
     if actor.user is not None and actor.user.pk != user.pk:
-        _check_can_change(actor.user, user)
+        check_can_change(actor.user, user)
     return _replace_avatar(user, "", actor=actor)
 
 

@@ -220,9 +220,21 @@ def _user_group(user: User) -> str:
     return group_name(connection.schema_name, "u", user.pk)
 
 
-def _check_can_change(acting_user, user: User) -> None:
-    """403 unless the acting user holds every code `user` holds (as of their role)."""
-    role_service.check_can_grant(acting_user, role_codes(user.role))
+def check_can_change(acting_user, user: User) -> None:
+    """403 `forbidden` unless the acting user (None: the platform) holds every code `user`
+    holds (as of their role): nobody changes, resets or signs out a more powerful user.
+    Anyone passes for themselves."""
+    if acting_user is None:
+        return
+    lacking = sorted(role_codes(user.role) - codes_for(acting_user))
+    if lacking:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"{user.username} holds permissions you lack: you cannot change, reset or sign "
+            "out this user.",
+            extra={"lacking": lacking},
+        )
 
 
 def _ensure_another_owner(user: User) -> None:
@@ -249,7 +261,7 @@ def check_change_role(user: User, role: str, *, actor: audit.Actor) -> User:
     acting user lacks a code of the old or new role, 409 `last_owner`. Audited
     `member.role_changed` with before/after; live sockets reload their permissions."""
     role = role_service.check_role_name(role)
-    _check_can_change(actor.user, user)
+    check_can_change(actor.user, user)
     role_service.check_can_grant(actor.user, role_codes(role))
     return do_change_role(user, role, actor=actor)
 
@@ -280,7 +292,7 @@ def check_deactivate_user(user: User, *, actor: audit.Actor) -> User:
     `cannot_deactivate_self`, 409 `last_owner`. Idempotent for an inactive user."""
     if actor.user is not None and actor.user.pk == user.pk:
         raise ApiError(409, "cannot_deactivate_self", "You cannot deactivate yourself.")
-    _check_can_change(actor.user, user)
+    check_can_change(actor.user, user)
     return do_deactivate_user(user, actor=actor)
 
 
@@ -321,7 +333,7 @@ def do_deactivate_user(user: User, *, actor: audit.Actor) -> User:
 def check_reactivate_user(user: User, *, actor: audit.Actor) -> User:
     """Let a deactivated user log in again (their devices stay revoked: each registers
     anew). 403 when they hold a code the acting user lacks. Idempotent."""
-    _check_can_change(actor.user, user)
+    check_can_change(actor.user, user)
     return do_reactivate_user(user, actor=actor)
 
 

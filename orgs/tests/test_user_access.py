@@ -10,7 +10,7 @@ from admin_portal.tests.conftest import Portal
 from orgs.accounts.models import AuditEntry
 from siphera.tenancy import in_tenant
 from tests.fixtures import Api, create_org, host_of, make_user, register_device, unique
-from tests.ws import authed_socket, recv_type, wait_closed
+from tests.ws import authed_socket, recv_type, send, wait_closed
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def events(org, name: str, target: str) -> list[AuditEntry]:
 
 def test_an_admin_lists_and_ends_a_users_portal_sessions(server, org_s):
     admin = device_api(server, org_s, make_user(org_s, role="security_desk"))
-    person = make_user(org_s, role="admin")
+    person = make_user(org_s, role="security_desk")  # a peer: no code the desk lacks
     # Given a person signed in to the portal from two browsers
     laptop = signed_in(server, org_s, person, "LaptopBrowser/1.0")
     phone = signed_in(server, org_s, person, "PhoneBrowser/2.0")
@@ -72,7 +72,7 @@ async def test_signing_out_everywhere_ends_sessions_revokes_devices_and_closes_s
     server, org_s, new_session
 ):
     admin = device_api(server, org_s, make_user(org_s, role="user_manager"))
-    victim = new_session(org_s, role="admin")
+    victim = new_session(org_s, role="user_manager")  # a peer: no code the manager lacks
     browser = signed_in(server, org_s, victim.user, "Stolen/1.0")
     ws = await authed_socket(server, victim)
     try:
@@ -120,6 +120,51 @@ async def test_a_device_shows_where_it_was_last_seen_and_an_admin_revokes_it(
     path = f"/api/v1/users/{person.user.pk}/devices/{person.device_id}"
     assert admin.delete(path).status_code == 404
     assert admin.delete(f"/api/v1/users/{person.user.pk}/devices/99999999999").status_code == 404
+
+
+async def test_nobody_signs_out_or_revokes_a_user_holding_codes_they_lack(
+    server, org_s, new_session
+):
+    desk = device_api(server, org_s, make_user(org_s, role="security_desk"))
+    # Given an owner signed in to the portal, with a device and its socket
+    owner = new_session(org_s, role="owner")
+    browser = signed_in(server, org_s, owner.user, "Owner/1.0")
+    (session,) = (
+        device_api(server, org_s, make_user(org_s, role="admin"))
+        .get(f"/api/v1/users/{owner.user.pk}/sessions")
+        .json()
+    )
+    ws = await authed_socket(server, owner)
+    try:
+        # A security desk may see them, but not end, revoke or sign out the owner
+        base = f"/api/v1/users/{owner.user.pk}"
+        assert desk.get(f"{base}/sessions").status_code == 200
+        assert desk.get(f"{base}/devices").status_code == 200
+        for path in (
+            f"{base}/sessions/{session['id']}",
+            f"{base}/devices/{owner.device_id}",
+            f"{base}/sessions",
+        ):
+            refused = desk.delete(path)
+            assert refused.status_code == 403, (path, refused.text)
+            body = refused.json()
+            assert body["error"]["code"] == "forbidden"
+            assert "org.manage" in body["lacking"]
+        # Nothing was touched: the socket is live, the token works, the browser signed in
+        await send(ws, {"type": "ping", "ref": "still-here"})
+        assert (await recv_type(ws, "pong"))["ref"] == "still-here"
+        assert owner.api.get("/api/v1/me").status_code == 200
+        assert browser.get("/portal/").status_code == 200
+        assert not events(org_s, "device.revoked", f"{owner.user.pk}:{owner.device_id}")
+        assert not events(org_s, "member.session_ended", str(owner.user.pk))
+        assert not events(org_s, "member.signed_out_everywhere", str(owner.user.pk))
+        # A user signs themselves out everywhere whatever their role
+        self_api = device_api(server, org_s, owner.user)
+        assert self_api.delete(f"{base}/sessions").status_code == 200
+        await recv_type(ws, "device.revoked", timeout=10)
+    finally:
+        await ws.close()
+    assert browser.get("/portal/").status_code == 302
 
 
 def test_roles_without_the_codes_are_refused_and_other_orgs_see_nothing(server, org_s, org_b):
