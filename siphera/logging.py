@@ -17,6 +17,11 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
 org_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("org", default=None)
+# Set by siphera.ws.refuse_handshake_unavailable in the task uvicorn runs the app in, so the
+# outage filter below knows the handshake was answered (with a 503).
+handshake_refused_var: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "handshake_refused", default=False
+)
 
 # Secrets are found by what they look like, wherever they turn up (a path, a query string,
 # an exception, an extra field), so one function scrubs every line:
@@ -134,6 +139,34 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class OutageFilter(logging.Filter):
+    """Keeps an outage's expected answers out of the error level, where an operator looks
+    for bugs:
+
+    - Django logs each 5xx response at error level with the exception's traceback. A 503
+      is the answer we chose (the database, Redis or the key ring unavailable:
+      siphera.api_errors; /ready while a dependency is down), and siphera.db has logged
+      the cause already: it becomes a warning line with the exception's one-line summary.
+    - uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
+      handshake" after every handshake answered with an HTTP response (ASGI's
+      `websocket.http.response`), though the client got it: dropped when this task
+      refused the handshake itself (`handshake_refused_var`), kept otherwise.
+    """
+
+    UVICORN_NO_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error":
+            return not (record.msg == self.UVICORN_NO_HANDSHAKE and handshake_refused_var.get())
+        if record.name == "django.request" and getattr(record, "status_code", None) == 503:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                record.error = f"{type(error).__name__}: {str(error).strip()[:500]}"
+                record.exc_info = record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -165,6 +198,7 @@ def config(level: str = "INFO") -> dict:
         "filters": {
             "context": {"()": "siphera.logging.ContextFilter"},
             "redact": {"()": "siphera.logging.RedactFilter"},
+            "outage": {"()": "siphera.logging.OutageFilter"},
         },
         "formatters": {"json": {"()": "siphera.logging.JsonFormatter"}},
         "handlers": {
@@ -176,11 +210,12 @@ def config(level: str = "INFO") -> dict:
         },
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {
-            "django.request": {"level": "ERROR"},  # we log requests ourselves
+            # We log requests ourselves; 503s are warnings (OutageFilter).
+            "django.request": {"level": "ERROR", "filters": ["outage"]},
             "django.server": {"level": "WARNING"},
             "uvicorn": {"level": "INFO"},
             "uvicorn.access": {"level": "WARNING"},
-            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.error": {"level": "INFO", "filters": ["outage"]},
             "celery": {"level": "INFO"},
         },
     }

@@ -22,7 +22,7 @@ from django.db import InterfaceError, OperationalError
 
 from siphera import redis_outage
 from siphera.api_errors import DATABASE_RETRY_AFTER, error_body
-from siphera.logging import org_var
+from siphera.logging import handshake_refused_var, org_var
 from siphera.tenancy import org_for_host, public_db
 
 log = logging.getLogger("siphera.ws")
@@ -84,6 +84,7 @@ async def refuse_handshake_unavailable(scope, receive, send, *, redis: bool = Fa
     message = await receive()
     if message["type"] != "websocket.connect":
         return
+    handshake_refused_var.set(True)  # uvicorn's complaint about it is not an error
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1011})
         return
