@@ -325,7 +325,11 @@ def _insert_message(message: Message, envelopes: list[Envelope] | None) -> tuple
         **{f"c{i}": value for i, value in enumerate(values)},
     }
     sql = _insert_sql(
-        has_envelopes, message.body is not None, bool(message.mentions), bool(references)
+        has_envelopes,
+        message.body is not None,
+        bool(message.mentions),
+        bool(references),
+        counts_mentions=bool(message.mentions) and message.refers_to is None,
     )
     with db.cursor() as cursor:
         cursor.execute(sql, params)
@@ -360,11 +364,20 @@ def _insert_fields() -> list:
 
 
 @functools.cache
-def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references: bool) -> str:
+def _insert_sql(
+    has_envelopes: bool,
+    has_body: bool,
+    mentions: bool,
+    references: bool,
+    *,
+    counts_mentions: bool,
+) -> str:
     """The send statement, for a message with or without envelopes, body, mentions and
     references: a rule that cannot fail for this message is left out rather than
     written as a branch, since PostgreSQL sets up every node of a statement at each run,
-    taken or not (it cost a quarter of the statement's CPU)."""
+    taken or not (it cost a quarter of the statement's CPU). `counts_mentions`: the
+    mentioned members' counters go up and they are told (not for a message that
+    `refers_to` another, an edit or a reaction: those are not unread either)."""
     quote = connection.ops.quote_name
     fields = _insert_fields()
     columns = ", ".join(quote(f.column) for f in fields)
@@ -402,6 +415,7 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
             "NOT EXISTS (SELECT unnest(%(mentions)s::uuid[]) EXCEPT SELECT m.user_id"
             " FROM messaging_member m, p WHERE m.conversation_id = p.conversation)"
         )
+    if counts_mentions:
         # The mentioned members' counters, in the statement that takes the seq (under the
         # conversation's row lock: messaging.services.unread).
         mentioned = (
@@ -449,7 +463,7 @@ def _insert_sql(has_envelopes: bool, has_body: bool, mentions: bool, references:
         " ARRAY(SELECT user_id FROM queued), ARRAY(SELECT device_id FROM queued),"
         " ARRAY(SELECT device_id FROM q), ARRAY(SELECT id FROM q),"
         " ARRAY(SELECT ARRAY[user_id::text, device_id::text] FROM devices WHERE at_cap)"
-        + (", ARRAY(SELECT user_id FROM mc)" if mentions else "")
+        + (", ARRAY(SELECT user_id FROM mc)" if counts_mentions else "")
     )
 
 

@@ -11,12 +11,15 @@ senders, `mentions`); bodies stay encrypted.
   cost 75 ms of the database for each conversation listing, and every conversation of a
   page of 500 can be such.)
 - `mention_count`: messages after the read marker that mention the member, sent by
-  someone else. A stored counter (`Member.mention_count`): the send that mentions them
-  raises it in its own statement (messaging.services.delivery), and moving the read
-  marker lowers it by the mentions the marker passes (`do_mark_read`); reading to the
-  end sets it to zero. The two are serialised by the conversation's row: a send holds it
-  (it takes the next seq) and `do_mark_read` holds a share lock on it, so no mention is
-  counted twice or lost between the two.
+  someone else, not counting those that refer to another (`refers_to`: an edit that adds
+  a mention, a reaction), as unread does not: a mention is never counted where nothing
+  is unread. (Their `mentions` are stored and relayed for display.) A stored counter
+  (`Member.mention_count`): the send that mentions them raises it in its own statement
+  (messaging.services.delivery), and moving the read marker lowers it by the mentions
+  the marker passes (`do_mark_read`); reading to the end sets it to zero. The two are
+  serialised by the conversation's row: a send holds it (it takes the next seq) and
+  `do_mark_read` holds a share lock on it, so no mention is counted twice or lost
+  between the two.
 
 A member starts with the conversation read up to its arrival (conversations.
 check_add_members), so joining a long conversation does not make it all unread.
@@ -132,7 +135,7 @@ def do_mark_read(member: Member, up_to_seq: int) -> None:
             mentions = (
                 "GREATEST(0, mention_count - (SELECT count(*) FROM messaging_message x"
                 " WHERE x.conversation_id = %s AND x.seq > %s AND x.seq <= %s"
-                " AND x.mentions @> jsonb_build_array(%s::text)"
+                " AND x.refers_to IS NULL AND x.mentions @> jsonb_build_array(%s::text)"
                 " AND x.sender_id IS DISTINCT FROM %s))"
             )
             params = [

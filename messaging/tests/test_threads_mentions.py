@@ -216,6 +216,36 @@ def test_mention_counts_follow_sends_and_reads(org_a, new_session):
     assert listed["mention_count"] == 1
 
 
+async def test_an_edit_or_reaction_that_mentions_counts_and_tells_no_one(
+    server, org_a, new_session
+):
+    # Unread counts skip messages that refer to another; mentions skip them too, so a
+    # badge never says "mentioned" where nothing is unread.
+    alice, bob = new_session(org_a), new_session(org_a)
+    cid = start_conversation(alice, bob, kind="group")["id"]
+    bob_id = str(bob.user.pk)
+    root = _send(alice, cid)
+    assert _mark_read(bob, cid, root["seq"]).json()["mention_count"] == 0
+    async with await authed_socket(server, bob, live=True) as ws:
+        edit = _send(alice, cid, refers_to=root["id"], mentions=[bob_id])
+        reaction = _send(alice, cid, refers_to=root["id"], mentions=[bob_id])
+        # bob gets both messages, with their mentions for display, and no mention frame
+        await send(ws, {"type": "ping", "ref": "p"})
+        frames = []
+        while (frame := await recv(ws, timeout=15))["type"] != "pong":
+            frames.append(frame)
+        assert [f["type"] for f in frames] == ["message", "message"]
+        assert [f["mentions"] for f in frames] == [[bob_id], [bob_id]]
+    state = _state(bob, cid)
+    assert (state["unread_count"], state["mention_count"]) == (0, 0)
+    # A real mention after them counts; reading past the edit alone lowers nothing
+    mention = _send(alice, cid, mentions=[bob_id])
+    assert _state(bob, cid)["mention_count"] == 1
+    assert _mark_read(bob, cid, reaction["seq"]).json()["mention_count"] == 1
+    assert edit["seq"] < reaction["seq"] < mention["seq"]
+    assert _mark_read(bob, cid, mention["seq"]).json()["mention_count"] == 0
+
+
 def test_a_user_mentioned_a_thousand_times_is_one_mention_stored_once(org_a, new_session):
     alice, bob = new_session(org_a), new_session(org_a)
     cid = start_conversation(alice, bob, kind="group")["id"]
