@@ -31,6 +31,7 @@ without it and compares status, body and headers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -47,7 +48,7 @@ from siphera.logging import org_var, request_id_var
 from siphera.metrics.instruments import FAST_HTTP_REQUESTS
 from siphera.middleware import log_access, request_id_for, unknown_org
 from siphera.ratelimit import enforce_named, hit_named, scope_client_ip, too_many
-from siphera.tenancy import enter_tenant, on_db_thread, org_for_host
+from siphera.tenancy import DatabaseBusy, enter_tenant, on_db_thread, org_for_host
 
 log = logging.getLogger("siphera.fast_http")
 
@@ -217,14 +218,13 @@ async def _serve(scope, send, found, headers, data) -> None:
     try:
         request = FastRequest(scope["method"], scope["path"], data, headers[b"authorization"])
         try:
-            status, content, extra = await on_db_thread(
+            status, content, extra = await _on_db_thread(
                 _answer,
                 fast_route,
                 request,
                 parameters,
                 headers.get(b"host", ""),
                 scope_client_ip(scope),
-                wait_at_most=settings.DATABASE_POOL_TIMEOUT_SECONDS,
             )
         except Exception:  # the database, Redis or the key ring: as Django answers
             status, content, extra = _failure()
@@ -247,6 +247,28 @@ async def _serve(scope, send, found, headers, data) -> None:
     finally:
         request_id_var.reset(rid_token)
         org_var.reset(org_token)
+
+
+_slots: asyncio.Semaphore | None = None  # of the process's one event loop
+
+
+async def _on_db_thread(fn, *args):
+    """`fn(*args)` on the database threads, at most FAST_HTTP_DB_CALLS of this path's at
+    once, so the sockets always find threads free whatever the REST load. A request waits
+    DATABASE_POOL_TIMEOUT_SECONDS at most for its turn, and as long again for a thread
+    (DatabaseBusy: a 503, as Django answers a request that finds no pooled connection)."""
+    global _slots
+    if _slots is None:
+        _slots = asyncio.Semaphore(settings.FAST_HTTP_DB_CALLS)
+    wait = settings.DATABASE_POOL_TIMEOUT_SECONDS
+    try:
+        await asyncio.wait_for(_slots.acquire(), wait)
+    except TimeoutError:
+        raise DatabaseBusy("the fast path's database threads stayed busy") from None
+    try:
+        return await on_db_thread(fn, *args, wait_at_most=wait)
+    finally:
+        _slots.release()
 
 
 def _answer(fast_route: FastRoute, request: FastRequest, parameters, host: str, ip):

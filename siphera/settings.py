@@ -386,6 +386,10 @@ WS_AUTH_TIMEOUT_SECONDS = float(env("WS_AUTH_TIMEOUT_SECONDS", "5"))
 # Threads (each with its own PostgreSQL connection, outside the pool) that run WebSocket
 # consumers' DB calls in one web process (siphera.tenancy.tenant_db).
 WS_DB_THREADS = env_int("WS_DB_THREADS", 16)
+# Of those threads, the most the fast path (siphera.fast_http) may keep busy at once, so a
+# flood of REST sends never queues the sockets' frames behind it; a request past it waits
+# its turn (at most DATABASE_POOL_TIMEOUT_SECONDS, then 503).
+FAST_HTTP_DB_CALLS = env_int("FAST_HTTP_DB_CALLS", max(1, WS_DB_THREADS // 2))
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 # Presence (orgs.services.presence): a web process renews its heartbeat in Redis every
 # min(5 s, a third of this); its sockets stop counting as connected this long after its

@@ -441,3 +441,81 @@ def test_a_busy_database_is_a_503_after_the_pool_timeout_not_an_endless_wait(
             held.join(30)
         assert answers and answers[0].status_code == 201, answers
         assert api.get("/api/v1/me").status_code == 200
+
+
+async def test_a_flood_of_rest_sends_leaves_the_sockets_database_threads_free(
+    tmp_path, new_session, org_a
+):
+    # Given two database threads, of which the fast path may keep one busy, and a send
+    # holding it (it waits for a row lock), when more sends arrive, then they wait their
+    # turn outside the threads: a socket's frame is still answered at once, and every
+    # send is stored once the lock goes.
+    import asyncio
+    import threading
+
+    import psycopg
+
+    from tests.fixtures import test_database_url
+    from tests.ws import authed_socket, recv_type, send
+
+    alice, bob = new_session(org_a), new_session(org_a)
+    conversation = start_conversation(alice, bob)["id"]
+    with server_with_env(
+        tmp_path / "flood.log",
+        WS_DB_THREADS="2",
+        FAST_HTTP_DB_CALLS="1",
+        DATABASE_POOL_TIMEOUT_SECONDS="60",
+    ) as live:
+        api = Api(live, alice.api.host, alice.token)
+        assert api.get("/api/v1/me").status_code == 200
+        ws = await authed_socket(live, bob, live=True)
+        answers: list[httpx.Response] = []
+
+        def post() -> None:
+            body = {"client_id": str(uuid.uuid4()), "body": b64(b"x")}
+            answers.append(api.post(send_path(conversation), json=body))
+
+        with psycopg.connect(test_database_url(), autocommit=False) as locker:
+            locker.execute(
+                f'SELECT 1 FROM "{org_a.schema_name}".messaging_conversation'
+                " WHERE id = %s FOR UPDATE",
+                [conversation],
+            )
+            senders = [threading.Thread(target=post) for _ in range(5)]
+            try:
+                senders[0].start()
+                await asyncio.to_thread(_until_waiting_for_a_lock, locker)
+                for sender in senders[1:]:
+                    sender.start()
+                await asyncio.sleep(1)  # the four arrive and wait for the fast path's turn
+                await send(ws, {"type": "devices", "ref": "free"})
+                listed = await recv_type(ws, "devices", timeout=15)
+                assert listed["ref"] == "free"
+                assert answers == []  # nothing got past the lock meanwhile
+            finally:
+                locker.rollback()
+            for sender in senders:
+                await asyncio.to_thread(sender.join, 60)
+        await ws.close()
+    assert sorted(a.status_code for a in answers) == [201] * 5, [a.text for a in answers]
+    assert sorted(a.json()["seq"] for a in answers) == [1, 2, 3, 4, 5]
+
+
+def _until_waiting_for_a_lock(locker) -> None:
+    """Until a session of this test database waits for a lock (the held send)."""
+    import time
+
+    import psycopg
+
+    from tests.fixtures import test_database_url
+
+    with psycopg.connect(test_database_url(), autocommit=True) as watcher:
+        for _ in range(300):
+            (waiting,) = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting:
+                return
+            time.sleep(0.1)
+    raise AssertionError("the send never waited for the row lock")
