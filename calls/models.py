@@ -194,6 +194,9 @@ class Recording(models.Model):
     # the database): a leg missing at its deadline is then the client's refusal
     # (`recording_refused`), before it the recorder's fault (`recorder_unavailable`).
     recorder_ready_at = models.DateTimeField(null=True)
+    # The recorder's last sign of life (set when ready, then every quarter of
+    # CALL_RECORDER_SILENT_SECONDS): a recorded call whose recorder fell silent ends.
+    recorder_seen_at = models.DateTimeField(null=True)
     started_at = models.DateTimeField(null=True)  # media recorded from here
     ended_at = models.DateTimeField(null=True)
     duration_ms = models.PositiveBigIntegerField(null=True)

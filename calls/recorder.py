@@ -4,7 +4,9 @@ worker (calls.tasks.start_recorder) for a call the org's policy records.
 Once up it sends itself `recorder.hello` through its channel; the first message it reads
 back proves the channel layer works, and it reports itself ready in the database
 (calls.services.recording.do_recorder_ready): a leg missing at its deadline is then the
-client's refusal, not the recorder's fault. It exits if the call is already over.
+client's refusal, not the recorder's fault. It exits if the call is already over. From
+then on it marks itself alive every quarter of CALL_RECORDER_SILENT_SECONDS; a recorded
+call whose recorder falls silent ends `recording_lost`.
 
 It is a visible participant: each party's device connects a leg of its own to it
 (`call.recording.offer` -> `call.recording.answer`), over the same TURN relay as the
@@ -221,6 +223,7 @@ class Recorder:
         await layer.send(self.channel, {"type": "recorder.hello"})
         ready = False
         receive = asyncio.ensure_future(layer.receive(self.channel))
+        heartbeat = None
         try:
             while True:
                 done, _ = await asyncio.wait({receive}, timeout=TICK_SECONDS)
@@ -247,6 +250,7 @@ class Recorder:
                         )
                         return
                     log.info("recorder ready", extra={"call_id": self.call_id})
+                    heartbeat = asyncio.ensure_future(self._heartbeat())
                 kind = message.get("type")
                 # The kind only: an offer carries SDP, which no log line holds.
                 log.debug("recorder message", extra={"call_id": self.call_id, "kind": kind})
@@ -268,10 +272,30 @@ class Recorder:
                     return
         finally:
             receive.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
             for path in self.dir.glob("*"):
                 path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.dir.rmdir()
+
+    async def _heartbeat(self) -> None:
+        """Mark the recorder alive every quarter of CALL_RECORDER_SILENT_SECONDS: a call
+        whose recorder falls silent ends (calls.services.recording.do_recorder_watchdog)."""
+        from django.conf import settings
+
+        from calls.services import recording
+
+        interval = max(1.0, settings.CALL_RECORDER_SILENT_SECONDS / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.db(recording.do_recorder_heartbeat, self.call_id)
+            except Exception as exc:  # the database away for a moment: the next beat
+                log.warning(
+                    "recorder heartbeat failed",
+                    extra={"call_id": self.call_id, "error": type(exc).__name__},
+                )
 
 
 def main(argv: list[str]) -> int:

@@ -126,6 +126,25 @@ def recording_lost(call_id: str, user_id: str, device_id: int, since: str) -> bo
 
 
 @shared_task(
+    name="calls.tasks.recorder_watchdog",
+    autoretry_for=_DATABASE_GONE,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=10,
+)
+def recorder_watchdog(call_id: str) -> bool:
+    """Is the recorded call's recorder still alive? (calls.services.recording.
+    do_recorder_watchdog: it ends the call if not, else comes back later.)"""
+    from calls.services import recording
+
+    ended = recording.do_recorder_watchdog(call_id)
+    if ended:
+        log.info("call.failed", extra={"call_id": call_id, "reason": recording.LOST})
+    return ended
+
+
+@shared_task(
     name="calls.tasks.transcribe_recording",
     autoretry_for=_DATABASE_GONE,
     retry_backoff=5,

@@ -581,6 +581,10 @@ CALL_RECORDING_MAX_SECONDS = env_int("CALL_RECORDING_MAX_SECONDS", 4 * 3600)
 # A recorded leg whose media the recorder loses mid-call must connect again (the device
 # offers a new leg) within this long, else the call ends with reason `recording_lost`.
 CALL_RECORDING_LOST_GRACE_SECONDS = env_int("CALL_RECORDING_LOST_GRACE_SECONDS", 15)
+# The recorder marks itself alive in the database every quarter of this; a recorded call
+# whose recorder has not for this long (its process died, its host went away) ends with
+# reason `recording_lost`: a call the policy records does not go on unrecorded.
+CALL_RECORDER_SILENT_SECONDS = env_int("CALL_RECORDER_SILENT_SECONDS", 20)
 # The transcription engine: `pocketsphinx` (default; its wheel ships an English model), or
 # `faster-whisper` (install the package; needs TRANSCRIPTION_WHISPER_MODEL, a local model
 # directory: nothing is ever downloaded), or `none` (no transcripts).
@@ -596,6 +600,7 @@ for _name in (
     "CALL_RECORDING_CONNECT_SECONDS",
     "CALL_RECORDING_MAX_SECONDS",
     "CALL_RECORDING_LOST_GRACE_SECONDS",
+    "CALL_RECORDER_SILENT_SECONDS",
 ):
     if not 1 <= globals()[_name] <= 7 * 24 * 3600:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")

@@ -27,7 +27,9 @@ Order of events (docs/protocol.md, "Compliance recording"):
    `call.recording.lost` and offers a new leg; unless that connects within
    `CALL_RECORDING_LOST_GRACE_SECONDS` the call ends `recording_lost` (outcome `failed`):
    a call the policy records does not go on unrecorded. The audio keeps its place (the
-   gap is silence).
+   gap is silence). A recorder that dies cannot say so: it marks itself alive every
+   quarter of `CALL_RECORDER_SILENT_SECONDS` (`do_recorder_heartbeat`), and a call whose
+   recorder fell silent that long ends `recording_lost` too (`do_recorder_watchdog`).
 6. When the call ends the recorder stops, stores the audio encrypted
    (calls.services.recording_store) and the transcription job is queued.
 """
@@ -173,6 +175,7 @@ def _release_if_ready(call: Call, rec: Recording) -> bool:
     rec.state = Recording.RECORDING
     rec.started_at = timezone.now()
     rec.save(update_fields=["held_accept_encrypted", "state", "started_at"])
+    _schedule("recorder_watchdog", str(call.pk), countdown=settings.CALL_RECORDER_SILENT_SECONDS)
     _to_recorder_on_commit(
         call.pk,
         {
@@ -280,10 +283,50 @@ def do_leg_connected(call_id, user_id, device_id: int) -> bool:
 def do_recorder_ready(call_id) -> bool:
     """The call's recorder is up (it read its own channel and reached the database).
     Returns whether the call is still live (the recorder exits otherwise)."""
+    now = timezone.now()
     Recording.objects.filter(call_id=call_id, recorder_ready_at__isnull=True).update(
-        recorder_ready_at=timezone.now()
+        recorder_ready_at=now
     )
+    return do_recorder_heartbeat(call_id)
+
+
+def do_recorder_heartbeat(call_id) -> bool:
+    """The call's recorder is alive (it says so every quarter of
+    CALL_RECORDER_SILENT_SECONDS). Returns whether the call is still live."""
+    Recording.objects.filter(call_id=call_id).update(recorder_seen_at=timezone.now())
     return Call.objects.filter(pk=call_id).exclude(state=Call.ENDED).exists()
+
+
+def _recorder_silent(rec: Recording, now) -> bool:
+    """The recorder came up but has not said it is alive for CALL_RECORDER_SILENT_SECONDS
+    (its process died, or its host went away)."""
+    silent = timedelta(seconds=settings.CALL_RECORDER_SILENT_SECONDS)
+    return rec.recorder_seen_at is not None and rec.recorder_seen_at < now - silent
+
+
+def do_recorder_watchdog(call_id) -> bool:
+    """While the call is recorded, every CALL_RECORDER_SILENT_SECONDS (calls.tasks.
+    recorder_watchdog): the call ends `recording_lost` (outcome `failed`) if its recorder
+    fell silent, else this runs again when it would next be silent. True if it ended."""
+    from calls.services.signaling import _finish, _lock_call
+
+    with transaction.atomic():
+        try:
+            call, parts = _lock_call(call_id)
+        except ApiError:
+            return False
+        rec = Recording.objects.filter(call=call).first()
+        if rec is None or call.state != Call.ACTIVE or rec.state != Recording.RECORDING:
+            return False
+        now = timezone.now()
+        if not _recorder_silent(rec, now):
+            due = (rec.recorder_seen_at or now) - now
+            due += timedelta(seconds=settings.CALL_RECORDER_SILENT_SECONDS)
+            _schedule("recorder_watchdog", str(call.pk), countdown=max(1.0, due.total_seconds()))
+            return False
+        _finish(call, Call.FAILED, LOST, parts=parts)
+    log.warning("recorder silent: call ended", extra={"call_id": str(call_id)})
+    return True
 
 
 def do_leg_lost(call_id, user_id, device_id: int) -> bool:
@@ -377,7 +420,8 @@ def do_recording_deadline(call_id, stage: str) -> str:
             missing = bool(rec.held_accept_encrypted)
         if not missing:
             return ""
-        reason = REFUSED if rec.recorder_ready_at is not None else UNAVAILABLE
+        up = rec.recorder_ready_at is not None and not _recorder_silent(rec, timezone.now())
+        reason = REFUSED if up else UNAVAILABLE
         _finish(call, Call.FAILED, reason, parts=parts)
         log.info("recording deadline", extra={"call_id": str(call.pk), "reason": reason})
         return reason
@@ -385,8 +429,9 @@ def do_recording_deadline(call_id, stage: str) -> str:
 
 def sweep(now) -> int:
     """What lost timers left (beat's call sweep, calls.services.signaling.do_sweep): live
-    recorded calls past a leg's connect deadline or a lost leg's grace end as
-    `do_recording_deadline` / `do_recording_lost` would have ended them; recordings whose
+    recorded calls past a leg's connect deadline, a lost leg's grace or their recorder's
+    silence end as `do_recording_deadline` / `do_recording_lost` / `do_recorder_watchdog`
+    would have ended them; recordings whose
     call ended STORE_WITHIN_SECONDS ago and that were never stored are marked failed.
     Returns how many calls ended."""
     late = now - timedelta(seconds=settings.CALL_RECORDING_CONNECT_SECONDS + 5)
@@ -399,6 +444,12 @@ def sweep(now) -> int:
     held = live.exclude(held_accept_encrypted="").filter(call__answered_at__lt=late)
     for call_id in held.values_list("call_id", flat=True):
         ended += bool(do_recording_deadline(call_id, "answer"))
+    silent = now - timedelta(seconds=settings.CALL_RECORDER_SILENT_SECONDS + 5)
+    quiet = live.filter(
+        state=Recording.RECORDING, call__state=Call.ACTIVE, recorder_seen_at__lt=silent
+    )
+    for call_id in quiet.values_list("call_id", flat=True):
+        ended += do_recorder_watchdog(call_id)
     gone = now - timedelta(seconds=settings.CALL_RECORDING_LOST_GRACE_SECONDS + 5)
     for leg in RecordingLeg.objects.filter(
         lost_at__lt=gone, connected_at__isnull=True, recording__call__state=Call.ACTIVE

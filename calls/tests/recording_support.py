@@ -22,6 +22,7 @@ from tests.fixtures import LiveServer, _start_worker, create_org, server_with_en
 
 CONNECT_SECONDS = 15
 LOST_GRACE_SECONDS = 6
+SILENT_SECONDS = 8  # the recorder marks itself alive every 2 s
 
 
 @dataclass
@@ -42,6 +43,7 @@ def recording_deployment(_database, tmp_path_factory) -> Iterator[RecordingDeplo
     env = {
         "CALL_RECORDING_CONNECT_SECONDS": str(CONNECT_SECONDS),
         "CALL_RECORDING_LOST_GRACE_SECONDS": str(LOST_GRACE_SECONDS),
+        "CALL_RECORDER_SILENT_SECONDS": str(SILENT_SECONDS),
         "CELERY_QUEUE": queue,
     }
     org = create_org(f"rec{uuid.uuid4().hex[:6]}", f"rec{uuid.uuid4().hex[:6]}.test")

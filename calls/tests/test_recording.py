@@ -7,7 +7,8 @@ both legs are connected. After the hang-up the stored blob holds no plaintext WA
 decrypts to a stereo WAV of the call's length with Alice's 440 Hz on the left and Bob's
 880 Hz on the right; the worker then transcribes it. A callee that never connects its
 leg (the recorder is up) is not connected: the call ends `recording_refused`. A recorded
-leg lost mid-call must come back within the grace, or the call ends `recording_lost`.
+leg lost mid-call must come back within the grace, or the call ends `recording_lost`; so
+does a call whose recorder process dies.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from django.conf import settings
 
 from calls.models import Call, Recording, RecordingLeg
 from calls.services import recording_policy, recording_store, transcription
-from calls.tests.recording_support import CONNECT_SECONDS, LOST_GRACE_SECONDS, eventually_value
+from calls.tests.recording_support import (
+    CONNECT_SECONDS,
+    LOST_GRACE_SECONDS,
+    SILENT_SECONDS,
+    eventually_value,
+)
 from calls.tests.test_aiortc_call import CALLEE_HZ, CALLER_HZ, WAIT, Side, hear
 from orgs.services import audit
 from siphera.tenancy import in_tenant
@@ -108,6 +114,25 @@ async def invite(alice: OrderedSide, bob: OrderedSide, call_id: str) -> None:
             "sdp": alice.local_sdp(),
         },
     )
+
+
+async def recorded_and_answered(alice: OrderedSide, bob: OrderedSide) -> str:
+    """Alice calls Bob, both connect their legs to the recorder, Bob's answer reaches
+    Alice. Returns the call's id."""
+    call_id = str(uuid.uuid4())
+    await invite(alice, bob, call_id)
+    await alice.expect("call.recording")
+    await alice.connect_recorder_leg(call_id, CALLER_HZ)
+    await alice.expect("call.recording.connected")
+    incoming = await bob.expect("call.incoming")
+    await bob.pc.setRemoteDescription(RTCSessionDescription(incoming["sdp"], "offer"))
+    bob.pc.addTrack(Tone(CALLEE_HZ))
+    await bob.pc.setLocalDescription(await bob.pc.createAnswer())
+    await send(bob.ws, {"type": "call.accept", "call_id": call_id, "sdp": bob.local_sdp()})
+    await bob.connect_recorder_leg(call_id, CALLEE_HZ)
+    await bob.expect("call.recording.connected")
+    await alice.expect("call.accept")
+    return call_id
 
 
 async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_stored_encrypted(
@@ -278,19 +303,7 @@ async def test_a_recorder_leg_lost_mid_call_must_come_back_or_the_call_ends_reco
     bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
     try:
         # Given a recorded call with both legs connected
-        call_id = str(uuid.uuid4())
-        await invite(alice, bob, call_id)
-        await alice.expect("call.recording")
-        await alice.connect_recorder_leg(call_id, CALLER_HZ)
-        await alice.expect("call.recording.connected")
-        incoming = await bob.expect("call.incoming")
-        await bob.pc.setRemoteDescription(RTCSessionDescription(incoming["sdp"], "offer"))
-        bob.pc.addTrack(Tone(CALLEE_HZ))
-        await bob.pc.setLocalDescription(await bob.pc.createAnswer())
-        await send(bob.ws, {"type": "call.accept", "call_id": call_id, "sdp": bob.local_sdp()})
-        await bob.connect_recorder_leg(call_id, CALLEE_HZ)
-        await bob.expect("call.recording.connected")
-        await alice.expect("call.accept")
+        call_id = await recorded_and_answered(alice, bob)
         await asyncio.sleep(1)
 
         # When Bob's leg drops, he hears so, and a new leg within the grace keeps the call
@@ -327,3 +340,49 @@ async def test_a_recorder_leg_lost_mid_call_must_come_back_or_the_call_ends_reco
     second = 16000
     assert max(map(abs, right[: 2 * second])) > 2000  # before the drop
     assert max(map(abs, right[-(LOST_GRACE_SECONDS + 4) * second :])) > 2000  # after it
+
+
+async def test_a_call_whose_recorder_process_dies_ends_recording_lost(
+    recording_deployment, loopback_only
+):
+    import os
+    import signal
+
+    deployment = recording_deployment
+    org, live = deployment.org, deployment.server
+    alice_user, bob_user = make_user(org), make_user(org)
+    record_alice(org, alice_user)
+    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
+    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    try:
+        # Given a recorded call with both legs connected
+        call_id = await recorded_and_answered(alice, bob)
+        # It goes on past the silence limit while the recorder lives
+        await asyncio.sleep(SILENT_SECONDS + 2)
+        assert alice.frames["call.ended"].empty() and bob.frames["call.ended"].empty()
+
+        # When the recorder's process is killed (it can say nothing), the call ends
+        # `recording_lost` for both: it does not go on unrecorded
+        os.kill(_recorder_pid(call_id), signal.SIGKILL)
+        ended = await asyncio.wait_for(alice.frames["call.ended"].get(), SILENT_SECONDS + WAIT)
+        assert ended["reason"] == "recording_lost"
+        assert (await bob.expect("call.ended"))["reason"] == "recording_lost"
+        call = in_tenant(org, Call.objects.get, pk=call_id)
+        assert (call.outcome, call.end_reason) == ("failed", "recording_lost")
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+    assert "recorder silent: call ended" in deployment.worker_log.read_text()
+
+
+def _recorder_pid(call_id: str) -> int:
+    """The process of `python -m calls.recorder <schema> <call_id>`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"calls.recorder" in argv and call_id.encode() in argv:
+            return int(entry.name)
+    raise AssertionError(f"no recorder process for {call_id}")

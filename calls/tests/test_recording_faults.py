@@ -414,3 +414,51 @@ def test_the_sweep_ends_a_recorded_call_whose_deadline_timer_was_lost():
     assert in_tenant(org, Recording.objects.get, pk=unstored).state == Recording.FAILED
     assert not in_tenant(org, Recording.objects.exclude(held_accept_encrypted="").exists)
     assert in_tenant(org, signaling.do_sweep) == 0  # a second run changes nothing
+
+
+def test_a_recorded_call_whose_recorder_fell_silent_ends_recording_lost():
+    # Given recorded calls: one whose recorder last said it was alive long ago (its
+    # process died), one whose recorder just did, and one still waiting for the callee's
+    # leg whose recorder came up and then fell silent
+    org = create_org(unique("rs"))
+    alice, bob = make_user(org), make_user(org)
+    now = timezone.now()
+    long_ago = now - timedelta(seconds=settings.CALL_RECORDER_SILENT_SECONDS + 10)
+    late = now - timedelta(seconds=settings.CALL_RECORDING_CONNECT_SECONDS + 10)
+
+    def recorded_call(seen_at, *, held: bool = False):
+        call = Call.objects.create(
+            media="audio", state=Call.ACTIVE, caller=alice, caller_device_id=1, answered_at=late
+        )
+        Call.objects.filter(pk=call.pk).update(created_at=late)
+        CallParticipant.objects.create(call=call, user=alice, role="caller", device_id=1)
+        CallParticipant.objects.create(call=call, user=bob, role="callee", device_id=1)
+        Recording.objects.create(
+            call=call,
+            state=Recording.PENDING if held else Recording.RECORDING,
+            started_at=None if held else late,
+            recorder_ready_at=late,
+            recorder_seen_at=seen_at,
+            held_accept_encrypted=crypto.encrypt(b"{}") if held else "",
+        )
+        return call.pk
+
+    dead, alive, held = in_tenant(
+        org,
+        lambda: (
+            recorded_call(long_ago),
+            recorded_call(timezone.now()),
+            recorded_call(long_ago, held=True),
+        ),
+    )
+
+    # The watchdog leaves the call whose recorder is alive (and comes back later)...
+    assert in_tenant(org, recording.do_recorder_watchdog, alive) is False
+    # ...and beat's sweep ends the other two, as their lost timers would have
+    assert in_tenant(org, signaling.do_sweep) == 2
+    rows = in_tenant(org, lambda: {c.pk: c for c in Call.objects.all()})
+    assert (rows[dead].outcome, rows[dead].end_reason) == ("failed", "recording_lost")
+    # a leg missing when the recorder is gone is the recorder's fault, not the client's
+    assert (rows[held].outcome, rows[held].end_reason) == ("failed", "recorder_unavailable")
+    assert rows[alive].state == Call.ACTIVE
+    assert in_tenant(org, recording.do_recorder_watchdog, dead) is False  # ended already
