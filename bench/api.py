@@ -185,7 +185,9 @@ def prepare(user_count: int) -> dict:
 
 
 def portal_cookie(port: int, username: str) -> str:
-    """A signed-in portal session (the `sessionid` cookie) of `username`."""
+    """A signed-in portal session of `username`: its `sessionid` cookie, and the
+    `csrftoken` cookie a browser sends back too (without it, every page would make and
+    set a new CSRF secret, which a browser's pages do not)."""
     with httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"Host": relay.HOST}, timeout=30
     ) as http:
@@ -197,7 +199,7 @@ def portal_cookie(port: int, username: str) -> str:
         )
         if done.status_code != 302:
             raise SystemExit(f"portal sign-in for the bench failed: HTTP {done.status_code}")
-        return f"sessionid={http.cookies['sessionid']}"
+        return f"sessionid={http.cookies['sessionid']}; csrftoken={http.cookies['csrftoken']}"
 
 
 # --- wrk -------------------------------------------------------------------------------------

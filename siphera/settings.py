@@ -390,6 +390,10 @@ WS_DB_THREADS = env_int("WS_DB_THREADS", 16)
 # flood of REST sends never queues the sockets' frames behind it; a request past it waits
 # its turn (at most DATABASE_POOL_TIMEOUT_SECONDS, then 503).
 FAST_HTTP_DB_CALLS = env_int("FAST_HTTP_DB_CALLS", max(1, WS_DB_THREADS // 2))
+if WS_DB_THREADS < 1 or not 1 <= FAST_HTTP_DB_CALLS <= WS_DB_THREADS:
+    raise ImproperlyConfigured(
+        "WS_DB_THREADS must be at least 1, and FAST_HTTP_DB_CALLS between 1 and WS_DB_THREADS."
+    )
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 256 * 1024)
 # Presence (orgs.services.presence): a web process renews its heartbeat in Redis every
 # min(5 s, a third of this); its sockets stop counting as connected this long after its

@@ -519,3 +519,22 @@ def _until_waiting_for_a_lock(locker) -> None:
                 return
             time.sleep(0.1)
     raise AssertionError("the send never waited for the row lock")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FAST_HTTP_DB_CALLS": "0"},
+        {"WS_DB_THREADS": "4", "FAST_HTTP_DB_CALLS": "5"},
+        {"WS_DB_THREADS": "0"},
+    ],
+    ids=["no-calls", "more-calls-than-threads", "no-threads"],
+)
+def test_the_server_refuses_to_start_on_a_database_thread_budget_that_cannot_work(env, tmp_path):
+    from siphera.tests.test_secret_key import start_server
+
+    started = start_server(tmp_path, **env)
+    assert started.returncode != 0
+    output = started.stdout + started.stderr
+    assert "FAST_HTTP_DB_CALLS between 1 and WS_DB_THREADS" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
