@@ -262,7 +262,8 @@ async def _on_db_thread(fn, *args):
         _slots = asyncio.Semaphore(settings.FAST_HTTP_DB_CALLS)
     wait = settings.DATABASE_POOL_TIMEOUT_SECONDS
     try:
-        await asyncio.wait_for(_slots.acquire(), wait)
+        async with asyncio.timeout(wait):
+            await _slots.acquire()
     except TimeoutError:
         raise DatabaseBusy("the fast path's database threads stayed busy") from None
     try:
