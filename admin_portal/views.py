@@ -101,6 +101,8 @@ def user_new(request: HttpRequest) -> HttpResponse:
 def user_detail(request: HttpRequest, user_id) -> HttpResponse:
     user = users.access_user(user_id)  # another org's id is a 404, like a bad one
     can_see_devices = has_perm(request.user, Perm.DEVICES_VIEW)
+    can_revoke = has_perm(request.user, Perm.DEVICES_REVOKE)
+    outranked = not users.can_change(request.user, user)
     roles = role_service.list_roles()
     return render(
         request,
@@ -115,6 +117,9 @@ def user_detail(request: HttpRequest, user_id) -> HttpResponse:
             "role_form": RoleChangeForm(initial={"role": user.role}, roles=roles),
             "mfa": mfa.mfa_status(user),
             "is_self": user.pk == request.user.pk,
+            # Revoke, end and sign-out buttons: not for a user holding codes you lack
+            "may_revoke": can_revoke and not outranked,
+            "outranked": can_revoke and outranked,
         },
     )
 

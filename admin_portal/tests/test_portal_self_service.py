@@ -274,6 +274,10 @@ async def test_an_admin_ends_a_session_and_signs_a_user_out_everywhere(server, n
     page = admin.get(f"/portal/users/{owner.user.pk}/").text
     table = page.split('data-testid="sessions-table"')[1].split("</table>")[0]
     (owner_session,) = re.findall(r'data-session-id="([^"]+)"', table)
+    # The page offers no button for it, and says why
+    assert "/revoke" not in page and "/end" not in table and "sign-out-everywhere" not in page
+    assert 'data-testid="outranked"' in page
+    assert 'data-testid="outranked"' not in admin.get(f"/portal/users/{victim.user.pk}/").text
     for action in (
         f"sessions/{owner_session}/end",
         f"devices/{owner.device_id}/revoke",

@@ -117,7 +117,7 @@ async def test_an_admin_ends_a_users_session_and_signs_them_out_everywhere(
     from playwright.async_api import expect
 
     admin = make_user(org_y, role="security_desk")
-    victim = new_session(org_y, role="admin")
+    victim = new_session(org_y, role="security_desk")  # a peer: no code the desk lacks
     other_browser = portal(org_y)
     other_browser.http.headers["User-Agent"] = "OtherBrowser/3.1"
     assert other_browser.login(victim.user.username).status_code == 302

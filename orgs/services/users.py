@@ -237,6 +237,15 @@ def check_can_change(acting_user, user: User) -> None:
         )
 
 
+def can_change(acting_user, user: User) -> bool:
+    """Whether check_can_change lets `acting_user` act on `user` (for what a page offers)."""
+    try:
+        check_can_change(acting_user, user)
+    except ApiError:
+        return False
+    return True
+
+
 def _ensure_another_owner(user: User) -> None:
     """409 `last_owner` if `user` is the org's only active owner. Locks the owners' rows,
     so two admins demoting the last two owners at once cannot both succeed."""
