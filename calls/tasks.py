@@ -83,18 +83,19 @@ def start_recorder(call_id: str) -> int:
 
 
 # PostgreSQL unreachable (down, restarting, out of connections): the job is tried again
-# later rather than lost. Both jobs are idempotent.
+# later rather than lost. Each job is idempotent.
 _DATABASE_GONE = (OperationalError, InterfaceError)
+# A recording timer with the database gone: tried again, 2 s doubling, at most a minute apart.
+_TIMER_RETRIES = {
+    "autoretry_for": _DATABASE_GONE,
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": False,
+    "max_retries": 10,
+}
 
 
-@shared_task(
-    name="calls.tasks.recording_deadline",
-    autoretry_for=_DATABASE_GONE,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=False,
-    max_retries=10,
-)
+@shared_task(name="calls.tasks.recording_deadline", **_TIMER_RETRIES)
 def recording_deadline(call_id: str, stage: str) -> str:
     """A recorder leg's connect deadline (calls.services.recording.do_recording_deadline);
     with the database gone it is retried (2 s doubling, at most a minute apart), and
@@ -107,14 +108,7 @@ def recording_deadline(call_id: str, stage: str) -> str:
     return reason
 
 
-@shared_task(
-    name="calls.tasks.recording_lost",
-    autoretry_for=_DATABASE_GONE,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=False,
-    max_retries=10,
-)
+@shared_task(name="calls.tasks.recording_lost", **_TIMER_RETRIES)
 def recording_lost(call_id: str, user_id: str, device_id: int, since: str) -> bool:
     """A lost recorder leg's grace is over (calls.services.recording.do_recording_lost)."""
     from calls.services import recording
@@ -125,14 +119,7 @@ def recording_lost(call_id: str, user_id: str, device_id: int, since: str) -> bo
     return ended
 
 
-@shared_task(
-    name="calls.tasks.recorder_watchdog",
-    autoretry_for=_DATABASE_GONE,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=False,
-    max_retries=10,
-)
+@shared_task(name="calls.tasks.recorder_watchdog", **_TIMER_RETRIES)
 def recorder_watchdog(call_id: str) -> bool:
     """Is the recorded call's recorder still alive? (calls.services.recording.
     do_recorder_watchdog: it ends the call if not, else comes back later.)"""

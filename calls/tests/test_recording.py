@@ -116,6 +116,16 @@ async def invite(alice: OrderedSide, bob: OrderedSide, call_id: str) -> None:
     )
 
 
+async def alice_recorded_and_bob(deployment) -> tuple[OrderedSide, OrderedSide]:
+    """Two new users of the deployment's org, on sockets, Alice's calls recorded."""
+    org, live = deployment.org, deployment.server
+    alice_user, bob_user = make_user(org), make_user(org)
+    record_alice(org, alice_user)
+    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
+    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    return alice, bob
+
+
 async def recorded_and_answered(alice: OrderedSide, bob: OrderedSide) -> str:
     """Alice calls Bob, both connect their legs to the recorder, Bob's answer reaches
     Alice. Returns the call's id."""
@@ -138,12 +148,8 @@ async def recorded_and_answered(alice: OrderedSide, bob: OrderedSide) -> str:
 async def test_a_recorded_call_reaches_the_recorder_from_both_sides_and_is_stored_encrypted(
     recording_deployment, loopback_only, media_root
 ):
-    deployment = recording_deployment
-    org, live = deployment.org, deployment.server
-    alice_user, bob_user = make_user(org), make_user(org)
-    record_alice(org, alice_user)
-    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
-    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    org = recording_deployment.org
+    alice, bob = await alice_recorded_and_bob(recording_deployment)
     tasks: list[asyncio.Task] = []
     try:
         call_id = str(uuid.uuid4())
@@ -258,12 +264,8 @@ def _stored(org, call_id):
 async def test_a_callee_that_never_connects_its_leg_is_not_connected(
     recording_deployment, loopback_only
 ):
-    deployment = recording_deployment
-    org, live = deployment.org, deployment.server
-    alice_user, bob_user = make_user(org), make_user(org)
-    record_alice(org, alice_user)
-    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
-    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    org = recording_deployment.org
+    alice, bob = await alice_recorded_and_bob(recording_deployment)
     try:
         call_id = str(uuid.uuid4())
         await invite(alice, bob, call_id)
@@ -295,12 +297,8 @@ async def test_a_callee_that_never_connects_its_leg_is_not_connected(
 async def test_a_recorder_leg_lost_mid_call_must_come_back_or_the_call_ends_recording_lost(
     recording_deployment, loopback_only
 ):
-    deployment = recording_deployment
-    org, live = deployment.org, deployment.server
-    alice_user, bob_user = make_user(org), make_user(org)
-    record_alice(org, alice_user)
-    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
-    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    org = recording_deployment.org
+    alice, bob = await alice_recorded_and_bob(recording_deployment)
     try:
         # Given a recorded call with both legs connected
         call_id = await recorded_and_answered(alice, bob)
@@ -348,12 +346,8 @@ async def test_a_call_whose_recorder_process_dies_ends_recording_lost(
     import os
     import signal
 
-    deployment = recording_deployment
-    org, live = deployment.org, deployment.server
-    alice_user, bob_user = make_user(org), make_user(org)
-    record_alice(org, alice_user)
-    alice = await OrderedSide.join("alice", session_in(deployment, alice_user), live)
-    bob = await OrderedSide.join("bob", session_in(deployment, bob_user), live)
+    org = recording_deployment.org
+    alice, bob = await alice_recorded_and_bob(recording_deployment)
     try:
         # Given a recorded call with both legs connected
         call_id = await recorded_and_answered(alice, bob)
@@ -371,7 +365,7 @@ async def test_a_call_whose_recorder_process_dies_ends_recording_lost(
         assert (call.outcome, call.end_reason) == ("failed", "recording_lost")
     finally:
         await asyncio.gather(alice.close(), bob.close())
-    assert "recorder silent: call ended" in deployment.worker_log.read_text()
+    assert "recorder silent: call ended" in recording_deployment.worker_log.read_text()
 
 
 def _recorder_pid(call_id: str) -> int:
