@@ -282,11 +282,9 @@ class Recorder:
     async def _heartbeat(self) -> None:
         """Mark the recorder alive every quarter of CALL_RECORDER_SILENT_SECONDS: a call
         whose recorder falls silent ends (calls.services.recording.do_recorder_watchdog)."""
-        from django.conf import settings
-
         from calls.services import recording
 
-        interval = max(1.0, settings.CALL_RECORDER_SILENT_SECONDS / 4)
+        interval = recording.recorder_heartbeat_seconds()
         while True:
             await asyncio.sleep(interval)
             try:

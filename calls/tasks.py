@@ -120,12 +120,13 @@ def recording_lost(call_id: str, user_id: str, device_id: int, since: str) -> bo
 
 
 @shared_task(name="calls.tasks.recorder_watchdog", **_TIMER_RETRIES)
-def recorder_watchdog(call_id: str) -> bool:
+def recorder_watchdog(call_id: str, silent_since: str = "") -> bool:
     """Is the recorded call's recorder still alive? (calls.services.recording.
-    do_recorder_watchdog: it ends the call if not, else comes back later.)"""
+    do_recorder_watchdog: it ends the call if still silent at a second look, else comes
+    back later.)"""
     from calls.services import recording
 
-    ended = recording.do_recorder_watchdog(call_id)
+    ended = recording.do_recorder_watchdog(call_id, silent_since)
     if ended:
         log.info("call.failed", extra={"call_id": call_id, "reason": recording.LOST})
     return ended

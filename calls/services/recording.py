@@ -29,7 +29,8 @@ Order of events (docs/protocol.md, "Compliance recording"):
    a call the policy records does not go on unrecorded. The audio keeps its place (the
    gap is silence). A recorder that dies cannot say so: it marks itself alive every
    quarter of `CALL_RECORDER_SILENT_SECONDS` (`do_recorder_heartbeat`), and a call whose
-   recorder fell silent that long ends `recording_lost` too (`do_recorder_watchdog`).
+   recorder fell silent that long, and is still silent two heartbeats later, ends
+   `recording_lost` too (`do_recorder_watchdog`).
 6. When the call ends the recorder stops, stores the audio encrypted
    (calls.services.recording_store) and the transcription job is queued.
 """
@@ -297,6 +298,11 @@ def do_recorder_heartbeat(call_id) -> bool:
     return Call.objects.filter(pk=call_id).exclude(state=Call.ENDED).exists()
 
 
+def recorder_heartbeat_seconds() -> float:
+    """How often the recorder says it is alive: a quarter of CALL_RECORDER_SILENT_SECONDS."""
+    return max(1.0, settings.CALL_RECORDER_SILENT_SECONDS / 4)
+
+
 def _recorder_silent(rec: Recording, now) -> bool:
     """The recorder came up but has not said it is alive for CALL_RECORDER_SILENT_SECONDS
     (its process died, or its host went away)."""
@@ -304,10 +310,13 @@ def _recorder_silent(rec: Recording, now) -> bool:
     return rec.recorder_seen_at is not None and rec.recorder_seen_at < now - silent
 
 
-def do_recorder_watchdog(call_id) -> bool:
-    """While the call is recorded, every CALL_RECORDER_SILENT_SECONDS (calls.tasks.
-    recorder_watchdog): the call ends `recording_lost` (outcome `failed`) if its recorder
-    fell silent, else this runs again when it would next be silent. True if it ended."""
+def do_recorder_watchdog(call_id, silent_since: str = "") -> bool:
+    """While the call is recorded (calls.tasks.recorder_watchdog): is its recorder alive?
+    If so this runs again when it would next be silent. A recorder found silent gets one
+    more look two heartbeats later (its beats may have failed only while the database was
+    away, and resume when it is back), with `silent_since` its last beat as this run saw it
+    (ISO 8601): if it has still not been heard from since, the call ends `recording_lost`
+    (outcome `failed`). True if it ended."""
     from calls.services.signaling import _finish, _lock_call
 
     with transaction.atomic():
@@ -323,6 +332,11 @@ def do_recorder_watchdog(call_id) -> bool:
             due = (rec.recorder_seen_at or now) - now
             due += timedelta(seconds=settings.CALL_RECORDER_SILENT_SECONDS)
             _schedule("recorder_watchdog", str(call.pk), countdown=max(1.0, due.total_seconds()))
+            return False
+        last_beat = rec.recorder_seen_at.isoformat()
+        if silent_since != last_beat:
+            countdown = 2 * recorder_heartbeat_seconds()
+            _schedule("recorder_watchdog", str(call.pk), last_beat, countdown=countdown)
             return False
         _finish(call, Call.FAILED, LOST, parts=parts)
     log.warning("recorder silent: call ended", extra={"call_id": str(call_id)})
@@ -429,11 +443,11 @@ def do_recording_deadline(call_id, stage: str) -> str:
 
 def sweep(now) -> int:
     """What lost timers left (beat's call sweep, calls.services.signaling.do_sweep): live
-    recorded calls past a leg's connect deadline, a lost leg's grace or their recorder's
-    silence end as `do_recording_deadline` / `do_recording_lost` / `do_recorder_watchdog`
-    would have ended them; recordings whose
-    call ended STORE_WITHIN_SECONDS ago and that were never stored are marked failed.
-    Returns how many calls ended."""
+    recorded calls past a leg's connect deadline or a lost leg's grace end as
+    `do_recording_deadline` / `do_recording_lost` would have ended them, and those whose
+    recorder is silent get the watchdog's second look (`do_recorder_watchdog`); recordings
+    whose call ended STORE_WITHIN_SECONDS ago and that were never stored are marked
+    failed. Returns how many calls ended."""
     late = now - timedelta(seconds=settings.CALL_RECORDING_CONNECT_SECONDS + 5)
     live = Recording.objects.filter(call__kind=Call.DIRECT).exclude(call__state=Call.ENDED)
     ended = 0

@@ -452,13 +452,31 @@ def test_a_recorded_call_whose_recorder_fell_silent_ends_recording_lost():
         ),
     )
 
+    def state(pk):
+        call = Call.objects.get(pk=pk)
+        return call.state, call.outcome, call.end_reason
+
     # The watchdog leaves the call whose recorder is alive (and comes back later)...
     assert in_tenant(org, recording.do_recorder_watchdog, alive) is False
-    # ...and beat's sweep ends the other two, as their lost timers would have
-    assert in_tenant(org, signaling.do_sweep) == 2
-    rows = in_tenant(org, lambda: {c.pk: c for c in Call.objects.all()})
-    assert (rows[dead].outcome, rows[dead].end_reason) == ("failed", "recording_lost")
-    # a leg missing when the recorder is gone is the recorder's fault, not the client's
-    assert (rows[held].outcome, rows[held].end_reason) == ("failed", "recorder_unavailable")
-    assert rows[alive].state == Call.ACTIVE
-    assert in_tenant(org, recording.do_recorder_watchdog, dead) is False  # ended already
+    # ...beat's sweep ends the held one, as its lost deadline timer would have: a leg
+    # missing when the recorder is gone is the recorder's fault, not the client's...
+    assert in_tenant(org, signaling.do_sweep) == 1
+    assert in_tenant(org, state, held) == (Call.ENDED, "failed", "recorder_unavailable")
+    # ...and gives the silent one's watchdog its first look, which ends nothing yet
+    assert in_tenant(org, state, dead)[0] == Call.ACTIVE
+    last_beat = in_tenant(org, Recording.objects.get, call_id=dead).recorder_seen_at
+
+    # A recorder heard from again before the second look (its beats failed only while
+    # the database was away) keeps its call
+    in_tenant(org, recording.do_recorder_heartbeat, dead)
+    assert in_tenant(org, recording.do_recorder_watchdog, dead, last_beat.isoformat()) is False
+    assert in_tenant(org, state, dead)[0] == Call.ACTIVE
+
+    # One still silent at the second look ends its call `recording_lost`
+    in_tenant(org, Recording.objects.filter(call_id=dead).update, recorder_seen_at=long_ago)
+    assert in_tenant(org, recording.do_recorder_watchdog, dead) is False  # the first look
+    second_look = long_ago.isoformat()
+    assert in_tenant(org, recording.do_recorder_watchdog, dead, second_look) is True
+    assert in_tenant(org, state, dead) == (Call.ENDED, "failed", "recording_lost")
+    assert in_tenant(org, state, alive)[0] == Call.ACTIVE
+    assert in_tenant(org, recording.do_recorder_watchdog, dead, second_look) is False
